@@ -1,0 +1,176 @@
+"""`M2MGuardMiddleware`: the guard as a pure ASGI middleware (Starlette, FastAPI, any ASGI app).
+
+For `http` and `websocket` scopes: public paths and (when allowed) CORS preflight requests pass
+through untouched; otherwise the bearer token is extracted (RFC 6750), verified, and the
+`AccessToken` placed in `scope["m2m_guard.token"]`, in `current_token()`, and as Starlette's
+`scope["auth"]` / `scope["user"]` so `request.auth.scopes` and `starlette.authentication.requires`
+work. A refusal is answered per DESIGN §4; a refused websocket gets an HTTP denial response where
+the server supports it, else a close with code 1008 before accept. A `GuardError` raised by the
+app (e.g. by `require_scopes`) is rendered the same way while the response has not started.
+
+For `lifespan`: startup warms the key sets (a failure is logged, not fatal); shutdown stops the
+verifier's background work.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from starlette.authentication import AuthCredentials, UnauthenticatedUser
+
+from .bearer import extract_bearer
+from .context import reset_current_token, set_current_token
+from .errors import GuardError, MissingToken, render_error
+from .settings import GuardSettings
+from .starlette import ClientUser
+from .token import AccessToken
+from .verifier import TokenVerifier
+
+__all__ = ["M2MGuardMiddleware", "PathRules"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+logger = logging.getLogger("m2m_guard")
+_SCOPE_KEY = "m2m_guard.token"
+_UNAUTHENTICATED = (AuthCredentials(), UnauthenticatedUser())
+
+
+class PathRules:
+    """Public-path matching: exact paths, and prefixes given with a trailing ``*``."""
+
+    __slots__ = ("exact", "prefixes")
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        self.exact = frozenset(p for p in patterns if not p.endswith("*"))
+        self.prefixes = tuple(p[:-1] for p in patterns if p.endswith("*"))
+
+    def is_public(self, path: str) -> bool:
+        return path in self.exact or (bool(self.prefixes) and path.startswith(self.prefixes))
+
+
+def _authorization_values(headers: list[tuple[bytes, bytes]]) -> list[str]:
+    return [value.decode("latin-1") for name, value in headers if name == b"authorization"]
+
+
+def _is_preflight(scope: Scope) -> bool:
+    if scope.get("method") != "OPTIONS":
+        return False
+    names = {name for name, _ in scope.get("headers", ())}
+    return b"origin" in names and b"access-control-request-method" in names
+
+
+class M2MGuardMiddleware:
+    """Pure ASGI middleware: ``Middleware(M2MGuardMiddleware, settings=GuardSettings(...))``.
+
+    `settings` defaults to `GuardSettings.from_env()`. Pass `verifier` to share one
+    `TokenVerifier` between several apps (it is then not closed at shutdown).
+    """
+
+    def __init__(self, app: ASGIApp, settings: GuardSettings | None = None, *,
+                 verifier: TokenVerifier | None = None) -> None:
+        self.app = app
+        if verifier is not None and settings is not None and verifier.settings is not settings:
+            raise ValueError("give either settings or a verifier built from them, not both")
+        self.verifier = verifier if verifier is not None else TokenVerifier(settings)
+        self.settings = self.verifier.settings
+        self._owns_verifier = verifier is None
+        self._paths = PathRules(tuple(self.settings.public_paths))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http" or kind == "websocket":
+            await self._guard(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _guard(self, scope: Scope, receive: Receive, send: Send) -> None:
+        settings = self.settings
+        if self._paths.is_public(scope["path"]) or (
+            settings.allow_cors_preflight and _is_preflight(scope)
+        ):
+            await self.app(scope, receive, send)
+            return
+        access: AccessToken | None = None
+        try:
+            token = extract_bearer(_authorization_values(scope["headers"]),
+                                   scope.get("query_string", b""),
+                                   max_token_bytes=settings.max_token_bytes)
+            if token is not None:
+                access = await self.verifier.verify(token)
+            elif settings.required:
+                raise MissingToken()
+        except GuardError as exc:
+            await self._refuse(scope, receive, send, exc)
+            return
+        scope[_SCOPE_KEY] = access
+        scope["m2m_guard.settings"] = settings
+        if access is None:
+            scope["auth"], scope["user"] = _UNAUTHENTICATED
+        else:
+            scope["auth"] = AuthCredentials(sorted(access.scopes))
+            scope["user"] = ClientUser(access)
+        marker = set_current_token(access)
+        started = False
+
+        async def send_tracking(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except GuardError as exc:
+            if started:
+                raise
+            await self._refuse(scope, receive, send, exc)
+        finally:
+            reset_current_token(marker)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, exc: GuardError) -> None:
+        rendered = render_error(exc, realm=self.settings.realm)
+        headers = [(name.encode("latin-1"), value.encode("latin-1"))
+                   for name, value in rendered.headers]
+        headers.append((b"content-length", str(len(rendered.body)).encode("ascii")))
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": rendered.status,
+                        "headers": headers})
+            await send({"type": "http.response.body", "body": rendered.body})
+            return
+        # websocket: consume the connect event, then deny before accepting.
+        message = await receive()
+        if message.get("type") != "websocket.connect":
+            return
+        if "websocket.http.response" in scope.get("extensions", {}):
+            await send({"type": "websocket.http.response.start", "status": rendered.status,
+                        "headers": headers})
+            await send({"type": "websocket.http.response.body", "body": rendered.body})
+        else:
+            await send({"type": "websocket.close", "code": 1008,
+                        "reason": exc.body_error})
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def receive_warming() -> Message:
+            message = await receive()
+            if message.get("type") == "lifespan.startup":
+                try:
+                    await self.verifier.warm_up()
+                except GuardError as exc:
+                    logger.warning("m2m_guard could not warm up key sets at startup "
+                                   "(requests will retry): %s", exc.description)
+            return message
+
+        async def send_closing(message: Message) -> None:
+            if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                if self._owns_verifier:
+                    await self.verifier.aclose()
+            await send(message)
+
+        await self.app(scope, receive_warming, send_closing)

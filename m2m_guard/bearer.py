@@ -1,0 +1,77 @@
+"""Finding the bearer token of a request, per RFC 6750 §2.1 (header) and §2.3 (query).
+
+Only the `Authorization: Bearer <b64token>` header is accepted. The rules, in order:
+
+- two or more `Authorization` headers: `InvalidRequest` (which one would the app see?);
+- an `access_token` query parameter: `InvalidRequest`, alone (tokens in URLs end up in logs) or
+  with a header (RFC 6750 §2: one method per request);
+- no header, or a scheme other than Bearer: no credentials (None);
+- `Bearer` followed by anything but spaces and one b64token: `InvalidRequest`;
+- a token longer than `max_token_bytes`: `InvalidToken`, checked before any further parsing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from urllib.parse import parse_qsl
+
+from .errors import InvalidRequest, InvalidToken
+
+__all__ = ["extract_bearer", "query_has_access_token"]
+
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_OWS = " \t"
+
+
+def query_has_access_token(query_string: bytes | str) -> bool:
+    """True when the query string carries an `access_token` parameter (percent-encoded or not)."""
+    if not query_string:
+        return False
+    qs = query_string.decode("latin-1") if isinstance(query_string, bytes) else query_string
+    if "access" not in qs.lower() and "%" not in qs:
+        return False
+    return any(key == "access_token" for key, _ in parse_qsl(qs, keep_blank_values=True))
+
+
+def extract_bearer(
+    authorization: Sequence[str],
+    query_string: bytes | str = b"",
+    *,
+    max_token_bytes: int = 16384,
+) -> str | None:
+    """Return the bearer token of a request, or None when it carries no bearer credentials.
+
+    `authorization` holds every `Authorization` header value of the request (latin-1 decoded).
+    Raises `InvalidRequest` for malformed or ambiguous credentials and `InvalidToken` for a token
+    over `max_token_bytes`.
+    """
+    if len(authorization) > 1:
+        raise InvalidRequest("The request has more than one Authorization header.",
+                             reason="multiple_authorization_headers")
+    if query_has_access_token(query_string):
+        if authorization:
+            raise InvalidRequest("The token is sent both in the header and in the query string.",
+                                 reason="token_in_header_and_query")
+        raise InvalidRequest("Tokens in the query string are not accepted; "
+                             "send them in the Authorization header.", reason="token_in_query")
+    if not authorization:
+        return None
+    value = authorization[0].strip(_OWS)
+    scheme, _, rest = value.partition(" ")
+    if scheme.lower() != "bearer":
+        if "\t" in scheme and scheme.split("\t", 1)[0].lower() == "bearer":
+            raise InvalidRequest("The Authorization header must separate Bearer and the token "
+                                 "with a space.", reason="malformed_authorization")
+        return None
+    token = rest.lstrip(" ")
+    if not token:
+        raise InvalidRequest("The Authorization header has the Bearer scheme but no token.",
+                             reason="malformed_authorization")
+    if len(token) > max_token_bytes:
+        raise InvalidToken(f"The token is larger than {max_token_bytes} bytes.",
+                           reason="token_too_large")
+    if _B64TOKEN.fullmatch(token) is None:
+        raise InvalidRequest("The bearer token contains characters RFC 6750 does not allow.",
+                             reason="malformed_authorization")
+    return token

@@ -1,0 +1,84 @@
+"""Strict decoders shared by the JWS layer and the key-set loader.
+
+`b64url_decode` accepts only canonical, unpadded base64url (RFC 7515 §2): the alphabet
+``A-Z a-z 0-9 - _``, no padding, no whitespace, and zero bits where the last character has bits
+to spare, so every byte string has exactly one accepted encoding.
+
+`loads_json` accepts only UTF-8 JSON without a byte-order mark, without duplicate member names and
+without the non-standard `NaN` / `Infinity` literals; nesting too deep for the parser is refused.
+Both raise `ValueError` and nothing else.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from typing import Any, NoReturn
+
+__all__ = ["b64url_decode", "b64url_encode", "loads_json", "is_b64url"]
+
+_ALPHABET = re.compile(r"[A-Za-z0-9_-]*")
+# For a length of 2 or 3 modulo 4, the last character carries 4 or 2 unused low bits.
+_LAST_CHARS_MOD2 = frozenset("AQgw")
+_LAST_CHARS_MOD3 = frozenset("AEIMQUYcgkosw048")
+_PADDING = ("", "", "==", "=")
+
+
+def is_b64url(segment: str) -> bool:
+    """True when `segment` is canonical unpadded base64url."""
+    if _ALPHABET.fullmatch(segment) is None:
+        return False
+    rem = len(segment) % 4
+    if rem == 0:
+        return True
+    if rem == 1:
+        return False
+    allowed = _LAST_CHARS_MOD2 if rem == 2 else _LAST_CHARS_MOD3
+    return segment[-1] in allowed
+
+
+def b64url_decode(segment: str) -> bytes:
+    """Decode canonical unpadded base64url; `ValueError` for any other form."""
+    if not is_b64url(segment):
+        raise ValueError("not canonical base64url")
+    try:
+        return base64.urlsafe_b64decode(segment + _PADDING[len(segment) % 4])
+    except (binascii.Error, ValueError):  # pragma: no cover - excluded by is_b64url
+        raise ValueError("not canonical base64url") from None
+
+
+def b64url_encode(data: bytes) -> str:
+    """Encode as unpadded base64url."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"JSON constant {name} is not allowed")
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate member name in JSON object")
+    return result
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_object, parse_constant=_reject_constant)
+
+
+def loads_json(data: bytes) -> Any:
+    """Parse strict UTF-8 JSON; `ValueError` for anything a lenient parser would guess at."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("JSON is not valid UTF-8") from None
+    if text.startswith("\ufeff"):
+        raise ValueError("JSON starts with a byte-order mark")
+    try:
+        return _DECODER.decode(text)
+    except RecursionError:
+        raise ValueError("JSON is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError is a ValueError; keep the message short
+        raise ValueError(f"invalid JSON: {exc.args[0] if exc.args else exc}") from None

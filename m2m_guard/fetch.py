@@ -1,0 +1,239 @@
+"""Fetching discovery documents and key sets: pure request/response rules, thin httpx drivers.
+
+`discovery_urls`, `read_discovery`, `redirect_target` and `read_key_set` are pure; the async
+(`fetch_key_set_async`) and sync (`fetch_key_set_sync`) drivers only move bytes, with the same
+limits: `http_timeout` for the whole exchange, at most `jwks_max_bytes` per document (checked while
+streaming), redirects followed only within the same origin (at most 3), decoded size counted (so a
+compressed bomb stops at the limit). httpx's environment handling (proxies, CA bundle) applies.
+Every failure raises `FetchError` with a message fit for logs and `health()`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import anyio
+import httpx
+
+from .encoding import loads_json
+from .jwks import parse_max_age
+from .keys import KeySet, parse_jwks
+from .settings import GuardSettings, IssuerSettings
+
+__all__ = [
+    "FetchError",
+    "FetchResult",
+    "discovery_urls",
+    "fetch_key_set_async",
+    "fetch_key_set_sync",
+    "read_discovery",
+    "read_key_set",
+    "redirect_target",
+]
+
+_MAX_REDIRECTS = 3
+_USER_AGENT = "m2m-guard"
+
+
+class FetchError(Exception):
+    """Discovery or the key set could not be fetched or used; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    """A fetched key set (`keys` None for 304 Not Modified) and its caching headers."""
+
+    keys: KeySet | None
+    max_age: float | None
+    etag: str | None
+    jwks_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Response:
+    url: str
+    status: int
+    headers: httpx.Headers
+    body: bytes
+
+
+def discovery_urls(issuer: str) -> tuple[str, str]:
+    """OpenID Connect discovery first, then RFC 8414 (well-known inserted before the path)."""
+    parts = urlsplit(issuer)
+    path = parts.path.rstrip("/")
+    oidc = issuer.rstrip("/") + "/.well-known/openid-configuration"
+    rfc8414 = f"{parts.scheme}://{parts.netloc}/.well-known/oauth-authorization-server{path}"
+    return oidc, rfc8414
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc.lower()
+
+
+def redirect_target(current: str, status: int, location: str | None) -> str:
+    """The URL to follow for a redirect response; `FetchError` when it leaves the origin."""
+    if not location:
+        raise FetchError(f"{current} answered {status} without a Location header")
+    target = urljoin(current, location)
+    if _origin(target) != _origin(current):
+        raise FetchError(f"{current} redirects to another host ({_origin(target)[1]}); refused")
+    return target
+
+
+def read_discovery(issuer: IssuerSettings, url: str, status: int, body: bytes,
+                   settings: GuardSettings) -> str:
+    """The `jwks_uri` of a discovery document, after checking that its `issuer` matches."""
+    if status != 200:
+        raise FetchError(f"discovery at {url} answered HTTP {status}")
+    try:
+        doc: Any = loads_json(body)
+    except ValueError as exc:
+        raise FetchError(f"discovery at {url} is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise FetchError(f"discovery at {url} is not a JSON object")
+    if doc.get("issuer") != issuer.issuer:
+        raise FetchError(
+            f"discovery at {url} names issuer {str(doc.get('issuer'))[:200]!r}, "
+            f"not the configured {issuer.issuer!r}"
+        )
+    jwks_uri = doc.get("jwks_uri")
+    if not isinstance(jwks_uri, str) or not jwks_uri:
+        raise FetchError(f"discovery at {url} has no jwks_uri")
+    scheme, host = _origin(jwks_uri)
+    issuer_scheme, issuer_host = _origin(issuer.issuer)
+    if (scheme, host) != (issuer_scheme, issuer_host) and scheme != "https":
+        raise FetchError(f"discovery at {url} points jwks_uri at {jwks_uri!r}: not https")
+    if urlsplit(jwks_uri).hostname != urlsplit(issuer.issuer).hostname:
+        raise FetchError(
+            f"discovery at {url} points jwks_uri at another host ({host}); refused. "
+            f"Set jwks_url (M2M_GUARD_JWKS_URL) explicitly if that host is trusted."
+        )
+    return jwks_uri
+
+
+def read_key_set(url: str, status: int, headers: httpx.Headers, body: bytes,
+                 settings: GuardSettings) -> FetchResult:
+    """Interpret a key-set response: 200 with a JWKS, or 304 Not Modified."""
+    max_age = parse_max_age(headers.get("cache-control"))
+    etag = headers.get("etag")
+    if status == 304:
+        return FetchResult(None, max_age, etag, url)
+    if status != 200:
+        raise FetchError(f"key set at {url} answered HTTP {status}")
+    try:
+        keys = parse_jwks(body, max_keys=settings.jwks_max_keys)
+    except ValueError as exc:
+        raise FetchError(f"key set at {url} is unusable: {exc}") from None
+    return FetchResult(keys, max_age, etag, url)
+
+
+def _timeout(settings: GuardSettings) -> httpx.Timeout:
+    return httpx.Timeout(settings.http_timeout)
+
+
+def _headers(etag: str | None) -> dict[str, str]:
+    headers = {"accept": "application/json", "user-agent": _USER_AGENT}
+    if etag:
+        headers["if-none-match"] = etag
+    return headers
+
+
+# -- async driver ----------------------------------------------------------------------------
+
+async def _get_async(client: httpx.AsyncClient, url: str, settings: GuardSettings,
+                     etag: str | None = None) -> _Response:
+    for _ in range(_MAX_REDIRECTS + 1):
+        try:
+            async with client.stream("GET", url, headers=_headers(etag)) as response:
+                if response.is_redirect:
+                    url = redirect_target(url, response.status_code,
+                                          response.headers.get("location"))
+                    continue
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > settings.jwks_max_bytes:
+                        raise FetchError(f"{url} sent more than {settings.jwks_max_bytes} bytes")
+                return _Response(url, response.status_code, response.headers, bytes(body))
+        except httpx.HTTPError as exc:
+            raise FetchError(f"{url} could not be fetched: {type(exc).__name__}: {exc}") from None
+    raise FetchError(f"{url}: too many redirects")
+
+
+async def fetch_key_set_async(issuer: IssuerSettings, settings: GuardSettings, *,
+                              jwks_url: str | None, etag: str | None) -> FetchResult:
+    """Discover (when `jwks_url` is None) and fetch the issuer's key set, within the timeout."""
+    try:
+        with anyio.fail_after(settings.http_timeout * (1 if jwks_url else 2)):
+            async with httpx.AsyncClient(timeout=_timeout(settings),
+                                         follow_redirects=False) as client:
+                if jwks_url is None:
+                    jwks_url = await _discover_async(client, issuer, settings)
+                    etag = None
+                response = await _get_async(client, jwks_url, settings, etag)
+    except TimeoutError:
+        raise FetchError(f"fetching the key set of {issuer.issuer} timed out "
+                         f"after {settings.http_timeout:g} s") from None
+    return read_key_set(response.url, response.status, response.headers, response.body, settings)
+
+
+async def _discover_async(client: httpx.AsyncClient, issuer: IssuerSettings,
+                          settings: GuardSettings) -> str:
+    errors = []
+    for url in discovery_urls(issuer.issuer):
+        response = await _get_async(client, url, settings)
+        if response.status == 404:
+            errors.append(f"{url} answered 404")
+            continue
+        return read_discovery(issuer, response.url, response.status, response.body, settings)
+    raise FetchError("no discovery document: " + "; ".join(errors))
+
+
+# -- sync driver -----------------------------------------------------------------------------
+
+def _get_sync(client: httpx.Client, url: str, settings: GuardSettings, deadline: float,
+              etag: str | None = None) -> _Response:
+    for _ in range(_MAX_REDIRECTS + 1):
+        try:
+            with client.stream("GET", url, headers=_headers(etag)) as response:
+                if response.is_redirect:
+                    url = redirect_target(url, response.status_code,
+                                          response.headers.get("location"))
+                    continue
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > settings.jwks_max_bytes:
+                        raise FetchError(f"{url} sent more than {settings.jwks_max_bytes} bytes")
+                    if time.monotonic() > deadline:
+                        raise FetchError(f"{url} timed out after {settings.http_timeout:g} s")
+                return _Response(url, response.status_code, response.headers, bytes(body))
+        except httpx.HTTPError as exc:
+            raise FetchError(f"{url} could not be fetched: {type(exc).__name__}: {exc}") from None
+    raise FetchError(f"{url}: too many redirects")
+
+
+def fetch_key_set_sync(issuer: IssuerSettings, settings: GuardSettings, *,
+                       jwks_url: str | None, etag: str | None) -> FetchResult:
+    """The blocking twin of `fetch_key_set_async` (same rules, `httpx.Client`)."""
+    deadline = time.monotonic() + settings.http_timeout * (1 if jwks_url else 2)
+    with httpx.Client(timeout=_timeout(settings), follow_redirects=False) as client:
+        if jwks_url is None:
+            errors = []
+            for url in discovery_urls(issuer.issuer):
+                response = _get_sync(client, url, settings, deadline)
+                if response.status == 404:
+                    errors.append(f"{url} answered 404")
+                    continue
+                jwks_url = read_discovery(issuer, response.url, response.status, response.body,
+                                          settings)
+                etag = None
+                break
+            else:
+                raise FetchError("no discovery document: " + "; ".join(errors))
+        response = _get_sync(client, jwks_url, settings, deadline, etag)
+    return read_key_set(response.url, response.status, response.headers, response.body, settings)

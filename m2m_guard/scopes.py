@@ -1,0 +1,89 @@
+"""Scopes: reading them from verified claims, and the requirements routes place on them.
+
+Claims are read by name (default ``scopes``, ``scope``, ``scp``; DESIGN §6). A claim counts only
+in one of two shapes: a string of scope-tokens separated by single spaces (RFC 6749 §3.3), or an
+array of scope-token strings. Any other shape (a tab, a double space, a number, a nested array)
+makes that claim count for nothing: it is ignored, never coerced.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import InsufficientScope
+
+if TYPE_CHECKING:
+    from .token import AccessToken
+
+__all__ = ["ScopeRequirement", "scopes_from_claims", "validate_scopes"]
+
+# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+_SCOPE_STRING = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*")
+
+
+def _claim_scopes(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        if value == "":
+            return ()
+        if _SCOPE_STRING.fullmatch(value) is None:
+            return ()
+        return tuple(value.split(" "))
+    if isinstance(value, list):
+        if all(isinstance(item, str) and _SCOPE_TOKEN.fullmatch(item) for item in value):
+            return tuple(value)
+    return ()
+
+
+def scopes_from_claims(claims: Mapping[str, Any], names: Iterable[str]) -> frozenset[str]:
+    """The union of the scopes found in the claims `names` (see the module doc for shapes)."""
+    found: set[str] = set()
+    for name in names:
+        value = claims.get(name)
+        if value is not None:
+            found.update(_claim_scopes(value))
+    return frozenset(found)
+
+
+def validate_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
+    """Check route scopes at decoration time; `ValueError` for anything but scope-tokens.
+
+    A string with whitespace is refused rather than split, so ``"a b"`` cannot be mistaken for
+    ``"a", "b"``.
+    """
+    result = []
+    for scope in scopes:
+        if not isinstance(scope, str):
+            raise ValueError(f"a scope must be a string, got {scope!r}")
+        if _SCOPE_TOKEN.fullmatch(scope) is None:
+            raise ValueError(
+                f"invalid scope {scope!r}: a scope is one RFC 6749 scope-token (no whitespace, "
+                f"quotes or backslashes); pass several scopes as separate arguments"
+            )
+        result.append(scope)
+    if not result:
+        raise ValueError("name at least one scope")
+    return tuple(dict.fromkeys(result))
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeRequirement:
+    """All of `all_of` and, when `any_of` is not empty, at least one of `any_of`."""
+
+    all_of: tuple[str, ...] = ()
+    any_of: tuple[str, ...] = ()
+
+    def is_met(self, scopes: frozenset[str]) -> bool:
+        if not scopes.issuperset(self.all_of):
+            return False
+        return not self.any_of or not scopes.isdisjoint(self.any_of)
+
+    def check(self, token: AccessToken) -> None:
+        """Raise `InsufficientScope` (with the scopes to announce) unless `token` meets this."""
+        if not token.scopes.issuperset(self.all_of):
+            raise InsufficientScope(self.all_of)
+        if self.any_of and token.scopes.isdisjoint(self.any_of):
+            raise InsufficientScope(self.any_of, any_of=True)

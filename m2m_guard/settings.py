@@ -1,0 +1,430 @@
+"""Configuration: `GuardSettings`, `IssuerSettings`, and reading them from `M2M_GUARD_*` variables.
+
+Everything is validated when the settings are built, so a running guard never meets a bad value:
+a missing or invalid option raises `ConfigurationError` naming the option (or the environment
+variable), the value given and what is expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigurationError
+
+__all__ = [
+    "ASYMMETRIC_ALGORITHMS",
+    "ENV_PREFIX",
+    "GuardSettings",
+    "IssuerSettings",
+    "parse_duration",
+]
+
+ENV_PREFIX = "M2M_GUARD_"
+
+ASYMMETRIC_ALGORITHMS: tuple[str, ...] = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+)
+
+DEFAULT_JWKS_TTL = 600.0
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+# RFC 7235 quoted-string content we allow in a realm: printable ASCII without '"' and '\'.
+_REALM = re.compile(r"^[\x20\x21\x23-\x5b\x5d-\x7e]{1,128}$")
+_PATH_PATTERN = re.compile(r"^/[\x21-\x7e]*$")
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Parse seconds given as a number or as ``"30s"``, ``"5m"``, ``"1h"``, ``"1d"``, ``"250ms"``.
+
+    Raises `ValueError` for anything else, negative or non-finite values included.
+    """
+    if isinstance(value, bool):
+        raise ValueError("a duration, not a boolean")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(value)
+        if match is None:
+            raise ValueError("a duration such as 30, 30s, 5m, 1h or 1d")
+        seconds = float(match.group(1)) * _UNITS[(match.group(2) or "s").lower()]
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("a non-negative, finite duration")
+    return seconds
+
+
+def _is_loopback_host(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_url(name: str, url: str, *, allow_http: bool) -> str:
+    if not isinstance(url, str) or not url:
+        raise ConfigurationError(f"{name} must be a non-empty URL, got {url!r}.")
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.netloc or parts.fragment:
+        raise ConfigurationError(
+            f"{name} must be an absolute https URL without a fragment, got {url!r}."
+        )
+    if parts.username or parts.password:
+        raise ConfigurationError(f"{name} must not carry credentials, got a URL with user info.")
+    if parts.scheme == "http" and not (allow_http or _is_loopback_host(parts.hostname)):
+        raise ConfigurationError(
+            f"{name} is {url!r}: plain http is only accepted for loopback addresses "
+            f"(127.0.0.1, ::1, localhost). Use https, or set allow_http=True "
+            f"(M2M_GUARD_ALLOW_HTTP=true) for a trusted private network."
+        )
+    return url
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerSettings:
+    """One trusted token issuer: its exact `iss` value and, optionally, its JWKS URL.
+
+    Without `jwks_url` the key set is found by discovery (OpenID Connect, then RFC 8414).
+    """
+
+    issuer: str
+    jwks_url: str | None = None
+
+
+def _as_tuple(name: str, value: Any) -> tuple[Any, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (str, IssuerSettings)):
+        return (value,)
+    if isinstance(value, Iterable):
+        return tuple(value)
+    raise ConfigurationError(f"{name} must be a string or a list of strings, got {value!r}.")
+
+
+def _str_tuple(name: str, value: Any) -> tuple[str, ...]:
+    items = _as_tuple(name, value)
+    for item in items:
+        if not isinstance(item, str) or not item:
+            raise ConfigurationError(f"{name} must hold non-empty strings, got {item!r}.")
+    return tuple(dict.fromkeys(items))
+
+
+@dataclass(frozen=True, slots=True)
+class GuardSettings:
+    """Everything the guard needs to decide on a request. Immutable; validated on creation.
+
+    `issuer` and `audience` accept one string or several. `issuer` may also hold
+    `IssuerSettings` to give each issuer its own `jwks_url`. Durations are seconds.
+    `jwks_cache_ttl=None` means 600 s, replaced by the key set's `Cache-Control: max-age`
+    clamped to [60 s, 24 h]; a TTL you set is used as given.
+    """
+
+    issuer: tuple[IssuerSettings, ...] | str | Sequence[str | IssuerSettings] = ()
+    audience: tuple[str, ...] | str | Sequence[str] | None = ()
+    verify_audience: bool = True
+    jwks_url: str | None = None
+    algorithms: tuple[str, ...] | Sequence[str] = ASYMMETRIC_ALGORITHMS
+    leeway: float = 30.0
+    strict_typ: bool = False
+    scope_claims: tuple[str, ...] | Sequence[str] = ("scopes", "scope", "scp")
+    required_claims: tuple[str, ...] | Sequence[str] = ()
+    public_paths: tuple[str, ...] | Sequence[str] = ()
+    required: bool = True
+    allow_cors_preflight: bool = True
+    max_token_bytes: int = 16384
+    jwks_cache_ttl: float | None = None
+    jwks_min_ttl: float = 60.0
+    jwks_max_ttl: float = 86400.0
+    jwks_refetch_cooldown: float = 30.0
+    jwks_max_stale: float = 86400.0
+    jwks_max_bytes: int = 65536
+    jwks_max_keys: int = 100
+    http_timeout: float = 5.0
+    token_cache_size: int = 10000
+    realm: str = "api"
+    allow_http: bool = False
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        issuers: list[IssuerSettings] = []
+        for item in _as_tuple("issuer", self.issuer):
+            entry = item if isinstance(item, IssuerSettings) else IssuerSettings(item)
+            if not isinstance(entry.issuer, str) or not entry.issuer:
+                raise ConfigurationError(f"issuer must hold non-empty strings, got {item!r}.")
+            issuers.append(entry)
+        if not issuers:
+            raise ConfigurationError(
+                "issuer is not set: give the issuer URL of your authorization server "
+                "(GuardSettings(issuer=...) or M2M_GUARD_ISSUER), "
+                "e.g. https://yourenv.scalekit.dev"
+            )
+        if self.jwks_url is not None:
+            if len(issuers) != 1:
+                raise ConfigurationError(
+                    "jwks_url applies to a single issuer; with several issuers give each its "
+                    "own IssuerSettings(issuer=..., jwks_url=...)."
+                )
+            if issuers[0].jwks_url not in (None, self.jwks_url):
+                raise ConfigurationError("jwks_url is given twice with different values.")
+            issuers[0] = IssuerSettings(issuers[0].issuer, self.jwks_url)
+        seen: set[str] = set()
+        for entry in issuers:
+            _check_url("issuer", entry.issuer, allow_http=self.allow_http)
+            if entry.jwks_url is not None:
+                _check_url("jwks_url", entry.jwks_url, allow_http=self.allow_http)
+            if entry.issuer in seen:
+                raise ConfigurationError(f"issuer {entry.issuer!r} is configured twice.")
+            seen.add(entry.issuer)
+        set_(self, "issuer", tuple(issuers))
+
+        audience = _str_tuple("audience", self.audience)
+        if self.verify_audience and not audience:
+            raise ConfigurationError(
+                "audience is not set: give the audience your API expects in tokens' aud claim "
+                "(GuardSettings(audience=...) or M2M_GUARD_AUDIENCE), or turn audience checking "
+                "off explicitly with verify_audience=False (M2M_GUARD_VERIFY_AUDIENCE=false)."
+            )
+        set_(self, "audience", audience)
+
+        algorithms = _str_tuple("algorithms", self.algorithms)
+        if not algorithms:
+            raise ConfigurationError("algorithms must name at least one algorithm.")
+        for alg in algorithms:
+            if alg not in ASYMMETRIC_ALGORITHMS:
+                raise ConfigurationError(
+                    f"algorithms contains {alg!r}: only asymmetric algorithms are accepted with "
+                    f"a JWKS ({', '.join(ASYMMETRIC_ALGORITHMS)}); 'none' and HS* never are."
+                )
+        set_(self, "algorithms", algorithms)
+
+        set_(self, "scope_claims", _str_tuple("scope_claims", self.scope_claims))
+        set_(self, "required_claims", _str_tuple("required_claims", self.required_claims))
+        paths = _str_tuple("public_paths", self.public_paths)
+        for path in paths:
+            if not _PATH_PATTERN.match(path) or "*" in path[:-1]:
+                raise ConfigurationError(
+                    f"public_paths contains {path!r}: each entry is an absolute path such as "
+                    f"/health, or a prefix ending in * such as /docs*."
+                )
+        set_(self, "public_paths", paths)
+
+        for name in ("leeway", "jwks_min_ttl", "jwks_max_ttl", "jwks_refetch_cooldown",
+                     "jwks_max_stale", "http_timeout"):
+            set_(self, name, self._duration(name, getattr(self, name)))
+        if self.jwks_cache_ttl is not None:
+            set_(self, "jwks_cache_ttl", self._duration("jwks_cache_ttl", self.jwks_cache_ttl))
+            if self.jwks_cache_ttl <= 0:
+                raise ConfigurationError("jwks_cache_ttl must be greater than 0.")
+        if self.http_timeout <= 0:
+            raise ConfigurationError("http_timeout must be greater than 0.")
+        if self.jwks_min_ttl > self.jwks_max_ttl:
+            raise ConfigurationError("jwks_min_ttl must not exceed jwks_max_ttl.")
+        for name, low in (("max_token_bytes", 64), ("jwks_max_bytes", 256), ("jwks_max_keys", 1),
+                          ("token_cache_size", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigurationError(f"{name} must be an integer >= {low}, got {value!r}.")
+        for name in ("verify_audience", "strict_typ", "required", "allow_cors_preflight",
+                     "allow_http"):
+            if not isinstance(getattr(self, name), bool):
+                value = getattr(self, name)
+                raise ConfigurationError(f"{name} must be True or False, got {value!r}.")
+        if not isinstance(self.realm, str) or not _REALM.match(self.realm):
+            raise ConfigurationError(
+                f"realm must be 1-128 printable ASCII characters without quotes or backslashes, "
+                f"got {self.realm!r}."
+            )
+
+    @staticmethod
+    def _duration(name: str, value: Any) -> float:
+        try:
+            return parse_duration(value)
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(f"{name} must be {exc}, got {value!r}.") from None
+
+    # Typed views of the normalised fields (the constructor accepts looser input types).
+    @property
+    def issuers(self) -> tuple[IssuerSettings, ...]:
+        return self.issuer  # type: ignore[return-value]
+
+    @property
+    def audiences(self) -> tuple[str, ...]:
+        return self.audience  # type: ignore[return-value]
+
+    def issuer_for(self, iss: str) -> IssuerSettings | None:
+        """The configured issuer whose `issuer` equals `iss` exactly, or None."""
+        for entry in self.issuers:
+            if entry.issuer == iss:
+                return entry
+        return None
+
+    def replace(self, **changes: Any) -> GuardSettings:
+        """A copy with `changes` applied (validated again)."""
+        current = {name: getattr(self, name) for name in _public_fields()}
+        if "issuer" in changes or "jwks_url" in changes:
+            current["jwks_url"] = None
+        current.update(changes)
+        return GuardSettings(**current)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], *, source: str = "settings") -> GuardSettings:
+        """Build from a mapping whose keys are field names (as in Django's ``M2M_GUARD = {...}``).
+
+        Unknown keys raise `ConfigurationError` with the closest valid name.
+        """
+        names = _public_fields()
+        unknown = [key for key in values if key not in names]
+        if unknown:
+            raise ConfigurationError(_unknown_message(source, unknown, names))
+        return cls(**dict(values))
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        prefix: str = ENV_PREFIX,
+        **overrides: Any,
+    ) -> GuardSettings:
+        """Read settings from `M2M_GUARD_*` variables; `overrides` (field names) win over them.
+
+        Lists are comma-separated, booleans true/false (1/0, yes/no, on/off), durations seconds or
+        30s / 5m / 1h. Raises `ConfigurationError` naming the variable, its value and what is
+        expected; an unknown `M2M_GUARD_*` variable is an error too (a typo would otherwise be
+        silently ignored).
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        names = _public_fields()
+        unknown = []
+        for key, raw in env.items():
+            if not key.startswith(prefix):
+                continue
+            name = key[len(prefix):].lower()
+            if name not in names:
+                unknown.append(key)
+                continue
+            if name in overrides:
+                continue
+            parser = _ENV_PARSERS[name]
+            try:
+                values[name] = parser(raw)
+            except ValueError as exc:
+                raise ConfigurationError(f"{key}={raw!r} is invalid: expected {exc}.") from None
+        if unknown:
+            env_names = {prefix + n.upper() for n in names}
+            raise ConfigurationError(_unknown_message("environment", unknown, env_names))
+        values.update(overrides)
+        try:
+            return cls(**values)
+        except ConfigurationError as exc:
+            raise ConfigurationError(_env_wording(str(exc), prefix)) from None
+
+
+def _unknown_message(source: str, unknown: Sequence[str], valid: Iterable[str]) -> str:
+    valid_list = sorted(valid)
+    parts = []
+    for key in sorted(unknown):
+        close = difflib.get_close_matches(key, valid_list, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        parts.append(f"{key}{hint}")
+    return f"Unknown m2m_guard option(s) in {source}: {', '.join(parts)}."
+
+
+def _env_wording(message: str, prefix: str) -> str:
+    """Name the environment variable rather than the field in messages raised by validation."""
+    for name in sorted(_public_fields(), key=len, reverse=True):
+        if message.startswith(name + " "):
+            return prefix + name.upper() + message[len(name):]
+    return message
+
+
+def _public_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(GuardSettings) if not f.name.startswith("_")}
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError("true or false")
+
+
+def _parse_list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _parse_int(raw: str) -> int:
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ValueError("an integer") from None
+
+
+def _parse_duration_env(raw: str) -> float:
+    return parse_duration(raw)
+
+
+def _parse_str(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise ValueError("a non-empty value")
+    return value
+
+
+def _parse_optional_duration(raw: str) -> float | None:
+    return None if raw.strip().lower() in ("", "auto") else parse_duration(raw)
+
+
+def _parse_issuers(raw: str) -> tuple[str, ...]:
+    items = _parse_list(raw)
+    if not items:
+        raise ValueError("one or more issuer URLs, comma-separated")
+    return items
+
+
+def _parse_audience(raw: str) -> tuple[str, ...]:
+    return _parse_list(raw)
+
+
+_ENV_PARSERS: dict[str, Callable[[str], Any]] = {
+    "issuer": _parse_issuers,
+    "audience": _parse_audience,
+    "verify_audience": _parse_bool,
+    "jwks_url": _parse_str,
+    "algorithms": _parse_list,
+    "leeway": _parse_duration_env,
+    "strict_typ": _parse_bool,
+    "scope_claims": _parse_list,
+    "required_claims": _parse_list,
+    "public_paths": _parse_list,
+    "required": _parse_bool,
+    "allow_cors_preflight": _parse_bool,
+    "max_token_bytes": _parse_int,
+    "jwks_cache_ttl": _parse_optional_duration,
+    "jwks_min_ttl": _parse_duration_env,
+    "jwks_max_ttl": _parse_duration_env,
+    "jwks_refetch_cooldown": _parse_duration_env,
+    "jwks_max_stale": _parse_duration_env,
+    "jwks_max_bytes": _parse_int,
+    "jwks_max_keys": _parse_int,
+    "http_timeout": _parse_duration_env,
+    "token_cache_size": _parse_int,
+    "realm": _parse_str,
+    "allow_http": _parse_bool,
+}

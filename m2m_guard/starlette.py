@@ -1,0 +1,62 @@
+"""Starlette helpers: the authenticated client principal and a `GuardError` exception handler.
+
+`M2MGuardMiddleware` (in `m2m_guard.asgi`) sets `request.user` to a `ClientUser` and
+`request.auth` to the token's scopes, so Starlette's own `requires("scope")` works. Use
+`exception_handlers` when the middleware wraps the app from outside (``M2MGuardMiddleware(app)``)
+rather than being listed in ``middleware=[...]``: Starlette's error middleware would otherwise see
+a `GuardError` raised by an endpoint first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.authentication import BaseUser
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .errors import GuardError, render_error
+from .token import AccessToken
+
+__all__ = ["ClientUser", "exception_handlers", "guard_error_response"]
+
+
+class ClientUser(BaseUser):
+    """The calling client application, as Starlette's `request.user`."""
+
+    def __init__(self, token: AccessToken) -> None:
+        self.token = token
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def display_name(self) -> str:
+        return self.token.client_id or ""
+
+    @property
+    def identity(self) -> str:
+        return self.token.client_id or ""
+
+    def __repr__(self) -> str:
+        return f"ClientUser({self.token.client_id!r})"
+
+
+def guard_error_response(error: GuardError, realm: str = "api") -> Response:
+    """A Starlette `Response` for `error`, rendered by the one renderer (DESIGN §4)."""
+    rendered = render_error(error, realm=realm)
+    return Response(rendered.body, status_code=rendered.status, headers=dict(rendered.headers),
+                     media_type=None)
+
+
+def _realm_of(request: Request) -> str:
+    settings = request.scope.get("m2m_guard.settings")
+    return getattr(settings, "realm", "api")
+
+
+async def _handle(request: Request, exc: Any) -> Response:
+    return guard_error_response(exc, _realm_of(request))
+
+
+exception_handlers: dict[Any, Any] = {GuardError: _handle}

@@ -1,0 +1,113 @@
+"""`AccessToken`: the typed, read-only view of a verified token's claims (DESIGN §3, §6)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from types import MappingProxyType
+from typing import Any
+
+__all__ = ["AccessToken"]
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_CLIENT_ID_CLAIMS = ("client_id", "azp", "cid", "appid", "sub")
+_ORGANIZATION_CLAIMS = ("oid", "org_id")
+
+
+def _first_string(claims: Mapping[str, Any], names: tuple[str, ...]) -> str | None:
+    for name in names:
+        value = claims.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _time(value: Any) -> datetime | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, tz=timezone.utc)
+    return None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class AccessToken:
+    """A verified access token. Build it only through `TokenVerifier`.
+
+    `claims` is the whole verified claim set (read-only). The other attributes are the claims
+    users look for, already typed: `client_id` is `client_id`, else `azp`, `cid`, `appid`, `sub`;
+    `organization_id` is `oid` (Scalekit) else `org_id`; `custom_claims` is Scalekit's object.
+    The raw token is never held; `fingerprint` (16 hex digits of its SHA-256) is safe to log.
+    """
+
+    claims: Mapping[str, Any] = field(repr=False)
+    scopes: frozenset[str]
+    algorithm: str = field(repr=False)
+    key_id: str | None = field(repr=False)
+    fingerprint: str
+
+    @classmethod
+    def from_claims(cls, claims: dict[str, Any], scopes: frozenset[str], *, algorithm: str,
+                    key_id: str | None, fingerprint: str) -> AccessToken:
+        return cls(MappingProxyType(claims), scopes, algorithm, key_id, fingerprint)
+
+    @property
+    def issuer(self) -> str:
+        return str(self.claims["iss"])
+
+    @property
+    def subject(self) -> str | None:
+        value = self.claims.get("sub")
+        return value if isinstance(value, str) else None
+
+    @property
+    def client_id(self) -> str | None:
+        return _first_string(self.claims, _CLIENT_ID_CLAIMS)
+
+    @property
+    def audience(self) -> tuple[str, ...]:
+        aud = self.claims.get("aud")
+        if isinstance(aud, str):
+            return (aud,)
+        if isinstance(aud, list):
+            return tuple(item for item in aud if isinstance(item, str))
+        return ()
+
+    @property
+    def expires_at(self) -> datetime:
+        value = _time(self.claims.get("exp"))
+        assert value is not None  # exp is required and checked before an AccessToken exists
+        return value
+
+    @property
+    def issued_at(self) -> datetime | None:
+        return _time(self.claims.get("iat"))
+
+    @property
+    def not_before(self) -> datetime | None:
+        return _time(self.claims.get("nbf"))
+
+    @property
+    def token_id(self) -> str | None:
+        value = self.claims.get("jti")
+        return value if isinstance(value, str) else None
+
+    @property
+    def organization_id(self) -> str | None:
+        return _first_string(self.claims, _ORGANIZATION_CLAIMS)
+
+    @property
+    def custom_claims(self) -> Mapping[str, Any]:
+        value = self.claims.get("custom_claims")
+        return MappingProxyType(value) if isinstance(value, dict) else _EMPTY
+
+    def has_scopes(self, *scopes: str) -> bool:
+        """True when the token holds every one of `scopes`."""
+        return self.scopes.issuperset(scopes)
+
+    def has_any_scope(self, *scopes: str) -> bool:
+        """True when the token holds at least one of `scopes`."""
+        return not self.scopes.isdisjoint(scopes)
+
+    def __repr__(self) -> str:
+        return (f"AccessToken(client_id={self.client_id!r}, issuer={self.issuer!r}, "
+                f"scopes={sorted(self.scopes)!r}, fingerprint={self.fingerprint!r})")

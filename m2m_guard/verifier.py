@@ -1,0 +1,684 @@
+"""`TokenVerifier`: the one verification engine, with an async and a sync front (DESIGN §1).
+
+The pipeline, in order: size limit, compact framing, canonical base64url, strict JSON header
+(`jws.parse_compact`); token type; strict JSON claims and issuer selection by `iss` (only
+configured issuers are ever contacted); the issuer's key set from the cache and the key by `kid`;
+the signature with the algorithm pinned to the key; then the claims (`aud`, `exp`, `nbf`, `iat`,
+claim types, required claims). Success gives an immutable `AccessToken`; every failure raises a
+`GuardError` subclass, and an unexpected exception inside verification becomes `InvalidToken`
+(logged with its traceback), never an error the caller has to handle as a 500.
+
+Both fronts share everything but the waiting: key selection is a generator that yields what it
+needs (`_NEED_FETCH`, `_SPAWN_REFRESH`) and each front satisfies that with its own I/O driver.
+One fetch per issuer runs at a time, across tasks and threads (single flight).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Generator, Mapping
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from .encoding import loads_json
+from .errors import GuardError, InvalidToken, IssuerUnavailable
+from .fetch import FetchError, FetchResult, fetch_key_set_async, fetch_key_set_sync
+from .jwks import CachePolicy, Fetch, KeySetState
+from .jws import CompactJWS, check_signature, parse_compact
+from .keys import VerificationKey
+from .scopes import scopes_from_claims
+from .settings import GuardSettings, IssuerSettings
+from .token import AccessToken
+
+__all__ = ["TokenVerifier"]
+
+logger = logging.getLogger("m2m_guard")
+
+_TYPES = frozenset({"jwt", "at+jwt", "application/at+jwt"})
+_STRICT_TYPES = frozenset({"at+jwt", "application/at+jwt"})
+_STRING_CLAIMS = ("sub", "jti", "client_id", "azp", "oid")
+
+
+class _Flight:
+    """One fetch in progress. Waiters in the owner's event-loop thread await `event`; others
+    (threads, other loops) wait on `done`."""
+
+    __slots__ = ("done", "event", "owner_thread")
+
+    def __init__(self, event: anyio.Event | None) -> None:
+        self.done = threading.Event()
+        self.event = event
+        self.owner_thread = threading.get_ident()
+
+    def finish(self) -> None:
+        self.done.set()
+        if self.event is not None:
+            self.event.set()
+
+    async def wait_async(self, timeout: float) -> None:
+        if self.event is not None and self.owner_thread == threading.get_ident():
+            with anyio.move_on_after(timeout):
+                await self.event.wait()
+        else:
+            await anyio.to_thread.run_sync(self.done.wait, timeout)
+
+
+class _Issuer:
+    """Per-issuer cache state, the lock that guards it and the fetch in progress."""
+
+    __slots__ = ("fast_until", "flight", "jwks_url", "lock", "settings", "state")
+
+    def __init__(self, settings: IssuerSettings) -> None:
+        self.settings = settings
+        self.state = KeySetState()
+        self.lock = threading.Lock()
+        self.flight: _Flight | None = None
+        self.jwks_url = settings.jwks_url
+        # Until this monotonic time the key set is fresh: no planning needed on the hot path.
+        self.fast_until = -math.inf
+
+
+class _Want:
+    """What key selection asks its front to do before it can go on."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+_NEED_FETCH = _Want("start or join a fetch, and wait for it")
+_JOIN_FETCH = _Want("wait for the fetch in progress, if any")
+_SPAWN_REFRESH = _Want("start a background refresh")
+
+
+class _Job:
+    """A token past framing and issuer selection, on its way to key selection and claims."""
+
+    __slots__ = ("claims", "digest", "issuer", "jws")
+
+    def __init__(self, digest: bytes, jws: CompactJWS, claims: dict[str, Any],
+                 issuer: _Issuer) -> None:
+        self.digest = digest
+        self.jws = jws
+        self.claims = claims
+        self.issuer = issuer
+
+
+# token, the key that verified it, its issuer, and its validity window (not_after, not_before)
+_CacheEntry = tuple[AccessToken, VerificationKey, _Issuer, float, float]
+
+
+class _TokenCache:
+    """Bounded map from a token digest to its verified `AccessToken` and the key that verified
+    it. Only successes enter; eviction is oldest-first."""
+
+    __slots__ = ("entries", "lock", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.entries: dict[bytes, _CacheEntry] = {}
+        self.lock = threading.Lock()
+
+    def get(self, digest: bytes) -> _CacheEntry | None:
+        return self.entries.get(digest)
+
+    def put(self, digest: bytes, entry: _CacheEntry) -> None:
+        with self.lock:
+            entries = self.entries
+            entries.pop(digest, None)
+            while len(entries) >= self.size:
+                del entries[next(iter(entries))]
+            entries[digest] = entry
+
+    def discard(self, digest: bytes) -> None:
+        with self.lock:
+            self.entries.pop(digest, None)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def _number(claims: Mapping[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidToken(f"The {name} claim must be a number of seconds.",
+                           reason=f"invalid_{name}")
+    return float(value)
+
+
+class TokenVerifier:
+    """Verifies bearer tokens for one `GuardSettings`. Create one per application and share it.
+
+    `await verify(token)` and `verify_sync(token)` return an `AccessToken` or raise a
+    `GuardError`. `warm_up()` loads every issuer's key set ahead of the first request;
+    `health()` reports on them; `aclose()` / `close()` stop background refreshes.
+    `clock` (monotonic, for the cache) and `wall_clock` (epoch seconds, for claims) exist for tests.
+    """
+
+    def __init__(
+        self,
+        settings: GuardSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings if settings is not None else GuardSettings.from_env()
+        self.policy = CachePolicy.from_settings(self.settings)
+        self._clock = clock
+        self._wall = wall_clock
+        self._issuers = {entry.issuer: _Issuer(entry) for entry in self.settings.issuers}
+        self._cache = _TokenCache(self.settings.token_cache_size) \
+            if self.settings.token_cache_size > 0 else None
+        self._audiences = frozenset(self.settings.audiences)
+        self._algorithms = frozenset(self.settings.algorithms)
+        self._types = _STRICT_TYPES if self.settings.strict_typ else _TYPES
+        self._required = tuple(dict.fromkeys(("exp", *self.settings.required_claims)))
+        self._scope_claims = self.settings.scope_claims
+        self._leeway = self.settings.leeway
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._threads: set[threading.Thread] = set()
+        self._closed = False
+
+    # -- public fronts -----------------------------------------------------------------
+    async def verify(self, token: str) -> AccessToken:
+        """Verify `token` (the bearer string) and return its `AccessToken`; raise `GuardError`."""
+        job: _Job | None = None
+        try:
+            begun = self._begin(token)
+            if isinstance(begun, AccessToken):
+                return begun
+            job = begun
+            selection = self._select_key(job.issuer, job.jws)
+            if not isinstance(selection, VerificationKey):
+                selection = await self._drive_async(selection, job.issuer)
+            return self._finish(job, selection)
+        except GuardError as exc:
+            self._log_refusal(token, job, exc)
+            raise
+        except Exception as exc:  # noqa: BLE001 - never let a bug become a 500
+            raise self._internal(token, exc) from None
+
+    def verify_sync(self, token: str) -> AccessToken:
+        """The blocking twin of `verify` (sync HTTP driver; safe from many threads).
+
+        Do not call it on an event loop's thread: use `await verify(...)` there.
+        """
+        job: _Job | None = None
+        try:
+            begun = self._begin(token)
+            if isinstance(begun, AccessToken):
+                return begun
+            job = begun
+            selection = self._select_key(job.issuer, job.jws)
+            if not isinstance(selection, VerificationKey):
+                selection = self._drive_sync(selection, job.issuer)
+            return self._finish(job, selection)
+        except GuardError as exc:
+            self._log_refusal(token, job, exc)
+            raise
+        except Exception as exc:  # noqa: BLE001 - never let a bug become a 500
+            raise self._internal(token, exc) from None
+
+    async def _drive_async(self, selection: Generator[_Want, None, VerificationKey],
+                           issuer: _Issuer) -> VerificationKey:
+        while True:
+            try:
+                want = selection.send(None)
+            except StopIteration as stop:
+                key: VerificationKey = stop.value
+                return key
+            if want is _SPAWN_REFRESH:
+                self._spawn_async(issuer)
+            else:
+                await self._fetch_async(issuer, join_only=want is _JOIN_FETCH)
+
+    def _drive_sync(self, selection: Generator[_Want, None, VerificationKey],
+                    issuer: _Issuer) -> VerificationKey:
+        while True:
+            try:
+                want = selection.send(None)
+            except StopIteration as stop:
+                key: VerificationKey = stop.value
+                return key
+            if want is _SPAWN_REFRESH:
+                self._spawn_thread(issuer)
+            else:
+                self._fetch_sync(issuer, join_only=want is _JOIN_FETCH)
+
+    async def warm_up(self) -> None:
+        """Load every issuer's key set now. Raises `IssuerUnavailable` naming those that failed."""
+        failed = []
+        for issuer in self._issuers.values():
+            await self._fetch_async(issuer)
+            if issuer.state.keys is None:
+                failed.append(f"{issuer.settings.issuer}: {issuer.state.last_error}")
+        if failed:
+            raise IssuerUnavailable("Key sets could not be loaded: " + "; ".join(failed))
+
+    def warm_up_sync(self) -> None:
+        """The blocking twin of `warm_up`."""
+        failed = []
+        for issuer in self._issuers.values():
+            self._fetch_sync(issuer)
+            if issuer.state.keys is None:
+                failed.append(f"{issuer.settings.issuer}: {issuer.state.last_error}")
+        if failed:
+            raise IssuerUnavailable("Key sets could not be loaded: " + "; ".join(failed))
+
+    def health(self) -> dict[str, Any]:
+        """Per issuer: keys held, age, last success and error, next refresh; `ready` overall.
+
+        `ready` is True when every issuer has a usable key set. Times are epoch seconds.
+        """
+        now = self._clock()
+        wall = self._wall()
+        report: dict[str, Any] = {}
+        for name, issuer in self._issuers.items():
+            with issuer.lock:
+                state = issuer.state
+                usable = state.keys is not None and now < self.policy.usable_until(state)
+                fresh = usable and now < self.policy.expires_at(state)
+                report[name] = {
+                    "status": "fresh" if fresh else "stale" if usable else
+                              "unavailable" if state.failing else "cold",
+                    "usable": usable,
+                    "keys": len(state.keys) if state.keys is not None else 0,
+                    "key_ids": [k.kid for k in state.keys.keys] if state.keys else [],
+                    "dropped_keys": [
+                        {"kid": kid, "reason": reason} for kid, reason in state.keys.dropped
+                    ] if state.keys else [],
+                    "age": (now - state.fetched_at) if state.keys is not None else None,
+                    "ttl": state.ttl if state.keys is not None else None,
+                    "jwks_url": issuer.jwks_url,
+                    "last_success": state.last_success_wall,
+                    "last_error": state.last_error,
+                    "last_error_at": state.last_error_wall,
+                    "next_refresh": (wall + self.policy.refresh_at(state) - now)
+                    if state.keys is not None else None,
+                    "fetches": state.fetches,
+                }
+        return {"ready": all(entry["usable"] for entry in report.values()), "issuers": report}
+
+    async def aclose(self) -> None:
+        """Cancel background refreshes (async ones; threads are waited for briefly)."""
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except BaseException as exc:  # noqa: BLE001 - cancelled or failed, either way done
+                logger.debug("m2m_guard background refresh ended: %r", exc)
+        self._tasks.clear()
+        self._join_threads()
+
+    def close(self) -> None:
+        """Stop background refreshes started by the sync front (waits up to the HTTP timeout)."""
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        self._join_threads()
+
+    async def __aenter__(self) -> TokenVerifier:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> TokenVerifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the engine ----------------------------------------------------------------------
+    def _begin(self, token: str) -> AccessToken | _Job:
+        """A still-valid cached `AccessToken`, or the parsed token ready for key selection."""
+        cached, digest = self._cached(token)
+        if cached is not None:
+            return cached
+        jws, claims, issuer = self._parse(token)
+        return _Job(digest, jws, claims, issuer)
+
+    def _cached(self, token: str) -> tuple[AccessToken | None, bytes]:
+        if not isinstance(token, str):
+            raise InvalidToken("The token must be a string.", reason="malformed")
+        if len(token) > self.settings.max_token_bytes:
+            raise InvalidToken(f"The token is larger than {self.settings.max_token_bytes} bytes.",
+                               reason="token_too_large")
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        cache = self._cache
+        if cache is None:
+            return None, digest
+        entry = cache.get(digest)
+        if entry is None:
+            return None, digest
+        access, key, issuer, not_after, not_before = entry
+        now_wall = self._wall()
+        if (now_wall < not_after and now_wall >= not_before
+                and self._clock() < issuer.fast_until):
+            keys = issuer.state.keys
+            if keys is not None and keys.contains(key):
+                return access, digest
+        cache.discard(digest)
+        return None, digest
+
+    def _parse(self, token: str) -> tuple[CompactJWS, dict[str, Any], _Issuer]:
+        jws = parse_compact(token, max_bytes=self.settings.max_token_bytes)
+        if jws.alg not in self._algorithms:
+            raise InvalidToken("The token's algorithm is not accepted.", reason="algorithm_refused")
+        typ = jws.header.get("typ")
+        if typ is not None and (not isinstance(typ, str) or typ.lower() not in self._types):
+            raise InvalidToken("The token type is not accepted for access tokens.",
+                               reason="type_refused")
+        if typ is None and self.settings.strict_typ:
+            raise InvalidToken("The token has no typ; at+jwt is required.", reason="type_refused")
+        cty = jws.header.get("cty")
+        if cty is not None:
+            raise InvalidToken("Nested or typed content (cty) is not accepted.",
+                               reason="cty_refused")
+        try:
+            claims = loads_json(jws.payload)
+        except ValueError:
+            raise InvalidToken("The token claims are not a strict JSON object.",
+                               reason="malformed_claims") from None
+        if not isinstance(claims, dict):
+            raise InvalidToken("The token claims are not a JSON object.", reason="malformed_claims")
+        iss = claims.get("iss")
+        issuer = self._issuers.get(iss) if isinstance(iss, str) else None
+        if issuer is None:
+            raise InvalidToken("The token's issuer is not trusted.", reason="untrusted_issuer")
+        return jws, claims, issuer
+
+    def _pick(self, issuer: _Issuer, jws: CompactJWS) -> VerificationKey | None:
+        keys = issuer.state.keys
+        if keys is None:
+            return None
+        candidates = keys.candidates(jws.kid, jws.alg)
+        if len(candidates) == 1:
+            return candidates[0]
+        if len(candidates) > 1:
+            which = "match the token's kid" if jws.kid is not None else \
+                "fit a token without kid"
+            raise InvalidToken(f"Several keys {which}; the key is ambiguous.",
+                               reason="ambiguous_key")
+        return None
+
+    def _select_key(
+        self, issuer: _Issuer, jws: CompactJWS
+    ) -> VerificationKey | Generator[_Want, None, VerificationKey]:
+        if self._clock() < issuer.fast_until:
+            key = self._pick(issuer, jws)
+            if key is not None:
+                return key
+        return self._select_key_slow(issuer, jws)
+
+    def _select_key_slow(
+        self, issuer: _Issuer, jws: CompactJWS
+    ) -> Generator[_Want, None, VerificationKey]:
+        policy, state = self.policy, issuer.state
+        fetches_seen = -1
+        while True:
+            with issuer.lock:
+                plan = policy.plan(state, self._clock())
+                fetches_now = state.fetches
+            if plan.fetch is Fetch.WAIT and fetches_seen != fetches_now:
+                fetches_seen = fetches_now
+                yield _NEED_FETCH
+                continue
+            if plan.fetch is Fetch.BACKGROUND:
+                yield _SPAWN_REFRESH
+            if plan.keys is None:
+                if state.keys is not None and state.failing:
+                    detail = "and its cached keys are too old"
+                else:
+                    detail = "and no keys are cached"
+                raise IssuerUnavailable(
+                    f"The token issuer cannot be reached {detail}.",
+                    retry_after=math.ceil(plan.retry_after or policy.cooldown),
+                )
+            break
+        key = self._pick(issuer, jws)
+        if key is not None:
+            return key
+        # The kid is unknown (or there is no kid and no single key fits): refetch at most once
+        # per cooldown; join a fetch already running rather than starting one.
+        with issuer.lock:
+            now = self._clock()
+            joining = issuer.flight is not None
+            allowed = joining or policy.may_refetch_for(state, jws.kid, now)
+            if allowed and not joining:
+                policy.note_refetch(state, now)
+        if allowed:
+            yield _JOIN_FETCH if joining else _NEED_FETCH
+            key = self._pick(issuer, jws)
+            if key is not None:
+                return key
+            if jws.kid is not None:
+                with issuer.lock:
+                    policy.note_unknown_kid(state, jws.kid)
+        if jws.kid is None:
+            raise InvalidToken("The token has no kid and no single key of its issuer fits it.",
+                               reason="unknown_kid")
+        raise InvalidToken("The token's signing key is not in its issuer's key set.",
+                           reason="unknown_kid")
+
+    def _finish(self, job: _Job, key: VerificationKey) -> AccessToken:
+        jws, claims, digest = job.jws, job.claims, job.digest
+        check_signature(jws, key)
+        not_after, not_before = self._check_claims(claims)
+        access = AccessToken.from_claims(
+            claims, scopes_from_claims(claims, self._scope_claims), algorithm=jws.alg,
+            key_id=jws.kid, fingerprint=digest[:8].hex(),
+        )
+        if self._cache is not None:
+            self._cache.put(digest, (access, key, job.issuer, not_after, not_before))
+        return access
+
+    def _check_claims(self, claims: dict[str, Any]) -> tuple[float, float]:
+        """Check time claims, audience, claim types and required claims.
+
+        Returns the wall-clock window (not_after, not_before) in which the token stays valid,
+        leeway included, for the verified-token cache.
+        """
+        for name in self._required:
+            if name not in claims:
+                raise InvalidToken(f"The token has no {name} claim.", reason=f"missing_{name}")
+        now = self._wall()
+        leeway = self._leeway
+        exp = _number(claims, "exp")
+        assert exp is not None  # required above
+        if now >= exp + leeway:
+            raise InvalidToken("The token has expired.", reason="expired")
+        nbf = _number(claims, "nbf")
+        not_before = -math.inf if nbf is None else nbf - leeway
+        if now < not_before:
+            raise InvalidToken("The token is not valid yet (nbf).", reason="not_yet_valid")
+        iat = _number(claims, "iat")
+        if iat is not None and iat > now + leeway:
+            raise InvalidToken("The token was issued in the future (iat).",
+                               reason="issued_in_future")
+        for name in _STRING_CLAIMS:
+            value = claims.get(name)
+            if value is not None and not isinstance(value, str):
+                raise InvalidToken(f"The {name} claim must be a string.", reason=f"invalid_{name}")
+        if self.settings.verify_audience:
+            aud = claims.get("aud")
+            if isinstance(aud, str):
+                audiences: list[Any] = [aud]
+            elif isinstance(aud, list) and aud:
+                audiences = aud
+            elif aud is None:
+                raise InvalidToken("The token has no aud claim.", reason="missing_aud")
+            else:
+                raise InvalidToken("The aud claim must be a string or an array of strings.",
+                                   reason="invalid_aud")
+            if not all(isinstance(item, str) for item in audiences):
+                raise InvalidToken("The aud claim must be a string or an array of strings.",
+                                   reason="invalid_aud")
+            if self._audiences.isdisjoint(audiences):
+                raise InvalidToken("The token is not meant for this audience.",
+                                   reason="wrong_audience")
+        return exp + leeway, not_before
+
+    # -- fetching --------------------------------------------------------------------------
+    def _start_flight(self, issuer: _Issuer, event: anyio.Event | None, *,
+                      join_only: bool = False) -> tuple[_Flight | None, bool]:
+        with issuer.lock:
+            if issuer.flight is not None or join_only:
+                return issuer.flight, False
+            flight = issuer.flight = _Flight(event)
+            return flight, True
+
+    def _store(self, issuer: _Issuer, result: FetchResult | None, error: str | None) -> None:
+        now, wall = self._clock(), self._wall()
+        with issuer.lock:
+            state = issuer.state
+            before = state.keys
+            if result is not None:
+                issuer.jwks_url = result.jwks_url if issuer.settings.jwks_url is None \
+                    else issuer.settings.jwks_url
+                self.policy.on_success(state, result.keys, now, wall,
+                                       max_age=result.max_age, etag=result.etag)
+            else:
+                if issuer.settings.jwks_url is None:
+                    issuer.jwks_url = None  # discover again next time
+                self.policy.on_failure(state, error or "unknown error", now, wall)
+            issuer.fast_until = (self.policy.refresh_at(state)
+                                 if state.keys is not None and not state.failing else -math.inf)
+            after = state.keys
+        if result is not None:
+            if after is not before and after is not None:
+                logger.info(
+                    "m2m_guard key set loaded issuer=%s keys=%d kids=%s dropped=%d ttl=%.0fs",
+                    issuer.settings.issuer, len(after), ",".join(str(k.kid) for k in after.keys),
+                    len(after.dropped), state.ttl,
+                )
+                for kid, reason in after.dropped:
+                    logger.warning("m2m_guard key dropped issuer=%s kid=%s reason=%s",
+                                   issuer.settings.issuer, kid, reason)
+        else:
+            logger.warning("m2m_guard key set fetch failed issuer=%s error=%s",
+                           issuer.settings.issuer, error)
+
+    async def _fetch_async(self, issuer: _Issuer, *, join_only: bool = False) -> None:
+        flight, owner = self._start_flight(issuer, anyio.Event(), join_only=join_only)
+        if flight is None:
+            return
+        timeout = self.settings.http_timeout * 2 + 1
+        if not owner:
+            await flight.wait_async(timeout)
+            return
+        try:
+            result: FetchResult | None = None
+            error: str | None = None
+            try:
+                result = await fetch_key_set_async(
+                    issuer.settings, self.settings, jwks_url=issuer.jwks_url,
+                    etag=issuer.state.etag if issuer.state.keys is not None else None)
+            except FetchError as exc:
+                error = str(exc)
+            except Exception as exc:
+                logger.exception("m2m_guard unexpected error fetching keys of %s",
+                                 issuer.settings.issuer)
+                error = f"unexpected error: {type(exc).__name__}"
+            self._store(issuer, result, error)
+        finally:
+            with issuer.lock:
+                issuer.flight = None
+            flight.finish()
+
+    def _fetch_sync(self, issuer: _Issuer, *, join_only: bool = False) -> None:
+        flight, owner = self._start_flight(issuer, None, join_only=join_only)
+        if flight is None:
+            return
+        if not owner:
+            flight.done.wait(self.settings.http_timeout * 2 + 1)
+            return
+        try:
+            result: FetchResult | None = None
+            error: str | None = None
+            try:
+                result = fetch_key_set_sync(
+                    issuer.settings, self.settings, jwks_url=issuer.jwks_url,
+                    etag=issuer.state.etag if issuer.state.keys is not None else None)
+            except FetchError as exc:
+                error = str(exc)
+            except Exception as exc:
+                logger.exception("m2m_guard unexpected error fetching keys of %s",
+                                 issuer.settings.issuer)
+                error = f"unexpected error: {type(exc).__name__}"
+            self._store(issuer, result, error)
+        finally:
+            with issuer.lock:
+                issuer.flight = None
+            flight.finish()
+
+    def _spawn_async(self, issuer: _Issuer) -> None:
+        if self._closed or issuer.flight is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not asyncio (e.g. trio): refresh on a thread instead
+            self._spawn_thread(issuer)
+            return
+        task = loop.create_task(self._fetch_async(issuer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _spawn_thread(self, issuer: _Issuer) -> None:
+        if self._closed or issuer.flight is not None:
+            return
+        thread = threading.Thread(target=self._fetch_sync, args=(issuer,),
+                                  name="m2m-guard-refresh", daemon=True)
+        self._threads.add(thread)
+        thread.start()
+
+    def _join_threads(self) -> None:
+        deadline = time.monotonic() + self.settings.http_timeout * 2 + 1
+        for thread in list(self._threads):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._threads = {t for t in self._threads if t.is_alive()}
+
+    # -- logging ---------------------------------------------------------------------------
+    def _log_refusal(self, token: object, job: _Job | None, exc: GuardError) -> None:
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        kid = iss = client = None
+        if job is not None:
+            kid = job.jws.kid
+            iss = job.issuer.settings.issuer
+            client = next((v for v in (job.claims.get(n) for n in ("client_id", "azp", "sub"))
+                           if isinstance(v, str)), None)
+        logger.info("m2m_guard refused token=%s reason=%s status=%d kid=%s iss=%s client_id=%s",
+                    _fingerprint(token), exc.reason, exc.status_code, _safe(kid), _safe(iss),
+                    _safe(client))
+
+    def _internal(self, token: object, exc: Exception) -> InvalidToken:
+        logger.error("m2m_guard unexpected error verifying token=%s", _fingerprint(token),
+                     exc_info=exc)
+        return InvalidToken("The token could not be verified.", reason="internal_error")
+
+
+def _safe(value: str | None) -> str:
+    """A log-safe rendering of an untrusted value: printable ASCII, bounded length."""
+    if value is None:
+        return "-"
+    return "".join(c if " " < c < "\x7f" else "?" for c in value[:64])
+
+
+def _fingerprint(token: object) -> str:
+    if not isinstance(token, str):
+        return "-"
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:16]
