@@ -10,12 +10,15 @@ Every failure raises `FetchError` with a message fit for logs and `health()`.
 
 from __future__ import annotations
 
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import anyio
+import anyio.to_thread
+import httpcore  # noqa: F401 - httpx imports it lazily on first use: not on the event loop
 import httpx
 
 from .encoding import loads_json
@@ -131,6 +134,19 @@ def read_key_set(url: str, status: int, headers: httpx.Headers, body: bytes,
     return FetchResult(keys, max_age, etag, url)
 
 
+_tls_context: ssl.SSLContext | None = None
+
+
+def _tls() -> ssl.SSLContext:
+    """The TLS context shared by every fetch. Building one reads the CA bundle (tens of
+    milliseconds of blocking work), so it is built once, and off the event loop by the async
+    driver, instead of by each new client."""
+    global _tls_context
+    if _tls_context is None:
+        _tls_context = httpx.create_ssl_context()
+    return _tls_context
+
+
 def _timeout(settings: GuardSettings) -> httpx.Timeout:
     return httpx.Timeout(settings.http_timeout)
 
@@ -169,7 +185,9 @@ async def fetch_key_set_async(issuer: IssuerSettings, settings: GuardSettings, *
     """Discover (when `jwks_url` is None) and fetch the issuer's key set, within the timeout."""
     try:
         with anyio.fail_after(settings.http_timeout * (1 if jwks_url else 2)):
-            async with httpx.AsyncClient(timeout=_timeout(settings),
+            tls = _tls_context if _tls_context is not None else \
+                await anyio.to_thread.run_sync(_tls)
+            async with httpx.AsyncClient(timeout=_timeout(settings), verify=tls,
                                          follow_redirects=False) as client:
                 if jwks_url is None:
                     jwks_url = await _discover_async(client, issuer, settings)
@@ -221,7 +239,8 @@ def fetch_key_set_sync(issuer: IssuerSettings, settings: GuardSettings, *,
                        jwks_url: str | None, etag: str | None) -> FetchResult:
     """The blocking twin of `fetch_key_set_async` (same rules, `httpx.Client`)."""
     deadline = time.monotonic() + settings.http_timeout * (1 if jwks_url else 2)
-    with httpx.Client(timeout=_timeout(settings), follow_redirects=False) as client:
+    with httpx.Client(timeout=_timeout(settings), verify=_tls(),
+                      follow_redirects=False) as client:
         if jwks_url is None:
             errors = []
             for url in discovery_urls(issuer.issuer):

@@ -80,7 +80,8 @@ def parse_compact(token: str, *, max_bytes: int = 16384) -> CompactJWS:
     if "zip" in header:
         raise InvalidToken("Compressed payloads (zip) are not accepted.", reason="zip_refused")
     kid = header.get("kid")
-    if kid is not None and (not isinstance(kid, str) or not kid or len(kid) > _MAX_KID_LENGTH):
+    # A kid member that is present must be a string: `"kid": null` is malformed, not absent.
+    if "kid" in header and (not isinstance(kid, str) or not kid or len(kid) > _MAX_KID_LENGTH):
         raise InvalidToken("The token's kid must be a non-empty string of at most 256 characters.",
                            reason="invalid_kid")
     signing_input = token[: len(header_b64) + 1 + len(payload_b64)].encode("ascii")

@@ -1,9 +1,11 @@
 """Scopes: reading them from verified claims, and the requirements routes place on them.
 
-Claims are read by name (default ``scopes``, ``scope``, ``scp``; DESIGN §6). A claim counts only
-in one of two shapes: a string of scope-tokens separated by single spaces (RFC 6749 §3.3), or an
-array of scope-token strings. Any other shape (a tab, a double space, a number, a nested array)
-makes that claim count for nothing: it is ignored, never coerced.
+Claims are read by name (default ``scopes``, ``scope``, ``scp``; DESIGN §6), each in its own
+shape: ``scopes`` an array of scope-token strings (Scalekit), ``scope`` a string of scope-tokens
+separated by single spaces (RFC 6749 §3.3, RFC 8693), ``scp`` and any other configured claim
+either of the two (Okta and Entra use both; Auth0's ``permissions`` is an array). Any other shape
+(a tab, a double space, a number, a nested array, an array where a string belongs) makes that
+claim count for nothing: it is ignored, never coerced.
 """
 
 from __future__ import annotations
@@ -25,14 +27,20 @@ _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 _SCOPE_STRING = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*")
 
 
-def _claim_scopes(value: Any) -> tuple[str, ...]:
+_STRING_ONLY = frozenset({"scope"})
+_ARRAY_ONLY = frozenset({"scopes"})
+
+
+def _claim_scopes(name: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
+        if name in _ARRAY_ONLY:
+            return ()
         if value == "":
             return ()
         if _SCOPE_STRING.fullmatch(value) is None:
             return ()
         return tuple(value.split(" "))
-    if isinstance(value, list):
+    if isinstance(value, list) and name not in _STRING_ONLY:
         if all(isinstance(item, str) and _SCOPE_TOKEN.fullmatch(item) for item in value):
             return tuple(value)
     return ()
@@ -44,7 +52,7 @@ def scopes_from_claims(claims: Mapping[str, Any], names: Iterable[str]) -> froze
     for name in names:
         value = claims.get(name)
         if value is not None:
-            found.update(_claim_scopes(value))
+            found.update(_claim_scopes(name, value))
     return frozenset(found)
 
 

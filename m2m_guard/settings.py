@@ -227,11 +227,14 @@ class GuardSettings:
         if self.jwks_cache_ttl is not None:
             set_(self, "jwks_cache_ttl", self._duration("jwks_cache_ttl", self.jwks_cache_ttl))
             if self.jwks_cache_ttl <= 0:
-                raise ConfigurationError("jwks_cache_ttl must be greater than 0.")
+                raise ConfigurationError(
+                    f"jwks_cache_ttl must be greater than 0, got {self.jwks_cache_ttl!r}.")
         if self.http_timeout <= 0:
-            raise ConfigurationError("http_timeout must be greater than 0.")
+            raise ConfigurationError(
+                f"http_timeout must be greater than 0, got {self.http_timeout!r}.")
         if self.jwks_min_ttl > self.jwks_max_ttl:
-            raise ConfigurationError("jwks_min_ttl must not exceed jwks_max_ttl.")
+            raise ConfigurationError(f"jwks_min_ttl must not exceed jwks_max_ttl, got "
+                                     f"{self.jwks_min_ttl!r} > {self.jwks_max_ttl!r}.")
         for name, low in (("max_token_bytes", 64), ("jwks_max_bytes", 256), ("jwks_max_keys", 1),
                           ("token_cache_size", 0)):
             value = getattr(self, name)
@@ -276,6 +279,9 @@ class GuardSettings:
         current = {name: getattr(self, name) for name in _public_fields()}
         if "issuer" in changes or "jwks_url" in changes:
             current["jwks_url"] = None
+        if "jwks_url" in changes and "issuer" not in changes and self.jwks_url is not None:
+            # the single issuer carries the old jwks_url: drop it so the new one applies
+            current["issuer"] = (IssuerSettings(self.issuers[0].issuer),)
         current.update(changes)
         return GuardSettings(**current)
 
@@ -326,7 +332,8 @@ class GuardSettings:
                 raise ConfigurationError(f"{key}={raw!r} is invalid: expected {exc}.") from None
         if unknown:
             env_names = {prefix + n.upper() for n in names}
-            raise ConfigurationError(_unknown_message("environment", unknown, env_names))
+            raise ConfigurationError(_unknown_message("environment", unknown, env_names,
+                                                      prefix=prefix))
         values.update(overrides)
         try:
             return cls(**values)
@@ -334,12 +341,14 @@ class GuardSettings:
             raise ConfigurationError(_env_wording(str(exc), prefix)) from None
 
 
-def _unknown_message(source: str, unknown: Sequence[str], valid: Iterable[str]) -> str:
-    valid_list = sorted(valid)
+def _unknown_message(source: str, unknown: Sequence[str], valid: Iterable[str],
+                     prefix: str = "") -> str:
+    # Compare without the shared prefix, or every M2M_GUARD_* name looks "close" to any other.
+    by_name = {name[len(prefix):].lower(): name for name in valid}
     parts = []
     for key in sorted(unknown):
-        close = difflib.get_close_matches(key, valid_list, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
+        close = difflib.get_close_matches(key[len(prefix):].lower(), sorted(by_name), n=1)
+        hint = f" (did you mean {by_name[close[0]]}?)" if close else ""
         parts.append(f"{key}{hint}")
     return f"Unknown m2m_guard option(s) in {source}: {', '.join(parts)}."
 

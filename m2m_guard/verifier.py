@@ -43,6 +43,7 @@ logger = logging.getLogger("m2m_guard")
 
 _TYPES = frozenset({"jwt", "at+jwt", "application/at+jwt"})
 _STRICT_TYPES = frozenset({"at+jwt", "application/at+jwt"})
+_MAX_NUMERIC_DATE = 253402300799  # 9999-12-31T23:59:59Z: beyond it no datetime can hold it
 _STRING_CLAIMS = ("sub", "jti", "client_id", "azp", "oid")
 
 
@@ -147,12 +148,14 @@ class _TokenCache:
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
-    value = claims.get(name)
-    if value is None:
+    if name not in claims:
         return None
+    value = claims[name]  # present but null is as invalid as a string: not treated as absent
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise InvalidToken(f"The {name} claim must be a number of seconds.",
                            reason=f"invalid_{name}")
+    if not 0 <= value <= _MAX_NUMERIC_DATE:
+        raise InvalidToken(f"The {name} claim is out of range.", reason=f"invalid_{name}")
     return float(value)
 
 
@@ -379,13 +382,13 @@ class TokenVerifier:
         if jws.alg not in self._algorithms:
             raise InvalidToken("The token's algorithm is not accepted.", reason="algorithm_refused")
         typ = jws.header.get("typ")
-        if typ is not None and (not isinstance(typ, str) or typ.lower() not in self._types):
+        # Present members must have their type: `"typ": null` is refused, not read as absent.
+        if "typ" in jws.header and (not isinstance(typ, str) or typ.lower() not in self._types):
             raise InvalidToken("The token type is not accepted for access tokens.",
                                reason="type_refused")
-        if typ is None and self.settings.strict_typ:
+        if "typ" not in jws.header and self.settings.strict_typ:
             raise InvalidToken("The token has no typ; at+jwt is required.", reason="type_refused")
-        cty = jws.header.get("cty")
-        if cty is not None:
+        if "cty" in jws.header:
             raise InvalidToken("Nested or typed content (cty) is not accepted.",
                                reason="cty_refused")
         try:
@@ -408,6 +411,11 @@ class TokenVerifier:
         candidates = keys.candidates(jws.kid, jws.alg)
         if len(candidates) == 1:
             return candidates[0]
+        if not candidates and jws.kid is not None and jws.kid in keys.by_kid:
+            # The kid is known but its key is pinned to (or only fits) other algorithms: a
+            # refetch would not help, so say what is wrong without spending the cooldown.
+            raise InvalidToken("The token's algorithm does not match its key.",
+                               reason="algorithm_mismatch")
         if len(candidates) > 1:
             which = "match the token's kid" if jws.kid is not None else \
                 "fit a token without kid"

@@ -9,6 +9,11 @@ public JWKS, with ``Cache-Control: max-age``). `fault` makes every response misb
   really closes and reopens the listening socket on the same port (connection refused).
 
 `requests` counts requests per path, so tests can assert how many fetches happened.
+
+For discovery tests: `discovery_paths` lists the paths that serve the discovery document
+(remove the OpenID Connect one to force the RFC 8414 fallback), `discovery_extra` members are
+merged into that document (a wrong ``issuer``, a foreign ``jwks_uri``, padding), and `redirects`
+maps a path to the ``Location`` of a 302 answer.
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ class KeySetServer:
         self.delay = 0.0
         self.requests: Counter[str] = Counter()
         self.jwks_path = "/keys"
+        self.discovery_paths: set[str] = {"/.well-known/openid-configuration"}
+        self.discovery_extra: dict[str, Any] = {}
+        self.redirects: dict[str, str] = {}
         self._host = host
         self._port = port
         self._server: _Server | None = None
@@ -104,6 +112,7 @@ class KeySetServer:
             "token_endpoint": self.url + "/oauth/token",
             "grant_types_supported": ["client_credentials"],
             "id_token_signing_alg_values_supported": sorted({k.alg for k in self.keys}),
+            **self.discovery_extra,
         }
 
     def set_fault(self, fault: str | None, *, delay: float = 0.0) -> None:
@@ -160,7 +169,12 @@ class KeySetServer:
                 if fault == "garbage":
                     self._send(200, b"<html>this is not json</html>")
                     return
-                if path == "/.well-known/openid-configuration":
+                if path in outer.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", outer.redirects[path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                elif path in outer.discovery_paths:
                     self._send(200, json.dumps(outer.discovery()).encode())
                 elif path == outer.jwks_path:
                     cache = f"public, max-age={outer.max_age}" if outer.max_age is not None \
@@ -176,6 +190,9 @@ class KeySetServer:
                 if cache_control:
                     self.send_header("Cache-Control", cache_control)
                 self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (e.g. timed out on a "hang" fault): not an error
 
         return Handler
