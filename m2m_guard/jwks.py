@@ -171,7 +171,7 @@ class CachePolicy:
                    *, max_age: float | None, etag: str | None) -> None:
         """Record a fetched set (`keys=None` means 304 Not Modified: keep the current one)."""
         if keys is not None:
-            state.keys = keys
+            state.keys = keys.reusing(state.keys)
             state.unknown_kids.clear()
         state.fetched_at = now
         state.ttl = self.ttl_for(max_age)

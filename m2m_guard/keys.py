@@ -19,6 +19,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
@@ -87,6 +88,7 @@ class VerificationKey:
     public_key: PublicKey = field(repr=False)
     verifiers: Mapping[str, Verifier] = field(repr=False)
     size: int = 0
+    material: bytes = field(default=b"", repr=False)  # kid, algorithms and public key bytes
 
     @property
     def algorithms(self) -> frozenset[str]:
@@ -243,8 +245,10 @@ def load_jwk(jwk: Mapping[str, Any]) -> VerificationKey:
         if alg not in verifiers:
             raise KeyRejected(f"alg {alg!r} does not fit a {kty} key")
         verifiers = {alg: verifiers[alg]}
+    material = "\x00".join((kid or "", ",".join(sorted(verifiers)))).encode() + b"\x00" + \
+        public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     return VerificationKey(kid=kid, kty=kty, alg=alg, public_key=public_key,
-                           verifiers=verifiers, size=size)
+                           verifiers=verifiers, size=size, material=material)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +275,20 @@ class KeySet:
         """
         pool = self.by_kid.get(kid, ()) if kid is not None else self.keys
         return [key for key in pool if alg in key.verifiers]
+
+    def reusing(self, previous: KeySet | None) -> KeySet:
+        """This set, with each key identical to one of `previous` (same kid, algorithms and
+        public key) replaced by that earlier object, so that a refresh that changed nothing keeps
+        tokens verified with those keys valid in the verified-token cache. When nothing changed
+        at all, `previous` itself is returned."""
+        if previous is None:
+            return self
+        known = {key.material: key for key in previous.keys}
+        keys = tuple(known.get(key.material, key) for key in self.keys)
+        if (len(keys) == len(previous.keys) and self.dropped == previous.dropped
+                and all(a is b for a, b in zip(keys, previous.keys))):
+            return previous  # nothing changed: callers can tell by identity
+        return KeySet.of(keys, self.dropped)
 
     def contains(self, key: VerificationKey) -> bool:
         return any(k is key for k in self.by_kid.get(key.kid, ()))

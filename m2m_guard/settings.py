@@ -211,6 +211,11 @@ class GuardSettings:
         set_(self, "algorithms", algorithms)
 
         set_(self, "scope_claims", _str_tuple("scope_claims", self.scope_claims))
+        if not self.scope_claims:
+            raise ConfigurationError(
+                "scope_claims must name at least one claim, got none: without one no token "
+                "would hold any scope (the default is scopes, scope, scp)."
+            )
         set_(self, "required_claims", _str_tuple("required_claims", self.required_claims))
         paths = _str_tuple("public_paths", self.public_paths)
         for path in paths:
@@ -319,8 +324,10 @@ class GuardSettings:
         for key, raw in env.items():
             if not key.startswith(prefix):
                 continue
-            name = key[len(prefix):].lower()
-            if name not in names:
+            suffix = key[len(prefix):]
+            name = suffix.lower()
+            # Environment names are case-sensitive: M2M_GUARD_realm is not M2M_GUARD_REALM.
+            if name not in names or suffix != name.upper():
                 unknown.append(key)
                 continue
             if name in overrides:

@@ -15,6 +15,16 @@ _CLIENT_ID_CLAIMS = ("client_id", "azp", "cid", "appid", "sub")
 _ORGANIZATION_CLAIMS = ("oid", "org_id")
 
 
+def _freeze(value: Any) -> Any:
+    """JSON containers made read-only all the way down (objects to mappings, arrays to tuples):
+    a cached token is shared between requests, so nothing in it may be mutable."""
+    if isinstance(value, dict):
+        return MappingProxyType({name: _freeze(item) for name, item in value.items()})
+    if isinstance(value, list):
+        return tuple(_freeze(item) for item in value)
+    return value
+
+
 def _first_string(claims: Mapping[str, Any], names: tuple[str, ...]) -> str | None:
     for name in names:
         value = claims.get(name)
@@ -33,7 +43,8 @@ def _time(value: Any) -> datetime | None:
 class AccessToken:
     """A verified access token. Build it only through `TokenVerifier`.
 
-    `claims` is the whole verified claim set (read-only). The other attributes are the claims
+    `claims` is the whole verified claim set, read-only all the way down (JSON arrays become
+    tuples, objects read-only mappings). The other attributes are the claims
     users look for, already typed: `client_id` is `client_id`, else `azp`, `cid`, `appid`, `sub`;
     `organization_id` is `oid` (Scalekit) else `org_id`; `custom_claims` is Scalekit's object.
     The raw token is never held; `fingerprint` (16 hex digits of its SHA-256) is safe to log.
@@ -48,7 +59,9 @@ class AccessToken:
     @classmethod
     def from_claims(cls, claims: dict[str, Any], scopes: frozenset[str], *, algorithm: str,
                     key_id: str | None, fingerprint: str) -> AccessToken:
-        return cls(MappingProxyType(claims), scopes, algorithm, key_id, fingerprint)
+        frozen = {name: _freeze(value) if isinstance(value, (dict, list)) else value
+                  for name, value in claims.items()}
+        return cls(MappingProxyType(frozen), scopes, algorithm, key_id, fingerprint)
 
     @property
     def issuer(self) -> str:
@@ -68,7 +81,7 @@ class AccessToken:
         aud = self.claims.get("aud")
         if isinstance(aud, str):
             return (aud,)
-        if isinstance(aud, list):
+        if isinstance(aud, tuple):
             return tuple(item for item in aud if isinstance(item, str))
         return ()
 
@@ -98,7 +111,7 @@ class AccessToken:
     @property
     def custom_claims(self) -> Mapping[str, Any]:
         value = self.claims.get("custom_claims")
-        return MappingProxyType(value) if isinstance(value, dict) else _EMPTY
+        return value if isinstance(value, Mapping) else _EMPTY
 
     def has_scopes(self, *scopes: str) -> bool:
         """True when the token holds every one of `scopes`."""

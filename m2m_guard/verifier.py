@@ -36,6 +36,7 @@ from .keys import VerificationKey
 from .scopes import scopes_from_claims
 from .settings import GuardSettings, IssuerSettings
 from .token import AccessToken
+from .token_cache import VerifiedTokenCache
 
 __all__ = ["TokenVerifier"]
 
@@ -117,36 +118,6 @@ class _Job:
 _CacheEntry = tuple[AccessToken, VerificationKey, _Issuer, float, float]
 
 
-class _TokenCache:
-    """Bounded map from a token digest to its verified `AccessToken` and the key that verified
-    it. Only successes enter; eviction is oldest-first."""
-
-    __slots__ = ("entries", "lock", "size")
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.entries: dict[bytes, _CacheEntry] = {}
-        self.lock = threading.Lock()
-
-    def get(self, digest: bytes) -> _CacheEntry | None:
-        return self.entries.get(digest)
-
-    def put(self, digest: bytes, entry: _CacheEntry) -> None:
-        with self.lock:
-            entries = self.entries
-            entries.pop(digest, None)
-            while len(entries) >= self.size:
-                del entries[next(iter(entries))]
-            entries[digest] = entry
-
-    def discard(self, digest: bytes) -> None:
-        with self.lock:
-            self.entries.pop(digest, None)
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
     if name not in claims:
         return None
@@ -180,8 +151,9 @@ class TokenVerifier:
         self._clock = clock
         self._wall = wall_clock
         self._issuers = {entry.issuer: _Issuer(entry) for entry in self.settings.issuers}
-        self._cache = _TokenCache(self.settings.token_cache_size) \
-            if self.settings.token_cache_size > 0 else None
+        self._cache: VerifiedTokenCache[_CacheEntry] | None = (
+            VerifiedTokenCache(self.settings.token_cache_size)
+            if self.settings.token_cache_size > 0 else None)
         self._audiences = frozenset(self.settings.audiences)
         self._algorithms = frozenset(self.settings.algorithms)
         self._types = _STRICT_TYPES if self.settings.strict_typ else _TYPES
@@ -491,7 +463,8 @@ class TokenVerifier:
             key_id=jws.kid, fingerprint=digest[:8].hex(),
         )
         if self._cache is not None:
-            self._cache.put(digest, (access, key, job.issuer, not_after, not_before))
+            self._cache.put(digest, (access, key, job.issuer, not_after, not_before),
+                            len(jws.signing_input) + len(jws.signature))
         return access
 
     def _check_claims(self, claims: dict[str, Any]) -> tuple[float, float]:

@@ -318,10 +318,22 @@ def test_unknown_variables_all_listed_even_without_hint() -> None:
     assert "M2M_GUARD_ZZZ (" not in message
 
 
-def test_variable_suffix_is_read_case_insensitively() -> None:
+def test_variable_names_are_case_sensitive() -> None:
     environ = dict(BASE)
     environ["M2M_GUARD_realm"] = "lower"
-    assert GuardSettings.from_env(environ=environ).realm == "lower"
+    with pytest.raises(ConfigurationError) as caught:
+        GuardSettings.from_env(environ=environ)
+    assert str(caught.value) == ("Unknown m2m_guard option(s) in environment: "
+                                 "M2M_GUARD_realm (did you mean M2M_GUARD_REALM?).")
+
+
+def test_empty_scope_claims_is_refused() -> None:
+    environ = dict(BASE)
+    environ["M2M_GUARD_SCOPE_CLAIMS"] = " , "
+    with pytest.raises(ConfigurationError) as caught:
+        GuardSettings.from_env(environ=environ)
+    assert str(caught.value).startswith(
+        "M2M_GUARD_SCOPE_CLAIMS must name at least one claim, got none")
 
 
 def test_did_you_mean_ignores_the_shared_prefix() -> None:

@@ -1,0 +1,106 @@
+"""The verified-token cache: bounds, what enters it, and that hits are still checked."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from m2m_guard import GuardSettings, InvalidToken, TokenVerifier
+from m2m_guard.local_issuer import KeySetServer, SigningKey
+from m2m_guard.token_cache import VerifiedTokenCache
+
+
+def test_bounded_by_entries_oldest_first() -> None:
+    cache: VerifiedTokenCache[str] = VerifiedTokenCache(3)
+    for i in range(5):
+        cache.put(bytes([i]), f"v{i}", 100)
+    assert len(cache) == 3
+    assert cache.get(b"\x00") is None and cache.get(b"\x01") is None
+    assert [cache.get(bytes([i])) for i in (2, 3, 4)] == ["v2", "v3", "v4"]
+    assert cache.bytes == 300
+
+
+def test_bounded_by_bytes_and_large_tokens_not_cached() -> None:
+    cache: VerifiedTokenCache[str] = VerifiedTokenCache(1000, max_bytes=1000, max_token_bytes=400)
+    cache.put(b"big", "x", 401)
+    assert cache.get(b"big") is None and len(cache) == 0
+    for i in range(10):
+        cache.put(bytes([i]), str(i), 300)
+    assert cache.bytes <= 1000 and len(cache) == 3
+    cache.put(b"\x09", "again", 300)  # replacing an entry does not count it twice
+    assert cache.bytes == 900
+    cache.discard(b"\x09")
+    assert cache.bytes == 600
+    cache.clear()
+    assert cache.bytes == 0 and len(cache) == 0
+
+
+def test_flood_of_distinct_valid_tokens_stays_within_bound() -> None:
+    key = SigningKey.generate("ES256")
+    with KeySetServer([key]) as issuer:
+        verifier = TokenVerifier(GuardSettings(issuer=issuer.url, audience="deployment-api",
+                                               token_cache_size=50))
+        for _ in range(300):
+            verifier.verify_sync(issuer.mint())
+        assert verifier._cache is not None and len(verifier._cache) == 50
+
+
+def test_hit_still_checks_expiry() -> None:
+    key = SigningKey.generate("ES256")
+    now = [time.time()]
+    with KeySetServer([key]) as issuer:
+        verifier = TokenVerifier(GuardSettings(issuer=issuer.url, audience="deployment-api",
+                                               leeway=0), wall_clock=lambda: now[0])
+        token = issuer.mint(exp=int(now[0]) + 60)
+        first = verifier.verify_sync(token)
+        assert verifier.verify_sync(token) is first  # served from the cache
+        now[0] += 61
+        with pytest.raises(InvalidToken) as caught:
+            verifier.verify_sync(token)
+        assert caught.value.reason == "expired"
+
+
+def test_failures_are_never_cached() -> None:
+    key = SigningKey.generate("ES256")
+    with KeySetServer([key]) as issuer:
+        verifier = TokenVerifier(GuardSettings(issuer=issuer.url, audience="deployment-api"))
+        bad = issuer.mint(aud=["someone-else"])
+        for _ in range(3):
+            with pytest.raises(InvalidToken):
+                verifier.verify_sync(bad)
+        assert verifier._cache is not None and len(verifier._cache) == 0
+
+
+def test_unchanged_refresh_keeps_cached_tokens_and_key_objects() -> None:
+    """A refresh that returns the same keys keeps the same key objects (and cache entries)."""
+    key = SigningKey.generate("RS256")
+    clock = [1000.0]
+    with KeySetServer([key], max_age=None) as issuer:
+        verifier = TokenVerifier(GuardSettings(issuer=issuer.url, audience="deployment-api",
+                                               jwks_cache_ttl=10), clock=lambda: clock[0])
+        token = issuer.mint()
+        first = verifier.verify_sync(token)
+        keys_before = verifier._issuers[issuer.url].state.keys
+        clock[0] += 11  # past the TTL: the next verification waits for a refresh
+        assert verifier.verify_sync(issuer.mint()).client_id == first.client_id
+        assert issuer.requests["/keys"] == 2
+        assert verifier._issuers[issuer.url].state.keys is keys_before
+        assert verifier.verify_sync(token) is first  # still a cache hit
+
+
+def test_claims_are_read_only_all_the_way_down() -> None:
+    key = SigningKey.generate("ES256")
+    with KeySetServer([key]) as issuer:
+        verifier = TokenVerifier(GuardSettings(issuer=issuer.url, audience="deployment-api"))
+        token = issuer.mint(custom_claims={"teams": ["a", "b"], "meta": {"tier": "gold"}})
+        access = verifier.verify_sync(token)
+        assert access.claims["scopes"] == ("deploy:applications", "read:deployments")
+        with pytest.raises(AttributeError):
+            access.claims["scopes"].append("admin:platform")  # type: ignore[attr-defined]
+        with pytest.raises(TypeError):
+            access.custom_claims["meta"]["tier"] = "platinum"  # type: ignore[index]
+        assert access.custom_claims["teams"] == ("a", "b")
+        assert access.audience == ("deployment-api",)
+        again = verifier.verify_sync(token)
+        assert again.custom_claims["meta"]["tier"] == "gold"
