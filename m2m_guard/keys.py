@@ -19,9 +19,9 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .encoding import b64url_decode, loads_json
 from .settings import ASYMMETRIC_ALGORITHMS
@@ -286,7 +286,7 @@ class KeySet:
         known = {key.material: key for key in previous.keys}
         keys = tuple(known.get(key.material, key) for key in self.keys)
         if (len(keys) == len(previous.keys) and self.dropped == previous.dropped
-                and all(a is b for a, b in zip(keys, previous.keys))):
+                and all(a is b for a, b in zip(keys, previous.keys, strict=True))):
             return previous  # nothing changed: callers can tell by identity
         return KeySet.of(keys, self.dropped)
 
