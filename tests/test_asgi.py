@@ -7,15 +7,14 @@ import asyncio
 import inspect
 import json
 import logging
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
 import httpx
 import pytest
+import websockets.exceptions as exceptions
+import websockets.sync.client as ws_sync
 from starlette.applications import Starlette
 from starlette.authentication import requires
 from starlette.endpoints import HTTPEndpoint
@@ -42,6 +41,7 @@ from m2m_guard.local_issuer import KeySetServer
 from m2m_guard.starlette import ClientUser, exception_handlers
 
 from .conftest import deployment_app
+from .servers import uvicorn_server
 
 CLIENT_ID = "m2morg_68315758685323697"
 MISSING_BODY = {"error": "missing_token", "error_description": "A bearer token is required."}
@@ -735,25 +735,8 @@ def test_fastapi_openapi_keeps_parameters(issuer: KeySetServer, settings: GuardS
 
 # -- a real uvicorn server over loopback -----------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_uvicorn_end_to_end(issuer: KeySetServer, settings: GuardSettings) -> None:
-    uvicorn = pytest.importorskip("uvicorn")
-    config = uvicorn.Config(deployment_app(settings), host="127.0.0.1", port=_free_port(),
-                            log_level="warning", lifespan="on", ws="none")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started and thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert server.started, "uvicorn did not start"
-        port = server.servers[0].sockets[0].getsockname()[1]
+    with uvicorn_server(deployment_app(settings), ws="none") as port:
         base = f"http://127.0.0.1:{port}"
         assert issuer.requests["/keys"] == 1  # the lifespan warmed the key set
         with httpx.Client(base_url=base, timeout=5) as http:
@@ -773,27 +756,10 @@ def test_uvicorn_end_to_end(issuer: KeySetServer, settings: GuardSettings) -> No
                                                     ("Authorization", "Bearer b")])
             assert two.status_code == 400
             assert two.json()["error"] == "invalid_request"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-    assert not thread.is_alive()
 
 
 def test_uvicorn_websocket_denial_and_echo(issuer: KeySetServer, settings: GuardSettings) -> None:
-    uvicorn = pytest.importorskip("uvicorn")
-    ws_sync = pytest.importorskip("websockets.sync.client")
-    exceptions = pytest.importorskip("websockets.exceptions")
-    config = uvicorn.Config(probe_app(settings), host="127.0.0.1", port=_free_port(),
-                            log_level="warning", lifespan="on", ws="websockets-sansio")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started and thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert server.started, "uvicorn did not start"
-        port = server.servers[0].sockets[0].getsockname()[1]
+    with uvicorn_server(probe_app(settings), ws="websockets-sansio") as port:
         url = f"ws://127.0.0.1:{port}/ws"
         with pytest.raises(exceptions.InvalidStatus) as info:
             ws_sync.connect(url, open_timeout=5)
@@ -805,10 +771,6 @@ def test_uvicorn_websocket_denial_and_echo(issuer: KeySetServer, settings: Guard
             ws.send("hello")
             assert ws.recv(timeout=5) == "hello"
             ws.send("bye")
-    finally:
-        server.should_exit = True
-        thread.join(10)
-    assert not thread.is_alive()
 
 
 def test_plain_text_app_unaffected_for_valid_token(issuer: KeySetServer,
