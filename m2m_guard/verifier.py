@@ -231,22 +231,24 @@ class TokenVerifier:
                 self._fetch_sync(issuer, join_only=want is _JOIN_FETCH)
 
     async def warm_up(self) -> None:
-        """Load every issuer's key set now. Raises `IssuerUnavailable` naming those that failed."""
-        failed = []
-        for issuer in self._issuers.values():
-            await self._fetch_async(issuer)
-            if issuer.state.keys is None:
-                failed.append(f"{issuer.settings.issuer}: {issuer.state.last_error}")
-        if failed:
-            raise IssuerUnavailable("Key sets could not be loaded: " + "; ".join(failed))
+        """Load every issuer's key set now (issuers in parallel).
+
+        Raises `IssuerUnavailable` naming the issuers whose keys could not be loaded.
+        """
+        async with anyio.create_task_group() as group:
+            for issuer in self._issuers.values():
+                group.start_soon(self._fetch_async, issuer)
+        self._raise_if_cold()
 
     def warm_up_sync(self) -> None:
-        """The blocking twin of `warm_up`."""
-        failed = []
+        """The blocking twin of `warm_up` (issuers one after the other)."""
         for issuer in self._issuers.values():
             self._fetch_sync(issuer)
-            if issuer.state.keys is None:
-                failed.append(f"{issuer.settings.issuer}: {issuer.state.last_error}")
+        self._raise_if_cold()
+
+    def _raise_if_cold(self) -> None:
+        failed = [f"{issuer.settings.issuer}: {issuer.state.last_error}"
+                  for issuer in self._issuers.values() if issuer.state.keys is None]
         if failed:
             raise IssuerUnavailable("Key sets could not be loaded: " + "; ".join(failed))
 
@@ -299,10 +301,16 @@ class TokenVerifier:
         self._join_threads()
 
     def close(self) -> None:
-        """Stop background refreshes started by the sync front (waits up to the HTTP timeout)."""
+        """Stop background refreshes (waits for refresh threads up to the HTTP timeout).
+
+        Safe from any thread: async refreshes are cancelled on their own event loop.
+        """
         self._closed = True
         for task in list(self._tasks):
-            task.cancel()
+            try:
+                task.get_loop().call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # that loop is closed: the task cannot run any more
+                self._tasks.discard(task)
         self._join_threads()
 
     async def __aenter__(self) -> TokenVerifier:
