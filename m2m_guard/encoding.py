@@ -23,7 +23,8 @@ _ALPHABET = re.compile(r"[A-Za-z0-9_-]*")
 # For a length of 2 or 3 modulo 4, the last character carries 4 or 2 unused low bits.
 _LAST_CHARS_MOD2 = frozenset("AQgw")
 _LAST_CHARS_MOD3 = frozenset("AEIMQUYcgkosw048")
-_PADDING = ("", "", "==", "=")
+_PADDING = (b"", b"", b"==", b"=")
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 
 
 def is_b64url(segment: str) -> bool:
@@ -43,9 +44,12 @@ def b64url_decode(segment: str) -> bytes:
     """Decode canonical unpadded base64url; `ValueError` for any other form."""
     if not is_b64url(segment):
         raise ValueError("not canonical base64url")
+    # The alphabet and the trailing bits are checked above, so the standard decoder sees only
+    # valid, padded input (and is much faster than urlsafe_b64decode's extra passes).
     try:
-        return base64.urlsafe_b64decode(segment + _PADDING[len(segment) % 4])
-    except (binascii.Error, ValueError):  # pragma: no cover - excluded by is_b64url
+        return binascii.a2b_base64(
+            segment.encode("ascii").translate(_TO_STANDARD) + _PADDING[len(segment) % 4])
+    except binascii.Error:  # pragma: no cover - excluded by is_b64url
         raise ValueError("not canonical base64url") from None
 
 
