@@ -165,6 +165,9 @@ class M2MGuardMiddleware:
                 except GuardError as exc:
                     logger.warning("m2m_guard could not warm up key sets at startup "
                                    "(requests will retry): %s", exc.description)
+                except Exception:
+                    # Startup must not fail because of the guard; requests will retry.
+                    logger.exception("m2m_guard unexpected error warming up key sets")
             return message
 
         async def send_closing(message: Message) -> None:

@@ -38,6 +38,8 @@ __all__ = [
 ]
 
 _MAX_REDIRECTS = 3
+# httpx's is_redirect also counts 304 Not Modified, which is an answer here, not a redirect.
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _USER_AGENT = "m2m-guard"
 
 
@@ -165,7 +167,7 @@ async def _get_async(client: httpx.AsyncClient, url: str, settings: GuardSetting
     for _ in range(_MAX_REDIRECTS + 1):
         try:
             async with client.stream("GET", url, headers=_headers(etag)) as response:
-                if response.is_redirect:
+                if response.status_code in _REDIRECTS:
                     url = redirect_target(url, response.status_code,
                                           response.headers.get("location"))
                     continue
@@ -218,7 +220,7 @@ def _get_sync(client: httpx.Client, url: str, settings: GuardSettings, deadline:
     for _ in range(_MAX_REDIRECTS + 1):
         try:
             with client.stream("GET", url, headers=_headers(etag)) as response:
-                if response.is_redirect:
+                if response.status_code in _REDIRECTS:
                     url = redirect_target(url, response.status_code,
                                           response.headers.get("location"))
                     continue

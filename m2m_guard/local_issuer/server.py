@@ -8,7 +8,9 @@ public JWKS, with ``Cache-Control: max-age``). `fault` makes every response misb
 - ``"slow"``: answer after `delay` seconds; ``"down"``: use `stop()` / `start()` instead, which
   really closes and reopens the listening socket on the same port (connection refused).
 
-`requests` counts requests per path, so tests can assert how many fetches happened.
+`requests` counts requests per path, so tests can assert how many fetches happened. The key set
+carries an `ETag`; a request with the matching `If-None-Match` gets 304 (counted in
+`not_modified`).
 
 For discovery tests: `discovery_paths` lists the paths that serve the discovery document
 (remove the OpenID Connect one to force the RFC 8414 fallback), `discovery_extra` members are
@@ -18,6 +20,7 @@ maps a path to the ``Location`` of a 302 answer.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -50,6 +53,7 @@ class KeySetServer:
         self.fault: str | None = None
         self.delay = 0.0
         self.requests: Counter[str] = Counter()
+        self.not_modified = 0  # key-set requests answered 304 (the client's ETag matched)
         self.jwks_path = "/keys"
         self.discovery_paths: set[str] = {"/.well-known/openid-configuration"}
         self.discovery_extra: dict[str, Any] = {}
@@ -179,16 +183,25 @@ class KeySetServer:
                 elif path == outer.jwks_path:
                     cache = f"public, max-age={outer.max_age}" if outer.max_age is not None \
                         else None
-                    self._send(200, json.dumps(outer.jwks()).encode(), cache)
+                    body = json.dumps(outer.jwks()).encode()
+                    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+                    if self.headers.get("If-None-Match") == etag:
+                        outer.not_modified += 1
+                        self._send(304, b"", cache, etag)
+                    else:
+                        self._send(200, body, cache, etag)
                 else:
                     self._send(404, b'{"error":"not_found"}')
 
-            def _send(self, status: int, body: bytes, cache_control: str | None = None) -> None:
+            def _send(self, status: int, body: bytes, cache_control: str | None = None,
+                      etag: str | None = None) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 if cache_control:
                     self.send_header("Cache-Control", cache_control)
+                if etag:
+                    self.send_header("ETag", etag)
                 self.end_headers()
                 try:
                     self.wfile.write(body)
