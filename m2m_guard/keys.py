@@ -228,14 +228,14 @@ def load_jwk(jwk: Mapping[str, Any]) -> VerificationKey:
         size *= 8
     else:
         crv = jwk.get("crv")
+        if crv not in ("Ed25519", "Ed448"):
+            raise KeyRejected(f"unsupported OKP curve {crv!r}")
         raw = _member(jwk, "x")
         try:
             if crv == "Ed25519":
                 public_key = ed25519.Ed25519PublicKey.from_public_bytes(raw)
-            elif crv == "Ed448":
-                public_key = ed448.Ed448PublicKey.from_public_bytes(raw)
             else:
-                raise KeyRejected(f"unsupported OKP curve {crv!r}")
+                public_key = ed448.Ed448PublicKey.from_public_bytes(raw)
         except ValueError:
             raise KeyRejected(f"invalid {crv} public key") from None
         verifiers = {"EdDSA": _eddsa_verifier(public_key)}
