@@ -71,3 +71,87 @@ def test_warm_up_sync_and_close_from_another_thread(es_key: SigningKey) -> None:
         closer.start()
         closer.join(10)
         assert not closer.is_alive()
+
+
+@pytest.mark.anyio
+async def test_async_context_manager_cancels_background_refresh(es_key: SigningKey) -> None:
+    """A refresh running in the background when the verifier closes is cancelled, not awaited
+    for its full timeout."""
+    clock = [100.0]
+    with KeySetServer([es_key], max_age=None) as issuer:
+        settings = GuardSettings(issuer=issuer.url, audience="deployment-api",
+                                 jwks_cache_ttl=10, http_timeout=30)
+        async with TokenVerifier(settings, clock=lambda: clock[0]) as verifier:
+            await verifier.verify(issuer.mint())
+            issuer.set_fault("hang")
+            clock[0] = 109.5  # inside the refresh-ahead window: served now, refreshed behind
+            await verifier.verify(issuer.mint())
+            with anyio.fail_after(5):
+                while issuer.requests["/keys"] < 2:
+                    await anyio.sleep(0.01)
+            assert len(verifier._tasks) == 1
+            started = anyio.current_time()
+        assert anyio.current_time() - started < 5  # cancelled, not waited for (30 s timeout)
+        assert not verifier._tasks
+        issuer.set_fault(None)
+
+
+def test_sync_context_manager_and_refresh_thread(es_key: SigningKey) -> None:
+    clock = [100.0]
+    with KeySetServer([es_key], max_age=None) as issuer:
+        settings = GuardSettings(issuer=issuer.url, audience="deployment-api", jwks_cache_ttl=10)
+        with TokenVerifier(settings, clock=lambda: clock[0]) as verifier:
+            verifier.verify_sync(issuer.mint())
+            clock[0] = 109.5
+            verifier.verify_sync(issuer.mint())  # starts a refresh thread, does not wait
+        # close() joined the thread: the refresh is done and recorded.
+        assert issuer.requests["/keys"] == 2
+        assert verifier.health()["issuers"][issuer.url]["fetches"] == 2
+        assert not verifier._threads
+
+
+@pytest.mark.anyio
+async def test_async_request_waits_for_a_fetch_owned_by_a_thread(es_key: SigningKey) -> None:
+    """Single flight across fronts: a thread's fetch is joined by an async request."""
+    with KeySetServer([es_key]) as issuer:
+        issuer.set_fault("hang")
+        verifier = TokenVerifier(GuardSettings(issuer=issuer.url, audience="deployment-api",
+                                               http_timeout=5))
+        token = issuer.mint()
+        results: list[object] = []
+        thread = threading.Thread(target=lambda: results.append(verifier.verify_sync(token)))
+        thread.start()
+        with anyio.fail_after(5):
+            while issuer.requests["/.well-known/openid-configuration"] == 0:
+                await anyio.sleep(0.01)
+        async with anyio.create_task_group() as group:
+            async def verify_async() -> None:
+                results.append(await verifier.verify(token))
+            group.start_soon(verify_async)
+            await anyio.sleep(0.1)
+            issuer.set_fault(None)
+        await anyio.to_thread.run_sync(thread.join, 10)
+        assert len(results) == 2
+        assert issuer.requests["/.well-known/openid-configuration"] == 1
+        assert issuer.requests["/keys"] == 1
+        await verifier.aclose()
+
+
+@pytest.mark.anyio
+async def test_unexpected_fetch_error_is_recorded_not_raised(
+        es_key: SigningKey, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import m2m_guard.verifier as verifier_module
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("injected fetch bug")
+
+    monkeypatch.setattr(verifier_module, "fetch_key_set_async", broken)
+    with KeySetServer([es_key]) as issuer:
+        verifier = TokenVerifier(GuardSettings(issuer=issuer.url, audience="deployment-api"))
+        with pytest.raises(IssuerUnavailable):
+            await verifier.verify(issuer.mint())
+        state = verifier.health()["issuers"][issuer.url]
+        assert state["last_error"] == "unexpected error: RuntimeError"
+        assert "injected fetch bug" in caplog.text
+        await verifier.aclose()
