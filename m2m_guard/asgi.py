@@ -119,22 +119,33 @@ class M2MGuardMiddleware:
             scope["user"] = ClientUser(access)
         marker = set_current_token(access)
         started = False
+        connect_consumed = False
 
         async def send_tracking(message: Message) -> None:
             nonlocal started
             started = True
             await send(message)
 
+        async def receive_tracking() -> Message:
+            nonlocal connect_consumed
+            message = await receive()
+            connect_consumed = connect_consumed or message.get("type") == "websocket.connect"
+            return message
+
         try:
-            await self.app(scope, receive, send_tracking)
+            if scope["type"] == "http":
+                await self.app(scope, receive, send_tracking)
+            else:  # a websocket endpoint may read the connect event before refusing
+                await self.app(scope, receive_tracking, send_tracking)
         except GuardError as exc:
             if started:
                 raise
-            await self._refuse(scope, receive, send, exc)
+            await self._refuse(scope, receive, send, exc, connect_consumed=connect_consumed)
         finally:
             reset_current_token(marker)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, exc: GuardError) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, exc: GuardError, *,
+                      connect_consumed: bool = False) -> None:
         rendered = render_error(exc, realm=self.settings.realm)
         headers = [(name.encode("latin-1"), value.encode("latin-1"))
                    for name, value in rendered.headers]
@@ -144,10 +155,11 @@ class M2MGuardMiddleware:
                         "headers": headers})
             await send({"type": "http.response.body", "body": rendered.body})
             return
-        # websocket: consume the connect event, then deny before accepting.
-        message = await receive()
-        if message.get("type") != "websocket.connect":
-            return
+        # websocket: consume the connect event (unless the app did), then deny before accepting.
+        if not connect_consumed:
+            message = await receive()
+            if message.get("type") != "websocket.connect":
+                return
         if "websocket.http.response" in scope.get("extensions", {}):
             await send({"type": "websocket.http.response.start", "status": rendered.status,
                         "headers": headers})

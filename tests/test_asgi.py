@@ -152,6 +152,13 @@ async def ws_admin(websocket: WebSocket) -> None:
     await websocket.close()
 
 
+async def ws_refuses_after_reading_connect(websocket: WebSocket) -> None:
+    """Reads the connect event itself, then refuses: the guard must not wait for another."""
+    message = await websocket.receive()
+    assert message["type"] == "websocket.connect"
+    raise InsufficientScope(("admin:platform",))
+
+
 ROUTES = [
     Route("/whoami", whoami_async),
     Route("/whoami-sync", whoami_sync),
@@ -165,6 +172,7 @@ ROUTES = [
     Route("/endpoint", DeploymentsEndpoint),
     WebSocketRoute("/ws", ws_echo),
     WebSocketRoute("/ws-admin", ws_admin),
+    WebSocketRoute("/ws-late", ws_refuses_after_reading_connect),
 ]
 
 
@@ -470,6 +478,15 @@ def test_websocket_scope_error_in_endpoint_is_denied(client: TestClient,
     with client.websocket_connect(
             "/ws-admin", headers=bearer(issuer.mint(scopes=["admin:platform"]))) as ws:
         assert ws.receive_text() == "admin"
+
+
+def test_websocket_refused_after_the_endpoint_read_connect(client: TestClient,
+                                                           issuer: KeySetServer) -> None:
+    with pytest.raises(WebSocketDenialResponse) as info, \
+            client.websocket_connect("/ws-late", headers=bearer(issuer.mint())):
+        pass  # pragma: no cover
+    assert info.value.status_code == 403
+    assert info.value.json()["scope"] == "admin:platform"
 
 
 def _ws_scope(headers: list[tuple[bytes, bytes]], extensions: dict[str, Any]) -> dict[str, Any]:
