@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from .encoding import b64url_decode, loads_json
@@ -21,7 +22,7 @@ from .errors import InvalidToken
 from .keys import KeyRejected, VerificationKey, load_jwk
 from .settings import ASYMMETRIC_ALGORITHMS
 
-__all__ = ["CompactJWS", "check_signature", "parse_compact", "verify_compact"]
+__all__ = ["CompactJWS", "HeaderCache", "check_signature", "parse_compact", "verify_compact"]
 
 _ACCEPTED_ALGS = frozenset(ASYMMETRIC_ALGORITHMS)
 _MAX_KID_LENGTH = 256
@@ -47,8 +48,35 @@ def _segment(value: str, what: str) -> bytes:
                            reason="malformed") from None
 
 
-def parse_compact(token: str, *, max_bytes: int = 16384) -> CompactJWS:
-    """Check the framing and header of a compact JWS; raise `InvalidToken` on any defect."""
+class HeaderCache:
+    """Header segments already found valid, with their parsed header, `alg` and `kid`.
+
+    Tokens of one issuer share a few header segments (alg, kid, typ), so decoding and checking
+    each one once is enough. Only headers that passed every rule are stored; the map is bounded
+    (it is emptied when full, so a flood of distinct headers costs memory for at most `size`).
+    """
+
+    __slots__ = ("entries", "size")
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self.entries: dict[str, tuple[Mapping[str, Any], str, str | None]] = {}
+
+    def get(self, segment: str) -> tuple[Mapping[str, Any], str, str | None] | None:
+        return self.entries.get(segment)
+
+    def put(self, segment: str, header: Mapping[str, Any], alg: str, kid: str | None) -> None:
+        if len(self.entries) >= self.size:
+            self.entries.clear()
+        self.entries[segment] = (header, alg, kid)
+
+
+def parse_compact(token: str, *, max_bytes: int = 16384,
+                  header_cache: HeaderCache | None = None) -> CompactJWS:
+    """Check the framing and header of a compact JWS; raise `InvalidToken` on any defect.
+
+    With `header_cache`, a header segment seen before and found valid is not decoded again.
+    """
     if not isinstance(token, str):
         raise InvalidToken("The token must be a string.", reason="malformed")
     if len(token) > max_bytes:
@@ -59,6 +87,12 @@ def parse_compact(token: str, *, max_bytes: int = 16384) -> CompactJWS:
     header_b64, payload_b64, signature_b64 = token.split(".")
     if not header_b64 or not signature_b64:
         raise InvalidToken("The token has an empty header or signature.", reason="malformed")
+    known = header_cache.get(header_b64) if header_cache is not None else None
+    if known is not None:
+        payload = _segment(payload_b64, "payload")
+        signature = _segment(signature_b64, "signature")
+        signing_input = token[: len(header_b64) + 1 + len(payload_b64)].encode("ascii")
+        return CompactJWS(known[0], known[1], known[2], signing_input, payload, signature)
     raw_header = _segment(header_b64, "header")
     payload = _segment(payload_b64, "payload")
     signature = _segment(signature_b64, "signature")
@@ -85,7 +119,10 @@ def parse_compact(token: str, *, max_bytes: int = 16384) -> CompactJWS:
         raise InvalidToken("The token's kid must be a non-empty string of at most 256 characters.",
                            reason="invalid_kid")
     signing_input = token[: len(header_b64) + 1 + len(payload_b64)].encode("ascii")
-    return CompactJWS(header, alg, kid, signing_input, payload, signature)
+    frozen = MappingProxyType(header)
+    if header_cache is not None:
+        header_cache.put(header_b64, frozen, alg, kid)
+    return CompactJWS(frozen, alg, kid, signing_input, payload, signature)
 
 
 def check_signature(jws: CompactJWS, key: VerificationKey) -> None:

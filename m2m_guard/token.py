@@ -50,63 +50,73 @@ class AccessToken:
     The raw token is never held; `fingerprint` (16 hex digits of its SHA-256) is safe to log.
     """
 
-    claims: Mapping[str, Any] = field(repr=False)
+    # The parsed claims as verified. Private and never handed out: `claims` gives a read-only
+    # copy, made on first use (most requests only read scopes and client_id).
+    _raw: dict[str, Any] = field(repr=False)
     scopes: frozenset[str]
     algorithm: str = field(repr=False)
     key_id: str | None = field(repr=False)
     fingerprint: str
+    _frozen: Mapping[str, Any] | None = field(default=None, repr=False)
 
     @classmethod
     def from_claims(cls, claims: dict[str, Any], scopes: frozenset[str], *, algorithm: str,
                     key_id: str | None, fingerprint: str) -> AccessToken:
-        frozen = {name: _freeze(value) if isinstance(value, (dict, list)) else value
-                  for name, value in claims.items()}
-        return cls(MappingProxyType(frozen), scopes, algorithm, key_id, fingerprint)
+        """For the verifier: `claims` must be a fresh dict nobody else keeps a reference to."""
+        return cls(claims, scopes, algorithm, key_id, fingerprint)
+
+    @property
+    def claims(self) -> Mapping[str, Any]:
+        frozen = self._frozen
+        if frozen is None:
+            frozen = _freeze(self._raw)
+            object.__setattr__(self, "_frozen", frozen)  # same value whoever computes it first
+        return frozen
 
     @property
     def issuer(self) -> str:
-        return str(self.claims["iss"])
+        return str(self._raw["iss"])
 
     @property
     def subject(self) -> str | None:
-        value = self.claims.get("sub")
+        value = self._raw.get("sub")
         return value if isinstance(value, str) else None
 
     @property
     def client_id(self) -> str | None:
-        return _first_string(self.claims, _CLIENT_ID_CLAIMS)
+        return _first_string(self._raw, _CLIENT_ID_CLAIMS)
 
     @property
     def audience(self) -> tuple[str, ...]:
-        aud = self.claims.get("aud")
+        aud = self._raw.get("aud")
         if isinstance(aud, str):
             return (aud,)
-        if isinstance(aud, tuple):
+        if isinstance(aud, list):
             return tuple(item for item in aud if isinstance(item, str))
         return ()
 
     @property
     def expires_at(self) -> datetime:
-        value = _time(self.claims.get("exp"))
+        value = _time(self._raw.get("exp"))
         assert value is not None  # exp is required and checked before an AccessToken exists
         return value
 
     @property
     def issued_at(self) -> datetime | None:
-        return _time(self.claims.get("iat"))
+        return _time(self._raw.get("iat"))
 
     @property
     def not_before(self) -> datetime | None:
-        return _time(self.claims.get("nbf"))
+        return _time(self._raw.get("nbf"))
 
     @property
     def token_id(self) -> str | None:
-        value = self.claims.get("jti")
+        value = self._raw.get("jti")
         return value if isinstance(value, str) else None
 
     @property
     def organization_id(self) -> str | None:
-        return _first_string(self.claims, _ORGANIZATION_CLAIMS)
+        return _first_string(self._raw, _ORGANIZATION_CLAIMS)
 
     @property
     def custom_claims(self) -> Mapping[str, Any]:

@@ -31,7 +31,7 @@ from .encoding import loads_json
 from .errors import GuardError, InvalidToken, IssuerUnavailable
 from .fetch import FetchError, FetchResult, fetch_key_set_async, fetch_key_set_sync
 from .jwks import CachePolicy, Fetch, KeySetState
-from .jws import CompactJWS, check_signature, parse_compact
+from .jws import CompactJWS, HeaderCache, check_signature, parse_compact
 from .keys import VerificationKey
 from .scopes import scopes_from_claims
 from .settings import GuardSettings, IssuerSettings
@@ -160,6 +160,7 @@ class TokenVerifier:
         self._required = tuple(dict.fromkeys(("exp", *self.settings.required_claims)))
         self._scope_claims = self.settings.scope_claims
         self._leeway = self.settings.leeway
+        self._headers = HeaderCache()
         self._tasks: set[asyncio.Task[None]] = set()
         self._threads: set[threading.Thread] = set()
         self._closed = False
@@ -358,7 +359,8 @@ class TokenVerifier:
         return None, digest
 
     def _parse(self, token: str) -> tuple[CompactJWS, dict[str, Any], _Issuer]:
-        jws = parse_compact(token, max_bytes=self.settings.max_token_bytes)
+        jws = parse_compact(token, max_bytes=self.settings.max_token_bytes,
+                            header_cache=self._headers)
         if jws.alg not in self._algorithms:
             raise InvalidToken("The token's algorithm is not accepted.", reason="algorithm_refused")
         typ = jws.header.get("typ")
