@@ -104,3 +104,29 @@ def test_claims_are_read_only_all_the_way_down() -> None:
         assert access.audience == ("deployment-api",)
         again = verifier.verify_sync(token)
         assert again.custom_claims["meta"]["tier"] == "gold"
+
+
+def test_header_cache_is_bounded_and_holds_only_valid_headers() -> None:
+    from m2m_guard.encoding import b64url_encode
+    from m2m_guard.jws import HeaderCache, parse_compact
+
+    cache = HeaderCache(size=4)
+    key = SigningKey.generate("ES256")
+    claims = b'{"iss":"x"}'
+    for i in range(10):
+        token = key.sign_raw(f'{{"alg":"ES256","kid":"k{i}"}}'.encode(), claims)
+        assert parse_compact(token, header_cache=cache).kid == f"k{i}"
+        assert len(cache.entries) <= 4
+    bad = key.sign_raw(b'{"alg":"ES256","crit":["exp"]}', claims)
+    with pytest.raises(InvalidToken):
+        parse_compact(bad, header_cache=cache)
+    assert bad.split(".")[0] not in cache.entries
+    # A cached header does not excuse the rest of the token.
+    good = key.sign_raw(b'{"alg":"ES256","kid":"k9"}', claims)
+    header = good.split(".")[0]
+    assert header in cache.entries
+    with pytest.raises(InvalidToken) as caught:
+        parse_compact(header + "." + b64url_encode(claims) + "=.sig", header_cache=cache)
+    assert caught.value.reason == "malformed"
+    with pytest.raises(TypeError):
+        parse_compact(good, header_cache=cache).header["alg"] = "none"  # type: ignore[index]
