@@ -16,7 +16,8 @@ import re
 from collections.abc import Sequence
 from urllib.parse import parse_qsl
 
-from .errors import InvalidRequest, InvalidToken
+from .errors import InvalidRequest
+from .jws import check_token_size
 
 __all__ = ["extract_bearer", "query_has_access_token"]
 
@@ -68,9 +69,7 @@ def extract_bearer(
     if not token:
         raise InvalidRequest("The Authorization header has the Bearer scheme but no token.",
                              reason="malformed_authorization")
-    if len(token) > max_token_bytes:
-        raise InvalidToken(f"The token is larger than {max_token_bytes} bytes.",
-                           reason="token_too_large")
+    check_token_size(token, max_token_bytes)
     if _B64TOKEN.fullmatch(token) is None:
         raise InvalidRequest("The bearer token contains characters RFC 6750 does not allow.",
                              reason="malformed_authorization")

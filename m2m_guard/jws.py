@@ -22,7 +22,8 @@ from .errors import InvalidToken
 from .keys import KeyRejected, VerificationKey, load_jwk
 from .settings import ASYMMETRIC_ALGORITHMS
 
-__all__ = ["CompactJWS", "HeaderCache", "check_signature", "parse_compact", "verify_compact"]
+__all__ = ["CompactJWS", "HeaderCache", "check_signature", "check_token_size", "parse_compact",
+           "verify_compact"]
 
 _ACCEPTED_ALGS = frozenset(ASYMMETRIC_ALGORITHMS)
 _MAX_KID_LENGTH = 256
@@ -71,6 +72,12 @@ class HeaderCache:
         self.entries[segment] = (header, alg, kid)
 
 
+def check_token_size(token: str, max_bytes: int) -> None:
+    """Refuse a token over `max_bytes` (`InvalidToken`), before anything else looks at it."""
+    if len(token) > max_bytes:
+        raise InvalidToken(f"The token is larger than {max_bytes} bytes.", reason="token_too_large")
+
+
 def parse_compact(token: str, *, max_bytes: int = 16384,
                   header_cache: HeaderCache | None = None) -> CompactJWS:
     """Check the framing and header of a compact JWS; raise `InvalidToken` on any defect.
@@ -79,8 +86,7 @@ def parse_compact(token: str, *, max_bytes: int = 16384,
     """
     if not isinstance(token, str):
         raise InvalidToken("The token must be a string.", reason="malformed")
-    if len(token) > max_bytes:
-        raise InvalidToken(f"The token is larger than {max_bytes} bytes.", reason="token_too_large")
+    check_token_size(token, max_bytes)
     if token.count(".") != 2:
         raise InvalidToken("The token is not a compact JWS (three dot-separated segments).",
                            reason="malformed")

@@ -31,7 +31,7 @@ from .encoding import loads_json
 from .errors import GuardError, InvalidToken, IssuerUnavailable
 from .fetch import FetchError, FetchResult, fetch_key_set_async, fetch_key_set_sync
 from .jwks import CachePolicy, Fetch, KeySetState
-from .jws import CompactJWS, HeaderCache, check_signature, parse_compact
+from .jws import CompactJWS, HeaderCache, check_signature, check_token_size, parse_compact
 from .keys import VerificationKey
 from .scopes import scopes_from_claims
 from .settings import GuardSettings, IssuerSettings
@@ -338,9 +338,7 @@ class TokenVerifier:
     def _cached(self, token: str) -> tuple[AccessToken | None, bytes]:
         if not isinstance(token, str):
             raise InvalidToken("The token must be a string.", reason="malformed")
-        if len(token) > self.settings.max_token_bytes:
-            raise InvalidToken(f"The token is larger than {self.settings.max_token_bytes} bytes.",
-                               reason="token_too_large")
+        check_token_size(token, self.settings.max_token_bytes)  # before hashing it
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         cache = self._cache
         if cache is None:
@@ -652,8 +650,9 @@ class TokenVerifier:
             iss = job.issuer.settings.issuer
             client = next((v for v in (job.claims.get(n) for n in ("client_id", "azp", "sub"))
                            if isinstance(v, str)), None)
+        fingerprint = job.digest[:8].hex() if job is not None else _fingerprint(token)
         logger.info("m2m_guard refused token=%s reason=%s status=%d kid=%s iss=%s client_id=%s",
-                    _fingerprint(token), exc.reason, exc.status_code, _safe(kid), _safe(iss),
+                    fingerprint, exc.reason, exc.status_code, _safe(kid), _safe(iss),
                     _safe(client))
 
     def _internal(self, token: object, exc: Exception) -> InvalidToken:

@@ -279,18 +279,23 @@ def test_optional_guard_lets_tokenless_requests_through(settings: GuardSettings,
 
 # -- GuardError raised by the app --------------------------------------------------------------
 
-def test_guard_error_raised_in_endpoint_is_rendered(client: TestClient,
-                                                    issuer: KeySetServer) -> None:
-    token = issuer.mint()
-    response = client.get("/raise/insufficient", headers=bearer(token))
+def assert_lacks_scope_x(response: Any, realm: str) -> None:
+    """The exact 403 for an endpoint that raised InsufficientScope(("x",))."""
     assert response.status_code == 403
     assert response.headers["www-authenticate"] == (
-        'Bearer realm="api", error="insufficient_scope", '
+        f'Bearer realm="{realm}", error="insufficient_scope", '
         'error_description="The access token lacks the scope: x", scope="x"')
     assert response.headers["cache-control"] == "no-store"
+    assert response.headers["content-type"] == "application/json"
     assert response.json() == {"error": "insufficient_scope",
                                "error_description": "The access token lacks the scope: x",
                                "scope": "x"}
+
+
+def test_guard_error_raised_in_endpoint_is_rendered(client: TestClient,
+                                                    issuer: KeySetServer) -> None:
+    token = issuer.mint()
+    assert_lacks_scope_x(client.get("/raise/insufficient", headers=bearer(token)), "api")
     response = client.get("/raise/invalid", headers=bearer(token))
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == (
@@ -316,16 +321,8 @@ def test_outer_middleware_with_starlette_exception_handlers(
     app = M2MGuardMiddleware(inner, settings=settings)
     with TestClient(app) as client:
         token = issuer.mint()
-        response = client.get("/raise/insufficient", headers=bearer(token))
-        assert response.status_code == 403
-        assert response.headers["www-authenticate"] == (
-            'Bearer realm="deployments", error="insufficient_scope", '
-            'error_description="The access token lacks the scope: x", scope="x"')
-        assert response.headers["cache-control"] == "no-store"
-        assert response.headers["content-type"] == "application/json"
-        assert response.json() == {"error": "insufficient_scope",
-                                   "error_description": "The access token lacks the scope: x",
-                                   "scope": "x"}
+        assert_lacks_scope_x(client.get("/raise/insufficient", headers=bearer(token)),
+                             "deployments")
         response = client.post("/endpoint", headers=bearer(token))
         assert response.status_code == 403
         assert response.json()["scope"] == "admin:platform"

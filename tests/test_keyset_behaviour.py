@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import anyio
@@ -359,15 +360,23 @@ def test_cold_and_down_through_starlette(issuer: KeySetServer,
 
 # -- rotation --------------------------------------------------------------------------------
 
+@contextmanager
+def rotation_rig(keys: dict[str, SigningKey]
+                 ) -> Iterator[tuple[KeySetServer, FakeClock, TokenVerifier]]:
+    """A server publishing the "old" and "keep" keys and a verifier on a fake clock (TTL 1 s,
+    refetch cooldown 5 s), for the rotation tests."""
+    with KeySetServer([keys["old"], keys["keep"]]) as server:
+        clock = FakeClock(100.0)
+        yield server, clock, TokenVerifier(
+            GuardSettings(issuer=server.url, audience="deployment-api", jwks_cache_ttl=1,
+                          jwks_refetch_cooldown=5, http_timeout=2), clock=clock)
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("kind", ["async", "sync"])
 async def test_removed_key_stops_verifying_after_the_next_refresh(
         fast_keys: dict[str, SigningKey], kind: str) -> None:
-    with KeySetServer([fast_keys["old"], fast_keys["keep"]]) as server:
-        clock = FakeClock(100.0)
-        verifier = TokenVerifier(GuardSettings(issuer=server.url, audience="deployment-api",
-                                               jwks_cache_ttl=1, jwks_refetch_cooldown=5,
-                                               http_timeout=2), clock=clock)
+    with rotation_rig(fast_keys) as (server, clock, verifier):
         verify = front(verifier, kind)
         old_token = server.mint(fast_keys["old"])
         keep_token = server.mint(fast_keys["keep"])
@@ -395,11 +404,7 @@ async def test_removed_key_stops_verifying_after_the_next_refresh(
 async def test_cached_token_stops_verifying_once_its_key_left_the_set(
         fast_keys: dict[str, SigningKey], kind: str) -> None:
     """A verified-token cache hit re-checks that its key is still in the current set."""
-    with KeySetServer([fast_keys["old"], fast_keys["keep"]]) as server:
-        clock = FakeClock(100.0)
-        verifier = TokenVerifier(GuardSettings(issuer=server.url, audience="deployment-api",
-                                               jwks_cache_ttl=1, jwks_refetch_cooldown=5,
-                                               http_timeout=2), clock=clock)
+    with rotation_rig(fast_keys) as (server, clock, verifier):
         verify = front(verifier, kind)
         old_token = server.mint(fast_keys["old"])
         keep_token = server.mint(fast_keys["keep"])

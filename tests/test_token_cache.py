@@ -72,21 +72,37 @@ def test_failures_are_never_cached() -> None:
         assert verifier._cache is not None and len(verifier._cache) == 0
 
 
-def test_unchanged_refresh_keeps_cached_tokens_and_key_objects() -> None:
-    """A refresh that returns the same keys keeps the same key objects (and cache entries)."""
-    key = SigningKey.generate("RS256")
+@pytest.mark.parametrize("send_etag", [True, False], ids=["304", "200-same-body"])
+def test_refresh_keeps_cached_tokens_and_key_objects(send_etag: bool) -> None:
+    """A refresh that changed nothing (304, or 200 with the same keys) keeps the key set and its
+    key objects, so cached tokens stay hits; a refresh that adds a key keeps the objects of the
+    keys it did not change."""
+    key = SigningKey.generate("ES256")
     clock = [1000.0]
     with KeySetServer([key], max_age=None) as issuer:
+        issuer.send_etag = send_etag
         verifier = TokenVerifier(GuardSettings(issuer=issuer.url, audience="deployment-api",
                                                jwks_cache_ttl=10), clock=lambda: clock[0])
+        state = verifier._issuers[issuer.url].state
         token = issuer.mint()
         first = verifier.verify_sync(token)
-        keys_before = verifier._issuers[issuer.url].state.keys
+        keys_before = state.keys
+        assert keys_before is not None
         clock[0] += 11  # past the TTL: the next verification waits for a refresh
-        assert verifier.verify_sync(issuer.mint()).client_id == first.client_id
+        assert verifier.verify_sync(issuer.mint()).key_id == key.kid
         assert issuer.requests["/keys"] == 2
-        assert verifier._issuers[issuer.url].state.keys is keys_before
+        assert issuer.not_modified == (1 if send_etag else 0)
+        assert state.keys is keys_before
         assert verifier.verify_sync(token) is first  # still a cache hit
+        # A changed set is fetched in full; the unchanged key keeps its object.
+        issuer.publish(key, SigningKey.generate("EdDSA", kid="snk_new"))
+        clock[0] += 11
+        verifier.verify_sync(issuer.mint())
+        assert issuer.requests["/keys"] == 3 and issuer.not_modified == (1 if send_etag else 0)
+        assert state.keys is not keys_before
+        assert [k.kid for k in state.keys.keys] == [key.kid, "snk_new"]
+        assert state.keys.keys[0] is keys_before.keys[0]
+        assert verifier.verify_sync(token) is first
 
 
 def test_claims_are_read_only_all_the_way_down() -> None:

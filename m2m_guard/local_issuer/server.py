@@ -54,6 +54,7 @@ class KeySetServer:
         self.delay = 0.0
         self.requests: Counter[str] = Counter()
         self.not_modified = 0  # key-set requests answered 304 (the client's ETag matched)
+        self.send_etag = True  # False: no ETag, so every refresh gets the whole set (200)
         self.jwks_path = "/keys"
         self.discovery_paths: set[str] = {"/.well-known/openid-configuration"}
         self.discovery_extra: dict[str, Any] = {}
@@ -184,8 +185,9 @@ class KeySetServer:
                     cache = f"public, max-age={outer.max_age}" if outer.max_age is not None \
                         else None
                     body = json.dumps(outer.jwks()).encode()
-                    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-                    if self.headers.get("If-None-Match") == etag:
+                    etag = ('"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+                            if outer.send_etag else None)
+                    if etag is not None and self.headers.get("If-None-Match") == etag:
                         outer.not_modified += 1
                         self._send(304, b"", cache, etag)
                     else:
