@@ -1,0 +1,1 @@
+"""The cross-framework contract suite: one set of requests, every adapter, the same answers."""
