@@ -23,6 +23,7 @@ from starlette.authentication import AuthCredentials, UnauthenticatedUser
 from .bearer import extract_bearer
 from .context import reset_current_token, set_current_token
 from .errors import GuardError, MissingToken, render_error
+from .rules import PathRules, is_cors_preflight
 from .settings import GuardSettings
 from .starlette import ClientUser
 from .token import AccessToken
@@ -41,19 +42,6 @@ _SCOPE_KEY = "m2m_guard.token"
 _UNAUTHENTICATED = (AuthCredentials(), UnauthenticatedUser())
 
 
-class PathRules:
-    """Public-path matching: exact paths, and prefixes given with a trailing ``*``."""
-
-    __slots__ = ("exact", "prefixes")
-
-    def __init__(self, patterns: tuple[str, ...]) -> None:
-        self.exact = frozenset(p for p in patterns if not p.endswith("*"))
-        self.prefixes = tuple(p[:-1] for p in patterns if p.endswith("*"))
-
-    def is_public(self, path: str) -> bool:
-        return path in self.exact or (bool(self.prefixes) and path.startswith(self.prefixes))
-
-
 def _authorization_values(headers: list[tuple[bytes, bytes]]) -> list[str]:
     return [value.decode("latin-1") for name, value in headers if name == b"authorization"]
 
@@ -62,7 +50,8 @@ def _is_preflight(scope: Scope) -> bool:
     if scope.get("method") != "OPTIONS":
         return False
     names = {name for name, _ in scope.get("headers", ())}
-    return b"origin" in names and b"access-control-request-method" in names
+    return is_cors_preflight("OPTIONS", b"origin" in names,
+                             b"access-control-request-method" in names)
 
 
 class M2MGuardMiddleware:

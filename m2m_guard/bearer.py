@@ -8,21 +8,30 @@ Only the `Authorization: Bearer <b64token>` header is accepted. The rules, in or
 - no header, or a scheme other than Bearer: no credentials (None);
 - `Bearer` followed by anything but spaces and one b64token: `InvalidRequest`;
 - a token longer than `max_token_bytes`: `InvalidToken`, checked before any further parsing.
+
+WSGI servers (and Django, under WSGI or ASGI) join repeated request headers into one value with
+commas before the application sees them; `split_credentials` undoes that, so "two Authorization
+headers" is recognised there too.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 from urllib.parse import parse_qsl
 
 from .errors import InvalidRequest
 from .jws import check_token_size
 
-__all__ = ["extract_bearer", "query_has_access_token"]
+__all__ = ["authorization_from_environ", "extract_bearer", "query_has_access_token",
+           "split_credentials"]
 
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _OWS = " \t"
+# The start of a credential (RFC 7235 §2.1): an auth-scheme, spaces, then a token68 or an
+# auth-param (not "=", which would make the scheme an auth-param name: ``b = 2``).
+_CREDENTIAL_START = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ +[^ =]")
 
 
 def query_has_access_token(query_string: bytes | str) -> bool:
@@ -74,3 +83,57 @@ def extract_bearer(
         raise InvalidRequest("The bearer token contains characters RFC 6750 does not allow.",
                              reason="malformed_authorization")
     return token
+
+
+def _list_elements(value: str) -> list[str]:
+    """Split a header value at the commas that are not inside a quoted-string."""
+    elements: list[str] = []
+    start = 0
+    quoted = escaped = False
+    for index, char in enumerate(value):
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            elements.append(value[start:index])
+            start = index + 1
+    elements.append(value[start:])
+    return elements
+
+
+def split_credentials(value: str) -> list[str]:
+    """Split an `Authorization` value that a server joined from repeated headers.
+
+    Returns ``[value]`` unchanged unless a comma (outside quoted-strings) is followed by the start
+    of another credential (a scheme, a space and more); then each credential
+    separately. Commas inside one credential (Digest's ``a="x", b="y"`` parameters) stay put, and
+    a single Bearer value with a stray comma stays whole, so `extract_bearer` judges it as it
+    would judge the header received alone.
+    """
+    if "," not in value:
+        return [value]
+    elements = _list_elements(value)
+    credentials = [elements[0]]
+    for element in elements[1:]:
+        if _CREDENTIAL_START.match(element.lstrip(_OWS)):
+            credentials.append(element.strip(_OWS))
+        else:
+            credentials[-1] += "," + element
+    if len(credentials) == 1:
+        return [value]
+    credentials[0] = credentials[0].strip(_OWS)
+    return credentials
+
+
+def authorization_from_environ(environ: Mapping[str, Any]) -> list[str]:
+    """The `Authorization` header values of a WSGI `environ` (or Django `request.META`).
+
+    Repeated headers arrive joined by commas; they are split back with `split_credentials`.
+    """
+    value = environ.get("HTTP_AUTHORIZATION")
+    if not isinstance(value, str):
+        return []
+    return split_credentials(value)

@@ -17,7 +17,8 @@ from .errors import MissingToken
 from .scopes import ScopeRequirement, validate_scopes
 from .token import AccessToken
 
-__all__ = ["current_token", "require_any_scope", "require_scopes", "set_current_token"]
+__all__ = ["current_token", "require_any_scope", "require_scopes", "scope_requirements",
+           "set_current_token"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -65,14 +66,26 @@ def _decorator(requirement: ScopeRequirement) -> Callable[[F], F]:
         if inspect.iscoroutinefunction(func):
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+_REQUIREMENTS = "__m2m_guard_requirements__"
+
+
+def scope_requirements(func: Callable[..., Any]) -> tuple[ScopeRequirement, ...]:
+    """The requirements `require_scopes` / `require_any_scope` placed on `func` (outermost
+    last), for adapters that document them (FastAPI's OpenAPI security requirements)."""
+    found = getattr(func, _REQUIREMENTS, ())
+    return found if isinstance(found, tuple) else ()
+
+
                 _enforce(requirement, args, kwargs)
                 return await func(*args, **kwargs)
+        requirements = (*scope_requirements(func), requirement)
 
             return cast(F, async_wrapper)
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             _enforce(requirement, args, kwargs)
+            async_wrapper.__dict__[_REQUIREMENTS] = requirements
             return func(*args, **kwargs)
 
         return cast(F, wrapper)
@@ -80,6 +93,7 @@ def _decorator(requirement: ScopeRequirement) -> Callable[[F], F]:
     return decorate
 
 
+        wrapper.__dict__[_REQUIREMENTS] = requirements
 def require_scopes(*scopes: str) -> Callable[[F], F]:
     """Decorate a sync or async endpoint so that it runs only for tokens holding all `scopes`.
 

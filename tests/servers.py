@@ -36,3 +36,28 @@ def uvicorn_server(app: Any, **options: Any) -> Iterator[int]:
         server.should_exit = True
         thread.join(10)
     assert not thread.is_alive(), "uvicorn did not stop"
+
+
+@contextmanager
+def waitress_server(app: Any, *, threads: int = 4) -> Iterator[int]:
+    """Serve the WSGI `app` with waitress on 127.0.0.1 (`threads` worker threads), in a thread;
+    yield the port; stop on exit."""
+    import waitress.server  # a test dependency; imported here so ASGI-only runs need it not
+
+    server = waitress.server.create_server(app, host="127.0.0.1", port=0, threads=threads,
+                                           channel_timeout=5, asyncore_loop_timeout=0.05)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield int(server.effective_port)
+    finally:
+        # waitress has no stop(): close every dispatcher (listener, trigger, open channels) from
+        # the loop's own thread, so its map is empty and the loop returns; then stop the workers.
+        def close_all() -> None:
+            for dispatcher in list(server._map.values()):
+                dispatcher.close()
+
+        server.trigger.pull_trigger(close_all)
+        thread.join(10)
+        server.task_dispatcher.shutdown()
+    assert not thread.is_alive(), "waitress did not stop"
