@@ -61,11 +61,6 @@ def _enforce(requirement: ScopeRequirement, args: tuple[Any, ...],
     requirement.check(token)
 
 
-def _decorator(requirement: ScopeRequirement) -> Callable[[F], F]:
-    def decorate(func: F) -> F:
-        if inspect.iscoroutinefunction(func):
-            @functools.wraps(func)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
 _REQUIREMENTS = "__m2m_guard_requirements__"
 
 
@@ -76,24 +71,29 @@ def scope_requirements(func: Callable[..., Any]) -> tuple[ScopeRequirement, ...]
     return found if isinstance(found, tuple) else ()
 
 
+def _decorator(requirement: ScopeRequirement) -> Callable[[F], F]:
+    def decorate(func: F) -> F:
+        requirements = (*scope_requirements(func), requirement)
+        if inspect.iscoroutinefunction(func):
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 _enforce(requirement, args, kwargs)
                 return await func(*args, **kwargs)
-        requirements = (*scope_requirements(func), requirement)
 
+            async_wrapper.__dict__[_REQUIREMENTS] = requirements
             return cast(F, async_wrapper)
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             _enforce(requirement, args, kwargs)
-            async_wrapper.__dict__[_REQUIREMENTS] = requirements
             return func(*args, **kwargs)
 
+        wrapper.__dict__[_REQUIREMENTS] = requirements
         return cast(F, wrapper)
 
     return decorate
 
 
-        wrapper.__dict__[_REQUIREMENTS] = requirements
 def require_scopes(*scopes: str) -> Callable[[F], F]:
     """Decorate a sync or async endpoint so that it runs only for tokens holding all `scopes`.
 

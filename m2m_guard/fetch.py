@@ -10,6 +10,7 @@ Every failure raises `FetchError` with a message fit for logs and `health()`.
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 import time
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ __all__ = [
     "fetch_key_set_async",
     "fetch_key_set_sync",
     "read_discovery",
+    "read_token_endpoint",
     "read_key_set",
     "redirect_target",
 ]
@@ -55,6 +57,8 @@ class FetchResult:
     max_age: float | None
     etag: str | None
     jwks_url: str
+    # the discovery document's `token_endpoint`, when this fetch ran discovery and it had one
+    token_endpoint: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +96,30 @@ def redirect_target(current: str, status: int, location: str | None) -> str:
 def read_discovery(issuer: IssuerSettings, url: str, status: int, body: bytes,
                    settings: GuardSettings) -> str:
     """The `jwks_uri` of a discovery document, after checking that its `issuer` matches."""
+    return _read_discovery(issuer, url, status, body)[0]
+
+
+def read_token_endpoint(issuer: IssuerSettings, doc: dict[str, Any]) -> str | None:
+    """The discovery document's `token_endpoint`, or None when absent or unfit.
+
+    Only documentation uses it (an OpenAPI client-credentials flow), never verification; still
+    it must be an absolute URL that is https or on the issuer's own origin, at most 2048 bytes.
+    """
+    value = doc.get("token_endpoint")
+    if not isinstance(value, str) or not value or len(value) > 2048 or not value.isprintable() \
+            or any(c.isspace() for c in value):
+        return None
+    parts = urlsplit(value)
+    if not parts.netloc or parts.scheme not in ("https", "http"):
+        return None
+    if parts.scheme != "https" and _origin(value) != _origin(issuer.issuer):
+        return None
+    return value
+
+
+def _read_discovery(issuer: IssuerSettings, url: str, status: int,
+                    body: bytes) -> tuple[str, str | None]:
+    """`read_discovery` plus the document's token endpoint (see `read_token_endpoint`)."""
     if status != 200:
         raise FetchError(f"discovery at {url} answered HTTP {status}")
     try:
@@ -117,7 +145,7 @@ def read_discovery(issuer: IssuerSettings, url: str, status: int, body: bytes,
             f"discovery at {url} points jwks_uri at another host ({host}); refused. "
             f"Set jwks_url (M2M_GUARD_JWKS_URL) explicitly if that host is trusted."
         )
-    return jwks_uri
+    return jwks_uri, read_token_endpoint(issuer, doc)
 
 
 def read_key_set(url: str, status: int, headers: httpx.Headers, body: bytes,
@@ -191,25 +219,29 @@ async def fetch_key_set_async(issuer: IssuerSettings, settings: GuardSettings, *
                 await anyio.to_thread.run_sync(_tls)
             async with httpx.AsyncClient(timeout=_timeout(settings), verify=tls,
                                          follow_redirects=False) as client:
+                token_endpoint = None
                 if jwks_url is None:
-                    jwks_url = await _discover_async(client, issuer, settings)
+                    jwks_url, token_endpoint = await _discover_async(client, issuer, settings)
                     etag = None
                 response = await _get_async(client, jwks_url, settings, etag)
     except TimeoutError:
         raise FetchError(f"fetching the key set of {issuer.issuer} timed out "
                          f"after {settings.http_timeout:g} s") from None
-    return read_key_set(response.url, response.status, response.headers, response.body, settings)
+    result = read_key_set(response.url, response.status, response.headers, response.body,
+                          settings)
+    return dataclasses.replace(result, token_endpoint=token_endpoint) if token_endpoint \
+        else result
 
 
 async def _discover_async(client: httpx.AsyncClient, issuer: IssuerSettings,
-                          settings: GuardSettings) -> str:
+                          settings: GuardSettings) -> tuple[str, str | None]:
     errors = []
     for url in discovery_urls(issuer.issuer):
         response = await _get_async(client, url, settings)
         if response.status == 404:
             errors.append(f"{url} answered 404")
             continue
-        return read_discovery(issuer, response.url, response.status, response.body, settings)
+        return _read_discovery(issuer, response.url, response.status, response.body)
     raise FetchError("no discovery document: " + "; ".join(errors))
 
 
@@ -241,6 +273,7 @@ def fetch_key_set_sync(issuer: IssuerSettings, settings: GuardSettings, *,
                        jwks_url: str | None, etag: str | None) -> FetchResult:
     """The blocking twin of `fetch_key_set_async` (same rules, `httpx.Client`)."""
     deadline = time.monotonic() + settings.http_timeout * (1 if jwks_url else 2)
+    token_endpoint = None
     with httpx.Client(timeout=_timeout(settings), verify=_tls(),
                       follow_redirects=False) as client:
         if jwks_url is None:
@@ -250,11 +283,14 @@ def fetch_key_set_sync(issuer: IssuerSettings, settings: GuardSettings, *,
                 if response.status == 404:
                     errors.append(f"{url} answered 404")
                     continue
-                jwks_url = read_discovery(issuer, response.url, response.status, response.body,
-                                          settings)
+                jwks_url, token_endpoint = _read_discovery(issuer, response.url, response.status,
+                                                           response.body)
                 etag = None
                 break
             else:
                 raise FetchError("no discovery document: " + "; ".join(errors))
         response = _get_sync(client, jwks_url, settings, deadline, etag)
-    return read_key_set(response.url, response.status, response.headers, response.body, settings)
+    result = read_key_set(response.url, response.status, response.headers, response.body,
+                          settings)
+    return dataclasses.replace(result, token_endpoint=token_endpoint) if token_endpoint \
+        else result

@@ -156,6 +156,7 @@ class GuardSettings:
     token_cache_size: int = 10000
     realm: str = "api"
     allow_http: bool = False
+    token_url: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -250,6 +251,9 @@ class GuardSettings:
             if not isinstance(getattr(self, name), bool):
                 value = getattr(self, name)
                 raise ConfigurationError(f"{name} must be True or False, got {value!r}.")
+        if self.token_url is not None:
+            # Documentation only (OpenAPI's client-credentials flow): clients get tokens there.
+            _check_url("token_url", self.token_url, allow_http=self.allow_http)
         if not isinstance(self.realm, str) or not _REALM.match(self.realm):
             raise ConfigurationError(
                 f"realm must be 1-128 printable ASCII characters without quotes or backslashes, "
@@ -443,4 +447,5 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "token_cache_size": _parse_int,
     "realm": _parse_str,
     "allow_http": _parse_bool,
+    "token_url": _parse_str,
 }

@@ -75,7 +75,7 @@ class _Flight:
 class _Issuer:
     """Per-issuer cache state, the lock that guards it and the fetch in progress."""
 
-    __slots__ = ("fast_until", "flight", "jwks_url", "lock", "settings", "state")
+    __slots__ = ("fast_until", "flight", "jwks_url", "lock", "settings", "state", "token_endpoint")
 
     def __init__(self, settings: IssuerSettings) -> None:
         self.settings = settings
@@ -83,6 +83,7 @@ class _Issuer:
         self.lock = threading.Lock()
         self.flight: _Flight | None = None
         self.jwks_url = settings.jwks_url
+        self.token_endpoint: str | None = None  # from discovery, for documentation only
         # Until this monotonic time the key set is fresh: no planning needed on the hot path.
         self.fast_until = -math.inf
 
@@ -252,6 +253,15 @@ class TokenVerifier:
                   for issuer in self._issuers.values() if issuer.state.keys is None]
         if failed:
             raise IssuerUnavailable("Key sets could not be loaded: " + "; ".join(failed))
+
+    def token_endpoint(self, issuer: str | None = None) -> str | None:
+        """The `token_endpoint` announced by the discovery document of `issuer` (default: the
+        first configured one); None before discovery has run, or when `jwks_url` is configured
+        (no discovery) or the document names none. For documentation (OpenAPI), not security.
+        """
+        entry = self._issuers.get(issuer) if issuer is not None \
+            else next(iter(self._issuers.values()))
+        return entry.token_endpoint if entry is not None else None
 
     def health(self) -> dict[str, Any]:
         """Per issuer: keys held, age, last success and error, next refresh; `ready` overall.
@@ -538,6 +548,8 @@ class TokenVerifier:
             if result is not None:
                 issuer.jwks_url = result.jwks_url if issuer.settings.jwks_url is None \
                     else issuer.settings.jwks_url
+                if result.token_endpoint is not None:
+                    issuer.token_endpoint = result.token_endpoint
                 self.policy.on_success(state, result.keys, now, wall,
                                        max_age=result.max_age, etag=result.etag)
             else:
