@@ -24,6 +24,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _CURRENT: ContextVar[AccessToken | None] = ContextVar("m2m_guard_token", default=None)
 _SCOPE_KEY = "m2m_guard.token"
+_REQUEST_ATTRIBUTE = "m2m_token"  # Django: request.m2m_token
 
 
 def current_token() -> AccessToken | None:
@@ -43,8 +44,12 @@ def reset_current_token(marker: Token[AccessToken | None]) -> None:
 
 def _token_from_arguments(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> AccessToken | None:
     """Find the token on a request object among the arguments (Starlette `Request`,
-    ASGI scope), for code that runs outside the context the middleware set."""
+    ASGI scope, Django's and DRF's `request.m2m_token`), for code that runs outside the context
+    the middleware set (e.g. DRF authentication without the Django middleware)."""
     for value in (*args, *kwargs.values()):
+        found = getattr(value, _REQUEST_ATTRIBUTE, None)
+        if isinstance(found, AccessToken):
+            return found
         scope = getattr(value, "scope", None)
         if isinstance(scope, Mapping):
             found = scope.get(_SCOPE_KEY)

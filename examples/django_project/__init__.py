@@ -1,0 +1,1 @@
+"""The deployment API as a Django project (plain views, async views, Django REST framework)."""
