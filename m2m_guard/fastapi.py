@@ -28,10 +28,11 @@ import copy
 import functools
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
 
+import fastapi.routing
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.openapi.models import OAuthFlowClientCredentials, OAuthFlows
 from fastapi.routing import APIRoute
@@ -320,8 +321,8 @@ class M2MGuard:
         paths = schema.get("paths", {})
         public = PathRules(tuple(self.settings.public_paths)) \
             if self._middleware_entry() is not None else None
-        for route in self.app.routes if self.app is not None else ():
-            if not isinstance(route, APIRoute) or not route.include_in_schema:
+        for route in _api_routes(self.app.routes if self.app is not None else ()):
+            if not route.include_in_schema or route.path_format is None:
                 continue
             decorated = _alternatives(scope_requirements(route.endpoint))
             guarded = public is not None and not public.is_public(route.path_format)
@@ -343,6 +344,16 @@ class M2MGuard:
             flow["tokenUrl"] = self.token_url
             flow["scopes"] = {name: self.scope_descriptions.get(name, "") for name in used}
         return schema
+
+
+def _api_routes(routes: Iterable[Any]) -> Iterator[Any]:
+    """The app's path operations with their full paths. FastAPI 0.12x lists them flat in
+    `app.routes`; newer versions keep included routers as such and provide
+    `iter_route_contexts` to walk them (each context proxies its `APIRoute`)."""
+    walk = getattr(fastapi.routing, "iter_route_contexts", None)
+    for route in walk(list(routes)) if walk is not None else routes:
+        if isinstance(getattr(route, "original_route", route), APIRoute):
+            yield route
 
 
 def _alternatives(requirements: Iterable[ScopeRequirement]) -> list[list[str]] | None:
