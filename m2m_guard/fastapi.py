@@ -33,13 +33,14 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
 
 import fastapi.routing
-from fastapi import Depends, FastAPI, Request, Security
+from fastapi import Depends, FastAPI, Security
 from fastapi.openapi.models import OAuthFlowClientCredentials, OAuthFlows
 from fastapi.routing import APIRoute
 from fastapi.security import OAuth2, SecurityScopes
 from starlette.authentication import AuthCredentials
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
+from starlette.websockets import WebSocket
 
 from .asgi import M2MGuardMiddleware, PathRules
 from .bearer import extract_bearer
@@ -99,13 +100,14 @@ def _requirement(scopes: tuple[str, ...]) -> ScopeRequirement:
 
 
 async def m2m_token(
-    request: Request,
+    request: HTTPConnection,
     security_scopes: SecurityScopes,
     _declared: Annotated[None, Depends(client_credentials)],
 ) -> AccessToken:
     """The dependency: the verified `AccessToken` holding every scope of `security_scopes`.
 
-    Use it as ``Security(m2m_token, scopes=[...])`` (or through `RequireScopes`). Raises
+    Use it as ``Security(m2m_token, scopes=[...])`` (or through `RequireScopes`), on HTTP and
+    websocket routes. Raises
     `MissingToken`, `InvalidRequest`, `InvalidToken`, `IssuerUnavailable` or `InsufficientScope`,
     answered per DESIGN §4 by the handler `M2MGuard` installs (or by the middleware). A
     `RuntimeError` says the app is not connected: no `M2MGuard(app)` and no middleware that
@@ -131,7 +133,7 @@ def RequireScopes(*scopes: str) -> Any:  # noqa: N802 - reads as a marker, like 
     return Security(m2m_token, scopes=list(validate_scopes(scopes)))
 
 
-async def _authenticate(request: Request) -> AccessToken:
+async def _authenticate(request: HTTPConnection) -> AccessToken:
     scope = request.scope
     if _SCOPE_KEY in scope:  # the middleware (or an earlier dependency) has verified it
         token = scope[_SCOPE_KEY]
@@ -183,7 +185,7 @@ class M2MGuard:
             raise RuntimeError("this app already has an M2MGuard")
         self.app = app
         setattr(app.state, _STATE_KEY, self)
-        app.add_exception_handler(GuardError, self._handle_error)
+        app.add_exception_handler(GuardError, self._handle_error)  # type: ignore[arg-type]
         inner = app.router.lifespan_context
         app.router.lifespan_context = self._lifespan(inner)
         base_openapi = app.openapi
@@ -268,13 +270,19 @@ class M2MGuard:
             node = getattr(node, "app", None)
         return None
 
-    async def _handle_error(self, request: Request, exc: Exception) -> Response:
-        settings = request.scope.get(_SETTINGS_KEY) or self.settings
-        assert isinstance(exc, GuardError)
+    async def _handle_error(self, connection: HTTPConnection, exc: Exception) -> Response | None:
+        if not isinstance(exc, GuardError):  # registered for GuardError only
+            raise exc
+        if isinstance(connection, WebSocket):
+            # Starlette sends nothing for a websocket handler: deny before accepting, as the
+            # middleware does where the server has no denial-response extension.
+            await connection.close(code=1008, reason=exc.body_error)
+            return None
+        settings = connection.scope.get(_SETTINGS_KEY) or self.settings
         return guard_error_response(exc, settings.realm)
 
     # -- per request -----------------------------------------------------------------------
-    async def authenticate(self, request: Request) -> AccessToken:
+    async def authenticate(self, request: HTTPConnection) -> AccessToken:
         """Extract and verify the request's bearer token with the app's verifier.
 
         The token is then where the middleware would have put it: ``scope["m2m_guard.token"]``,

@@ -9,9 +9,10 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
+from starlette.websockets import WebSocketDisconnect
 
 from examples.fastapi_app import create_app
 from m2m_guard import (
@@ -487,3 +488,26 @@ def test_m2m_token_is_the_dependency_behind_the_markers() -> None:
     marker = RequireScopes("read:deployments")
     assert marker.dependency is m2m_token
     assert list(marker.scopes) == ["read:deployments"]
+
+
+def test_websocket_route_with_the_dependency(issuer: KeySetServer,
+                                             settings: GuardSettings) -> None:
+    app = FastAPI()
+
+    @app.websocket("/events")
+    async def events(websocket: WebSocket,
+                     token: Annotated[AccessToken, RequireScopes("read:deployments")]) -> None:
+        await websocket.accept()
+        await websocket.send_json({"client_id": token.client_id})
+        await websocket.close()
+
+    M2MGuard(app, settings)
+    with TestClient(app) as client:
+        with client.websocket_connect("/events", headers=bearer(issuer.mint())) as socket:
+            assert socket.receive_json() == {"client_id": CLIENT_ID}
+        for headers, reason in (({}, "missing_token"),
+                                (bearer(issuer.mint(scopes=["x:y"])), "insufficient_scope")):
+            with pytest.raises(WebSocketDisconnect) as denied, \
+                    client.websocket_connect("/events", headers=headers):
+                pass
+            assert (denied.value.code, denied.value.reason) == (1008, reason)
