@@ -4,7 +4,9 @@ middleware, and the example under a real uvicorn against a real key-set server."
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -511,3 +513,31 @@ def test_websocket_route_with_the_dependency(issuer: KeySetServer,
                     client.websocket_connect("/events", headers=headers):
                 pass
             assert (denied.value.code, denied.value.reason) == (1008, reason)
+
+
+DOCS = (Path(__file__).resolve().parents[1] / "docs" / "fastapi.md").read_text(encoding="utf-8")
+DOC_SNIPPETS = re.findall(r"```python\n(.*?)```", DOCS, flags=re.DOTALL)
+
+
+def test_docs_snippets_run(issuer: KeySetServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert len(DOC_SNIPPETS) == 2
+    monkeypatch.setenv("M2M_GUARD_ISSUER", issuer.url)
+    monkeypatch.setenv("M2M_GUARD_AUDIENCE", "deployment-api")
+    complete: dict[str, Any] = {"__name__": "docs_fastapi"}
+    exec(compile(DOC_SNIPPETS[0], "docs/fastapi.md", "exec"), complete)
+    token = bearer(issuer.mint())
+    with TestClient(complete["app"]) as client:
+        assert client.get("/deployments", headers=token).status_code == 200
+        assert client.post("/deployments", headers=token,
+                           json={"service": "billing", "version": "1"}).status_code == 202
+        assert client.get("/admin/audit", headers=token).status_code == 403
+        assert client.get("/health").status_code == 200
+        flow = client.get("/openapi.json").json()["components"]["securitySchemes"][
+            "OAuth2ClientCredentials"]["flows"]["clientCredentials"]
+    assert flow["scopes"]["deploy:applications"] == "Start a deployment"
+    with_middleware: dict[str, Any] = {"__name__": "docs_fastapi_middleware"}
+    exec(compile(DOC_SNIPPETS[1], "docs/fastapi.md", "exec"), with_middleware)
+    schema = with_middleware["app"].openapi()
+    assert schema["paths"]["/audit"]["get"]["security"] == [
+        {"OAuth2ClientCredentials": ["audit:read"]},
+        {"OAuth2ClientCredentials": ["admin:platform"]}]
