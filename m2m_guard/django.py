@@ -137,7 +137,7 @@ def _load_settings() -> GuardSettings:
             rest = message[len(spelled if message.startswith(spelled) else field):]
             raise ImproperlyConfigured(
                 f"m2m_guard: settings.M2M_GUARD[{field!r}]{rest}") from exc
-        raise ImproperlyConfigured(f"m2m_guard: {message} {_HINT}") from exc
+        raise ImproperlyConfigured(f"m2m_guard: {message.rstrip('.')}. {_HINT}") from exc
 
 
 def _verifier_for(settings: GuardSettings) -> TokenVerifier:

@@ -4,8 +4,10 @@ server on loopback, and the example project's views."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -445,3 +447,22 @@ def test_verifier_is_not_built_per_request(own_views: None, issuer: KeySetServer
     assert get_verifier() is verifier
     assert verifier.health()["ready"] is True
     assert issuer.requests["/keys"] == 1  # one key-set fetch for all five requests
+
+
+# -- the documentation's snippets run ------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+@pytest.mark.parametrize("page", ["django.md", "drf.md"])
+def test_docs_snippets_run(page: str) -> None:
+    snippets = re.findall(r"```python\n(.*?)```", (DOCS / page).read_text(encoding="utf-8"),
+                          flags=re.DOTALL)
+    assert len(snippets) >= 2
+    for snippet in snippets:  # settings modules and views: defining them must just work
+        namespace: dict[str, Any] = {"__name__": f"docs_{page.split('.')[0]}"}
+        exec(compile(snippet, page, "exec"), namespace)
+    if page == "django.md":
+        assert issubclass(namespace["DeploymentsView"], ScopesRequiredMixin)
+    else:
+        assert namespace["DeploymentsAPI"].required_scopes["POST"] == ["deploy:applications"]
