@@ -4,13 +4,15 @@ is, errors raised in views, lifecycle, and the example under a real WSGI server.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from flask import Blueprint, Flask, g, jsonify
+from flask import Blueprint, Flask, Response, g, jsonify, stream_with_context
 
 from examples.flask_app import create_app
 from m2m_guard import ConfigurationError, GuardSettings, InsufficientScope, current_token
@@ -132,6 +134,23 @@ def test_views_see_the_token_and_scopes_are_enforced(settings: GuardSettings,
     assert int(manual.headers["Content-Length"]) == len(manual.get_data())
 
 
+def test_streamed_response_reads_the_token_from_g(settings: GuardSettings,
+                                                  issuer: KeySetServer) -> None:
+    app = Flask(__name__)
+    M2MGuard(app, settings)
+
+    @app.get("/stream")
+    def stream() -> Any:
+        def chunks() -> Any:
+            yield g.m2m_token.client_id.encode()
+            yield repr(current_token()).encode()
+
+        return Response(stream_with_context(chunks()))
+
+    response = app.test_client().get("/stream", headers=bearer(issuer.mint()))
+    assert response.get_data() == CLIENT_ID.encode() + b"None"  # as docs/flask.md says
+
+
 def test_public_endpoints_and_paths(make_settings: Callable[..., GuardSettings],
                                     issuer: KeySetServer) -> None:
     guard = M2MGuard(public_endpoints=("status.version",))
@@ -234,3 +253,23 @@ def test_example_under_waitress(make_settings: Callable[..., GuardSettings],
             assert missing.status_code == 401
             assert missing.headers["www-authenticate"] == 'Bearer realm="api"'
             assert client.get("/health").status_code == 200
+
+
+def test_docs_snippet_runs(issuer: KeySetServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "flask.md").read_text(encoding="utf-8")
+    snippet = re.findall(r"```python\n(.*?)```", doc, flags=re.DOTALL)[0]
+    monkeypatch.setenv("M2M_GUARD_ISSUER", issuer.url)
+    namespace: dict[str, Any] = {"__name__": "docs_flask_app"}
+    exec(compile(snippet, "docs/flask.md", "exec"), namespace)
+    app = namespace["create_app"]()
+    client = app.test_client()
+    token = issuer.mint()
+    assert client.get("/health").json == {"status": "ok"}
+    assert client.get("/deployments", headers=bearer(token)).json == {
+        "deployments": [], "client": CLIENT_ID}
+    deployed = client.post("/deployments", headers=bearer(token))
+    assert (deployed.status_code, deployed.json["requested_by"]) == (202, CLIENT_ID)
+    audit = client.get("/audit", headers=bearer(token))
+    assert audit.status_code == 403
+    assert audit.json["scope"] == "audit:read admin:platform"
+    namespace["guard"].close()

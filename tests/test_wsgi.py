@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -358,3 +360,21 @@ def test_example_under_waitress(make_settings: Callable[..., GuardSettings],
             scope = client.get("/admin/audit", headers=bearer(token))
             assert scope.status_code == 403
             assert scope.headers["www-authenticate"].endswith('scope="admin:platform"')
+
+
+def test_docs_snippet_runs(issuer: KeySetServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "wsgi.md").read_text(encoding="utf-8")
+    snippet = re.findall(r"```python\n(.*?)```", doc, flags=re.DOTALL)[0]
+    monkeypatch.setenv("M2M_GUARD_ISSUER", issuer.url)
+    monkeypatch.setenv("M2M_GUARD_AUDIENCE", "deployment-api")
+    namespace: dict[str, Any] = {"__name__": "docs_wsgi_app"}
+    exec(compile(snippet, "docs/wsgi.md", "exec"), namespace)
+    with namespace["app"] as app:
+        assert issuer.requests["/keys"] == 1  # warm_up=True
+        client = Client(app)
+        assert client.get("/health").json == {"status": "ok"}
+        assert client.get("/deployments", headers=bearer(issuer.mint())).json == {
+            "deployments": [], "client": "m2morg_68315758685323697"}
+        assert client.get("/deployments").status_code == 401
+        narrow = issuer.mint(scopes=["deploy:applications"])
+        assert client.get("/deployments", headers=bearer(narrow)).status_code == 403
