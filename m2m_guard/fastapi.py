@@ -327,7 +327,8 @@ class M2MGuard:
         """Complete FastAPI's `schema` in place: security requirements of the routes guarded by
         the middleware or `require_scopes`, and the scheme's token URL and scopes."""
         paths = schema.get("paths", {})
-        public = PathRules(tuple(self.settings.public_paths)) \
+        guarding = self._middleware_settings() if self._middleware_entry() is not None else None
+        public = PathRules(tuple((guarding or self.settings).public_paths)) \
             if self._middleware_entry() is not None else None
         for route in _api_routes(self.app.routes if self.app is not None else ()):
             if not route.include_in_schema or route.path_format is None:

@@ -377,14 +377,16 @@ def test_startup_survives_an_issuer_that_is_down(issuer: KeySetServer,
                                                  make_settings: Callable[..., GuardSettings],
                                                  caplog: pytest.LogCaptureFixture) -> None:
     settings = make_settings(http_timeout=0.5)
+    token = issuer.mint()
     issuer.stop()
     try:
         with TestClient(dependency_app(settings)) as client:
-            down = client.get("/items/1", headers=bearer("x.y.z"))
+            down = client.get("/items/1", headers=bearer(token))
     finally:
         issuer.start()
     assert "could not warm up key sets" in caplog.text
-    assert down.status_code in (401, 503)  # answered, never a 500
+    assert down.status_code == 503
+    assert down.json()["error"] == "temporarily_unavailable"
 
 
 # -- errors identical to the ASGI middleware --------------------------------------------------
@@ -541,3 +543,30 @@ def test_docs_snippets_run(issuer: KeySetServer, monkeypatch: pytest.MonkeyPatch
     assert schema["paths"]["/audit"]["get"]["security"] == [
         {"OAuth2ClientCredentials": ["audit:read"]},
         {"OAuth2ClientCredentials": ["admin:platform"]}]
+
+
+def test_public_path_under_middleware_uses_the_middleware_verifier(
+        issuer: KeySetServer, settings: GuardSettings, count_verifiers: dict[str, int]) -> None:
+    """A token dependency on a path the middleware leaves public: the guard verifies it, with
+    the middleware's verifier; `require_scopes` then sees that token too."""
+    app = FastAPI()
+    app.add_middleware(M2MGuardMiddleware,
+                       settings=settings.replace(public_paths=("/public/*",)))
+
+    @app.get("/public/report")
+    @require_scopes("deploy:applications")
+    def report(token: Annotated[AccessToken, RequireScopes("read:deployments")]) -> dict[str, Any]:
+        return {"client_id": token.client_id, "current": current_token() is token}
+
+    M2MGuard(app)
+    with TestClient(app) as client:
+        ok = client.get("/public/report", headers=bearer(issuer.mint()))
+        missing = client.get("/public/report")
+        lacking = client.get("/public/report",
+                             headers=bearer(issuer.mint(scopes=["read:deployments"])))
+    assert ok.json() == {"client_id": CLIENT_ID, "current": True}
+    assert missing.status_code == 401
+    assert lacking.status_code == 403
+    assert lacking.json()["scope"] == "deploy:applications"
+    assert count_verifiers["created"] == 1
+    assert issuer.requests["/keys"] == 1
