@@ -75,14 +75,13 @@ class ClientCredentials(OAuth2):
     raises FastAPI's own 401.
     """
 
-    def __init__(self, *, scheme_name: str = SCHEME_NAME, description: str | None = None) -> None:
+    def __init__(self) -> None:
         super().__init__(
             flows=OAuthFlows(clientCredentials=OAuthFlowClientCredentials(
                 tokenUrl=_UNSET_TOKEN_URL, scopes={})),
-            scheme_name=scheme_name,
-            description=description or (
-                "OAuth 2.0 client credentials: send the access token as "
-                "`Authorization: Bearer <token>`."),
+            scheme_name=SCHEME_NAME,
+            description=("OAuth 2.0 client credentials: send the access token as "
+                         "`Authorization: Bearer <token>`."),
             auto_error=False,
         )
 
@@ -107,11 +106,10 @@ async def m2m_token(
     """The dependency: the verified `AccessToken` holding every scope of `security_scopes`.
 
     Use it as ``Security(m2m_token, scopes=[...])`` (or through `RequireScopes`), on HTTP and
-    websocket routes. Raises
-    `MissingToken`, `InvalidRequest`, `InvalidToken`, `IssuerUnavailable` or `InsufficientScope`,
-    answered per DESIGN §4 by the handler `M2MGuard` installs (or by the middleware). A
-    `RuntimeError` says the app is not connected: no `M2MGuard(app)` and no middleware that
-    verified this request.
+    websocket routes. Raises `MissingToken`, `InvalidRequest`, `InvalidToken`,
+    `IssuerUnavailable` or `InsufficientScope`, answered per DESIGN §4 by the handler `M2MGuard`
+    installs (or by the middleware). A `RuntimeError` says the app is not connected: no
+    `M2MGuard(app)` and no middleware that verified this request.
     """
     token = await _authenticate(request)
     if security_scopes.scopes:
@@ -155,8 +153,10 @@ class M2MGuard:
 
     ``M2MGuard(app, settings)``, or ``guard = M2MGuard(settings=...)`` then
     ``guard.init_app(app)`` in an app factory. `settings` default to those of the app's
-    `M2MGuardMiddleware` when it has one, else to `GuardSettings.from_env()`. `verifier` shares
-    an existing `TokenVerifier` (it is then not closed at shutdown). `token_url` overrides
+    `M2MGuardMiddleware` when it has one, else to `GuardSettings.from_env()`. The verifier is
+    the middleware's when its settings are the same, else the guard's own, made at startup (and
+    warmed up) or on first use, closed at shutdown. `verifier` shares an existing
+    `TokenVerifier` instead (its owner warms it up and closes it). `token_url` overrides
     ``settings.token_url`` for the OpenAPI document; `scopes` maps scope names to the
     descriptions `/docs` shows.
     """
@@ -209,7 +209,7 @@ class M2MGuard:
         """The app's one verifier: the middleware's when it has one, else this guard's own."""
         if self._verifier is None:
             shared = self._middleware_verifier()
-            if shared is not None:
+            if shared is not None and (self._settings is None or shared.settings == self._settings):
                 self._verifier = shared
             else:
                 self._verifier = TokenVerifier(self.settings)
@@ -252,7 +252,8 @@ class M2MGuard:
         entry = self._middleware_entry()
         if entry is None:
             return None
-        kwargs = getattr(entry, "kwargs", {})
+        kwargs = getattr(entry, "kwargs", None) or getattr(entry, "options", None) or {}
+        # (Starlette before 0.35 kept a middleware's keyword arguments in `options`)
         settings = kwargs.get("settings")
         if settings is None and kwargs.get("verifier") is not None:
             settings = kwargs["verifier"].settings

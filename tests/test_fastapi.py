@@ -570,3 +570,23 @@ def test_public_path_under_middleware_uses_the_middleware_verifier(
     assert lacking.json()["scope"] == "deploy:applications"
     assert count_verifiers["created"] == 1
     assert issuer.requests["/keys"] == 1
+
+
+@pytest.mark.parametrize("same", [True, False], ids=["same-settings", "other-settings"])
+def test_guard_shares_the_middleware_verifier_only_for_the_same_settings(
+        issuer: KeySetServer, settings: GuardSettings, count_verifiers: dict[str, int],
+        same: bool) -> None:
+    app = FastAPI()
+    app.add_middleware(M2MGuardMiddleware, settings=settings.replace(public_paths=("/p",)))
+
+    @app.get("/p")
+    async def public(token: M2MToken) -> dict[str, bool]:
+        return {"ok": True}
+
+    guard_settings = settings.replace(public_paths=("/p",) if same else ("/other",))
+    M2MGuard(app, guard_settings)
+    with TestClient(app) as client:
+        assert client.get("/p", headers=bearer(issuer.mint())).status_code == 200
+        assert client.app.state.m2m_guard.verifier.settings == guard_settings  # type: ignore
+    assert count_verifiers["created"] == (1 if same else 2)
+    assert count_verifiers["aclose"] == (1 if same else 2)
