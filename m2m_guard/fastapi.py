@@ -34,6 +34,7 @@ from typing import Annotated, Any
 
 import fastapi.routing
 from fastapi import Depends, FastAPI, Security
+from fastapi.encoders import jsonable_encoder
 from fastapi.openapi.models import OAuthFlowClientCredentials, OAuthFlows
 from fastapi.routing import APIRoute
 from fastapi.security import OAuth2, SecurityScopes
@@ -348,8 +349,8 @@ class M2MGuard:
                for operation in item.values() if isinstance(operation, dict)
                for requirement in operation.get("security", ())):
             schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
-            scheme = schemes.setdefault(SCHEME_NAME, client_credentials.model.model_dump(
-                mode="json", by_alias=True, exclude_none=True))
+            scheme = schemes.setdefault(SCHEME_NAME, jsonable_encoder(
+                client_credentials.model, by_alias=True, exclude_none=True))
             flow = scheme.setdefault("flows", {}).setdefault("clientCredentials", {})
             flow["tokenUrl"] = self.token_url
             flow["scopes"] = {name: self.scope_descriptions.get(name, "") for name in used}

@@ -232,3 +232,25 @@ def test_docs_page_offers_the_flow(issuer: KeySetServer, settings: GuardSettings
     assert "swagger-ui" in docs.text
     assert schema["components"]["securitySchemes"][SCHEME_NAME]["description"].startswith(
         "OAuth 2.0 client credentials")
+
+
+def test_decorator_only_app_gets_the_whole_scheme(settings: GuardSettings) -> None:
+    app = FastAPI()
+    app.add_middleware(M2MGuardMiddleware,
+                       settings=settings.replace(token_url="https://auth.example.com/token"))
+
+    @app.get("/deploy")
+    @require_scopes("deploy:applications")
+    def deploy() -> None:
+        return None
+
+    M2MGuard(app)
+    schema = app.openapi()
+    assert schema["components"]["securitySchemes"] == {SCHEME_NAME: {
+        "type": "oauth2",
+        "description": "OAuth 2.0 client credentials: send the access token as "
+                       "`Authorization: Bearer <token>`.",
+        "flows": {"clientCredentials": {"tokenUrl": "https://auth.example.com/token",
+                                        "scopes": {"deploy:applications": ""}}},
+    }}
+    assert security_of(schema) == {("/deploy", "get"): [{SCHEME_NAME: ["deploy:applications"]}]}
