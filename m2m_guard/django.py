@@ -49,6 +49,8 @@ __all__ = [
     "close_verifiers",
     "configured_guard",
     "current_token",
+    "declares_scopes",
+    "enforce_view_scopes",
     "get_verifier",
     "guard_error_response",
     "guard_settings",

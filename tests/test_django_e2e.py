@@ -5,6 +5,11 @@ key-set server, called over HTTP with httpx."""
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -13,7 +18,7 @@ from m2m_guard.local_issuer import KeySetServer
 
 from .conftest import AUDIENCE
 from .django_settings import setup_django
-from .servers import waitress_server
+from .servers import free_port, waitress_server
 
 setup_django()
 
@@ -59,3 +64,38 @@ def test_example_project_under_waitress(issuer: KeySetServer,
                 assert issuer.requests["/keys"] == 1
         finally:
             close_verifiers()
+
+
+def test_readme_command_serves_the_example(issuer: KeySetServer) -> None:
+    """The one command the README gives, as a separate process started from the repo root."""
+    root = Path(__file__).resolve().parents[1]
+    port = free_port()
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith(("M2M_GUARD_", "DJANGO_"))}
+    env.update(M2M_GUARD_ISSUER=issuer.url, M2M_GUARD_AUDIENCE=AUDIENCE)
+    command = [str(Path(sys.executable).parent / "waitress-serve"), "--listen",
+               f"127.0.0.1:{port}", "examples.django_project.wsgi:application"]
+    process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    health = client.get("/health")
+                    break
+                except httpx.TransportError:
+                    assert process.poll() is None, process.stderr.read() if process.stderr \
+                        else "waitress-serve exited"
+                    assert time.monotonic() < deadline, "waitress-serve did not start"
+                    time.sleep(0.1)
+            assert health.json() == {"status": "ok"}
+            token = issuer.mint()
+            assert client.get("/api/deployments",
+                              headers={"Authorization": f"Bearer {token}"}).status_code == 200
+            assert client.get("/deployments").status_code == 401
+    finally:
+        process.terminate()
+        process.wait(10)
+        if process.stderr is not None:
+            process.stderr.close()
