@@ -289,3 +289,20 @@ def test_authentication_reuses_the_middleware_token(public_settings: GuardSettin
         assert client.get("/whoami", headers=bearer(issuer.mint())).status_code == 200
         assert verifier.health()["ready"] is True
         assert get_verifier() is verifier
+
+
+def test_configured_realm_in_every_challenge(make_settings: Callable[..., GuardSettings],
+                                             issuer: KeySetServer) -> None:
+    settings = make_settings(realm="deployments")
+    rest_framework = {"EXCEPTION_HANDLER": "rest_framework.views.exception_handler",
+                      "UNAUTHENTICATED_USER": None}
+    with drf(settings, PATTERNS) as client:
+        assert client.get("/whoami").headers["WWW-Authenticate"] == 'Bearer realm="deployments"'
+        refused = client.get("/any-of", headers=bearer(issuer.mint()))
+        assert refused.headers["WWW-Authenticate"].startswith(
+            'Bearer realm="deployments", error="insufficient_scope"')
+        with override_settings(REST_FRAMEWORK=rest_framework):  # DRF's own handler
+            assert client.get("/whoami").headers["WWW-Authenticate"] == (
+                'Bearer realm="deployments"')
+            assert client.get("/any-of", headers=bearer(issuer.mint())).headers[
+                "WWW-Authenticate"].startswith('Bearer realm="deployments", error=')
