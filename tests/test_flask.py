@@ -273,3 +273,15 @@ def test_docs_snippet_runs(issuer: KeySetServer, monkeypatch: pytest.MonkeyPatch
     assert audit.status_code == 403
     assert audit.json["scope"] == "audit:read admin:platform"
     namespace["guard"].close()
+
+
+def test_verifier_closed_when_the_app_goes_away(settings: GuardSettings) -> None:
+    import gc
+
+    guard = M2MGuard(settings=settings)
+    app = build_app(guard)
+    verifier = guard.verifier_for(app)
+    assert not verifier._closed
+    del app
+    gc.collect()
+    assert verifier._closed
