@@ -67,6 +67,7 @@ _HINT = ("Set it in settings.M2M_GUARD = {\"issuer\": ..., \"audience\": ...} (k
 #: A view's scope declaration: scopes for every method, or per HTTP method.
 ScopeSpec = str | Sequence[str] | Mapping[str, str | Sequence[str]] | None
 
+
 class Guard(NamedTuple):
     """What the Django and DRF adapters share for one configuration."""
 
