@@ -17,6 +17,7 @@ URLconf sees) and, when allowed, CORS preflight requests pass through untouched,
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -61,6 +62,7 @@ __all__ = [
 ]
 
 SETTING = "M2M_GUARD"
+WARM_UP_SETTING = "M2M_GUARD_WARM_UP"  # a Django setting, not an M2M_GUARD key
 _HINT = ("Set it in settings.M2M_GUARD = {\"issuer\": ..., \"audience\": ...} (keys are "
          "GuardSettings field names) or in the M2M_GUARD_* environment.")
 
@@ -96,6 +98,7 @@ class Guard(NamedTuple):
         return guard_error_response(error, self.settings.realm)
 
 
+logger = logging.getLogger("m2m_guard")
 _lock = threading.Lock()
 _verifiers: dict[GuardSettings, TokenVerifier] = {}
 # The guard built from Django's settings: the per-request fast path for code that has no
@@ -148,11 +151,31 @@ def _verifier_for(settings: GuardSettings) -> TokenVerifier:
         verifier = _verifiers.get(settings)
         if verifier is None:
             verifier = _verifiers[settings] = TokenVerifier(settings)
-        return verifier
+            created = True
+        else:
+            created = False
+    if created and getattr(django_settings, WARM_UP_SETTING, False) is True:
+        _warm_up(verifier)
+    return verifier
+
+
+def _warm_up(verifier: TokenVerifier) -> None:
+    """Load the key sets now, at startup; a failure is logged, never fatal (requests retry)."""
+    try:
+        verifier.warm_up_sync()
+    except GuardError as exc:
+        logger.warning("m2m_guard could not warm up key sets at startup "
+                       "(requests will retry): %s", exc.description)
+    except Exception:
+        logger.exception("m2m_guard unexpected error warming up key sets")
 
 
 def configured_guard() -> Guard:
-    """The `Guard` for Django's settings (built once; again after a settings override)."""
+    """The `Guard` for Django's settings (built once; again after a settings override).
+
+    With ``settings.M2M_GUARD_WARM_UP = True`` a new verifier loads its key sets at once, so the
+    first request does not wait for discovery and the key set.
+    """
     global _current
     current = _current
     if current is None:

@@ -466,3 +466,25 @@ def test_docs_snippets_run(page: str) -> None:
         assert issubclass(namespace["DeploymentsView"], ScopesRequiredMixin)
     else:
         assert namespace["DeploymentsAPI"].required_scopes["POST"] == ["deploy:applications"]
+
+
+def test_warm_up_at_startup(public_settings: GuardSettings, issuer: KeySetServer) -> None:
+    with guarded(public_settings, PATTERNS, M2M_GUARD_WARM_UP=True):
+        WSGIHandler()
+        assert issuer.requests["/keys"] == 1  # before any request
+        assert get_verifier().health()["ready"] is True
+        WSGIHandler()  # the same verifier: not warmed twice
+        assert issuer.requests["/keys"] == 1
+        response = Client().get("/whoami", headers=bearer(issuer.mint()))
+        assert response.status_code == 200
+        assert issuer.requests["/keys"] == 1
+
+
+def test_failed_warm_up_does_not_stop_startup(make_settings: Callable[..., GuardSettings],
+                                              issuer: KeySetServer,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    issuer.stop()
+    with guarded(make_settings(http_timeout=0.5), PATTERNS, M2M_GUARD_WARM_UP=True):
+        WSGIHandler()
+        assert "could not warm up key sets" in caplog.text
+        assert get_verifier().health()["ready"] is False
