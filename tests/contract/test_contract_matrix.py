@@ -63,8 +63,9 @@ def test_every_framework_has_a_driver() -> None:
 
 # -- the contract --------------------------------------------------------------------------
 
-def _challenge(error: str | None = None, description: str = "", scope: str | None = None) -> str:
-    value = 'Bearer realm="api"'
+def _challenge(error: str | None = None, description: str = "", scope: str | None = None,
+               realm: str = "api") -> str:
+    value = f'Bearer realm="{realm}"'
     if error is not None:
         value += f', error="{error}", error_description="{description}"'
     if scope is not None:
@@ -75,20 +76,22 @@ def _challenge(error: str | None = None, description: str = "", scope: str | Non
 @dataclass(frozen=True)
 class Expected:
     """What the contract demands. `challenge` None means no `WWW-Authenticate` header; `body`
-    None means "a JSON object" (success bodies are the app's own)."""
+    None means "a JSON object" (success bodies are the app's own). `status` None means "whatever
+    the framework answers, as long as the guard did not" (CORS preflight: each framework has its
+    own OPTIONS handling)."""
 
-    status: int
+    status: int | None
     challenge: str | None = None
     body: Mapping[str, Any] | None = None
     retry_after: bool = False
 
 
 def _refusal(status: int, error: str, description: str, *, code: str | None = None,
-             scope: str | None = None) -> Expected:
+             scope: str | None = None, realm: str = "api") -> Expected:
     body: dict[str, Any] = {"error": error, "error_description": description}
     if scope is not None:
         body["scope"] = scope
-    return Expected(status, _challenge(code, description, scope), body)
+    return Expected(status, _challenge(code, description, scope, realm), body)
 
 
 MISSING = _refusal(401, "missing_token", "A bearer token is required.")
@@ -195,6 +198,20 @@ CASES = [
         _refusal(403, "insufficient_scope",
                  "The access token lacks the scope: deploy:applications",
                  code="insufficient_scope", scope="deploy:applications")),
+    Case("token-too-large", lambda w: w.get("/deployments", bearer("a" * 20000)),
+         _invalid_token("The token is larger than 16384 bytes.")),
+    Case("configured-realm-missing", lambda w: w.get("/deployments"),
+         _refusal(401, "missing_token", "A bearer token is required.", realm="deployments"),
+         settings={"realm": "deployments"}),
+    Case("configured-realm-scope", lambda w: w.get("/admin/audit", bearer(w.issuer.mint())),
+         _refusal(403, "insufficient_scope", "The access token lacks the scope: admin:platform",
+                  code="insufficient_scope", scope="admin:platform", realm="deployments"),
+         settings={"realm": "deployments"}),
+    # The guard lets a preflight through before routing; an unrouted path keeps route-level
+    # scope checks (which some frameworks run for OPTIONS) out of what is compared here.
+    Case("cors-preflight", lambda w: w.driver.request("OPTIONS", "/preflight-only", headers={
+        "Origin": "https://console.example", "Access-Control-Request-Method": "POST"}),
+        Expected(None)),
     Case("public-path", lambda w: w.get("/health"), Expected(200)),
     Case("public-path-ignores-credentials", lambda w: w.get(
         "/health", {"Authorization": "Bearer a b"}), Expected(200)),
@@ -209,11 +226,16 @@ CASES = [
 
 def _mismatches(reply: Reply, expected: Expected, settings: GuardSettings) -> list[str]:
     problems = []
-    if reply.status != expected.status:
-        problems.append(f"status {reply.status} != {expected.status}")
     challenge = reply.headers.get("www-authenticate")
     if challenge != expected.challenge:
         problems.append(f"www-authenticate {challenge!r} != {expected.challenge!r}")
+    if expected.status is None:  # passed through: the framework answers, never the guard
+        if reply.status in (400, 401, 403, 503) or (
+                isinstance(reply.body, dict) and "error_description" in reply.body):
+            problems.append(f"the guard answered {reply.status} {reply.body!r}")
+        return problems
+    if reply.status != expected.status:
+        problems.append(f"status {reply.status} != {expected.status}")
     if expected.body is None:
         if not isinstance(reply.body, dict):
             problems.append(f"body {reply.body!r} is not a JSON object")
@@ -233,8 +255,11 @@ def _mismatches(reply: Reply, expected: Expected, settings: GuardSettings) -> li
     return problems
 
 
-def _guard_view(reply: Reply) -> tuple[Any, ...]:
-    """The part of a reply every framework must agree on (success bodies are each app's own)."""
+def _guard_view(reply: Reply, expected: Expected) -> tuple[Any, ...]:
+    """The part of a reply every framework must agree on (success bodies are each app's own, and
+    so is the answer to a request the guard let through without a status in mind)."""
+    if expected.status is None:
+        return (reply.headers.get("www-authenticate"),)
     body = reply.body if reply.status >= 400 else type(reply.body).__name__
     return (reply.status, reply.headers.get("www-authenticate"),
             reply.headers.get("retry-after"), body)
@@ -264,7 +289,7 @@ def test_every_framework_answers_per_contract(
         found = _mismatches(reply, case.expected, settings)
         if found:
             problems[name] = found
-    views = {name: _guard_view(reply) for name, reply in replies.items()}
+    views = {name: _guard_view(reply, case.expected) for name, reply in replies.items()}
     disagreeing = {name: view for name, view in views.items()
                    if view != next(iter(views.values()))}
     assert not problems, "frameworks breaking the contract: " + "; ".join(
