@@ -542,9 +542,9 @@ async def test_event_loop_is_never_blocked_by_a_fetch(issuer: KeySetServer,
                                                       settings: GuardSettings) -> None:
     """A 1 ms ticker measures the loop's longest stall while verifications await a slow issuer.
 
-    The stall stays at scheduler noise: 50 ms is the bound so a loaded 2-core CI machine does
-    not flake, while a blocking fetch (0.5 s per request here) or per-fetch blocking set-up
-    (reading the CA bundle: ~20 ms and more on such machines) would show.
+    A blocking fetch would stall the loop for a whole slow answer (0.5 s each here). The bound
+    is 0.4 s because a 2-core CI machine running other work has shown scheduler stalls of
+    ~250 ms with no fetch at all; per-fetch TLS set-up off the loop has its own test.
     """
     tokens = [issuer.mint() for _ in range(20)]
     issuer.set_fault("slow", delay=0.5)
@@ -561,7 +561,7 @@ async def test_event_loop_is_never_blocked_by_a_fetch(issuer: KeySetServer,
     assert elapsed >= 1.0  # discovery and key set, 0.5 s each: the fetch really was slow
     assert fetches(issuer) == (1, 1)
     assert len(gaps) > 100
-    assert max(gaps) < 0.050, f"event loop stalled {max(gaps) * 1000:.1f} ms"
+    assert max(gaps) < 0.4, f"event loop stalled {max(gaps) * 1000:.1f} ms"
     await verifier.aclose()
 
 
@@ -692,3 +692,30 @@ def test_health_lists_dropped_keys(issuer: KeySetServer, settings: GuardSettings
         {"kid": "enc", "reason": "use is 'enc', not 'sig'"},
     ]
     verifier.close()
+
+
+@pytest.mark.anyio
+async def test_tls_context_is_built_once_and_off_the_event_loop(
+        issuer: KeySetServer, settings: GuardSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building a TLS context reads the CA bundle (tens of ms of blocking work): the async
+    driver builds the shared one in a worker thread, once, whatever the number of fetches."""
+    from m2m_guard import fetch
+
+    built_on: list[int] = []
+    real = fetch.httpx.create_ssl_context
+
+    def spy(*args: object, **kwargs: object) -> object:
+        built_on.append(threading.get_ident())
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fetch, "_tls_context", None)
+    monkeypatch.setattr(fetch.httpx, "create_ssl_context", spy)
+    loop_thread = threading.get_ident()
+    for _ in range(3):
+        verifier = TokenVerifier(settings)
+        await verifier.warm_up()
+        await verifier.verify(issuer.mint())
+        await verifier.aclose()
+    assert fetches(issuer) == (3, 3)
+    assert len(built_on) == 1
+    assert built_on[0] != loop_thread
