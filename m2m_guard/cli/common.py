@@ -1,0 +1,74 @@
+"""What the commands share: exit codes, the error they raise, small helpers."""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "CommandError",
+    "check_client_url",
+    "plain",
+    "read_stdin_value",
+    "split_scopes",
+]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class CommandError(Exception):
+    """Stops a command with a message for the user and an exit code (2 unless said)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def plain(value: Any) -> Any:
+    """A JSON-ready copy of read-only claims (mappings to dicts, tuples to lists)."""
+    if isinstance(value, Mapping):
+        return {str(name): plain(item) for name, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    return value
+
+
+def split_scopes(values: list[str]) -> list[str]:
+    """Scopes given as repeated options and/or space-separated strings, in order, once each."""
+    return list(dict.fromkeys(scope for value in values for scope in value.split()))
+
+
+def read_stdin_value(what: str) -> str:
+    """The first non-empty line of stdin, stripped; `CommandError` when there is none."""
+    for line in sys.stdin:
+        if line.strip():
+            return line.strip()
+    raise CommandError(f"expected {what} on stdin, got nothing")
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_client_url(name: str, url: str) -> str:
+    """Refuse URLs credentials must not be sent to: not http(s), or plain http off loopback."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise CommandError(f"{name} must be an absolute http(s) URL, got {url!r}")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise CommandError(f"{name} is {url!r}: client secrets are sent over https only "
+                           f"(plain http is accepted for loopback addresses)")
+    return url
