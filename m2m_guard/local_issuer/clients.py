@@ -410,7 +410,9 @@ class Clients:
         the stored one, else a new one. Returns (client id, plain secret if created now)."""
         now = self._clock()
         if client_id is not None:
-            check_id(ids.ENV_CLIENT_ID, client_id, "SCALEKIT_CLIENT_ID", "skc_")
+            if not ids.valid_id(ids.ENV_CLIENT_ID, client_id):
+                raise ValueError("SCALEKIT_CLIENT_ID must be skc_ followed by 1 to 64 letters "
+                                 "or digits, e.g. skc_59615193906282635")
             if not client_secret or len(client_secret) < 16:
                 raise ValueError("SCALEKIT_CLIENT_SECRET must be set (at least 16 characters) "
                                  "together with SCALEKIT_CLIENT_ID")
