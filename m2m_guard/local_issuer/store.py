@@ -8,6 +8,7 @@ the ``meta`` table. Nothing here knows HTTP or JSON shapes: rows in, rows out.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -62,7 +63,8 @@ CREATE INDEX IF NOT EXISTS secrets_by_client ON client_secrets (client_id, seq);
 
 
 class Store:
-    """A thread-safe SQLite store (`path` a file name or ``":memory:"``).
+    """A thread-safe SQLite store (`path` a file name or ``":memory:"``); a new file is created
+    with mode 0600, since it holds the private signing keys.
 
     `transaction()` yields a cursor inside one write transaction (committed on success, rolled
     back on error); `query` / `query_one` read. All calls hold one re-entrant lock.
@@ -71,6 +73,10 @@ class Store:
     def __init__(self, path: str = ":memory:") -> None:
         self.path = path
         self._lock = threading.RLock()
+        if path != ":memory:" and not path.startswith("file:") and not os.path.exists(path):
+            # The database holds private signing keys: readable by its owner only. SQLite gives
+            # its -wal and -shm files the permissions of the database file.
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
                                      timeout=10.0)
         self._conn.row_factory = sqlite3.Row

@@ -134,3 +134,11 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         conn.execute("UPDATE meta SET value = '99' WHERE name = 'schema_version'")
     with pytest.raises(RuntimeError, match="schema version 99"):
         LocalIssuer(db)
+
+
+def test_a_new_database_file_is_private(tmp_path: Path) -> None:
+    db = tmp_path / "issuer.db"
+    with LocalIssuer(str(db), admin_client_id=ADMIN_ID, admin_client_secret=ADMIN_SECRET):
+        pass
+    assert db.stat().st_mode & 0o077 == 0
+    assert b"PRIVATE KEY" in _files(db)  # what the mode protects
