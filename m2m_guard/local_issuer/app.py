@@ -102,7 +102,12 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _basic_credentials(values: list[str]) -> tuple[str, str] | None:
+def _basic_credentials(values: list[str]) -> tuple[str, list[str]] | None:
+    """(client id, secret candidates) from HTTP Basic, or None without an Authorization header.
+
+    RFC 6749 §2.3.1 form-encodes id and secret before joining them; many clients (authlib,
+    requests, httpx) send them raw. Both readings of the secret are tried, decoded first.
+    """
     if not values:
         return None
     if len(values) > 1:
@@ -112,17 +117,23 @@ def _basic_credentials(values: list[str]) -> tuple[str, str] | None:
         raise _invalid_client("Authenticate the client with HTTP Basic or with client_id and "
                               "client_secret in the form body.")
     try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raw = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
         raise _invalid_client("The Basic credentials are not valid base64 of id:secret.") from None
+    try:
+        decoded = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        decoded = raw.decode("latin-1")
     client_id, colon, secret = decoded.partition(":")
     if not colon:
         raise _invalid_client("The Basic credentials are not valid base64 of id:secret.")
-    # RFC 6749 §2.3.1: id and secret are form-urlencoded before they are joined.
-    return unquote_plus(client_id), unquote_plus(secret)
+    candidates = [unquote_plus(secret)]
+    if secret != candidates[0]:
+        candidates.append(secret)
+    return unquote_plus(client_id), candidates
 
 
-def _credentials(request: Request, form: dict[str, str]) -> tuple[str, str]:
+def _credentials(request: Request, form: dict[str, str]) -> tuple[str, list[str]]:
     basic = _basic_credentials(request.headers.getlist("authorization"))
     if basic is not None:
         if "client_secret" in form:
@@ -136,7 +147,7 @@ def _credentials(request: Request, form: dict[str, str]) -> tuple[str, str]:
     if not client_id or secret is None:
         raise _invalid_client("The client is not authenticated: send client_id and client_secret "
                               "in the form body, or HTTP Basic credentials.")
-    return client_id, secret
+    return client_id, [secret]
 
 
 def _requested_scopes(form: dict[str, str], registered: list[str]) -> list[str]:
@@ -195,14 +206,18 @@ def build_app(issuer: LocalIssuer) -> Starlette:
     async def token(request: Request) -> Response:
         try:
             form = await _read_form(request)
-            client_id, secret = _credentials(request, form)
+            client_id, candidates = _credentials(request, form)
             grant_type = form.get("grant_type")
             if not grant_type:
                 raise OAuthError("invalid_request", "The grant_type parameter is missing.")
             if grant_type != _CLIENT_CREDENTIALS:
                 raise OAuthError("unsupported_grant_type",
                                  "Only grant_type=client_credentials is supported.")
-            client = await blocking(issuer.clients.authenticate, client_id, secret)
+            client = None
+            for secret in candidates:
+                client = await blocking(issuer.clients.authenticate, client_id, secret)
+                if client is not None:
+                    break
             if client is None:
                 raise _invalid_client("Unknown client or wrong client secret.")
             scopes = _requested_scopes(form, client.scopes)
