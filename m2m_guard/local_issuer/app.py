@@ -189,7 +189,7 @@ def build_app(issuer: LocalIssuer) -> Starlette:
             "grant_types_supported": [_CLIENT_CREDENTIALS],
             "token_endpoint_auth_methods_supported": ["client_secret_basic",
                                                       "client_secret_post"],
-            "response_types_supported": ["token"],
+            "response_types_supported": [],  # no authorization endpoint: client credentials only
             "id_token_signing_alg_values_supported": ["RS256"],
             "token_signing_alg_values_supported": ["RS256"],
         }, headers={"Cache-Control": f"public, max-age={issuer.jwks_max_age}"})

@@ -12,7 +12,9 @@ import base64
 import functools
 import hashlib
 import hmac
+import os
 import secrets
+import threading
 
 __all__ = ["SCRYPT_N", "hash_secret", "verify_secret", "verify_nothing"]
 
@@ -34,9 +36,15 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+# Each scrypt run holds 128 * r * n bytes (16 MiB here): bound how many run at once, so a burst
+# of token requests cannot make the server allocate gigabytes.
+_CONCURRENT = threading.BoundedSemaphore(max(2, min(8, os.cpu_count() or 2)))
+
+
 def _scrypt(secret: str, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return hashlib.scrypt(secret.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=_MAXMEM,
-                          dklen=_HASH_BYTES)
+    with _CONCURRENT:
+        return hashlib.scrypt(secret.encode("utf-8"), salt=salt, n=n, r=r, p=p,
+                              maxmem=_MAXMEM, dklen=_HASH_BYTES)
 
 
 def hash_secret(secret: str, *, n: int = SCRYPT_N) -> str:
