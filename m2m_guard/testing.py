@@ -157,9 +157,10 @@ class M2MIssuer:
         kid: str = self.issuer.rotate_keys(0.0)
         return kid
 
-    def outage(self) -> AbstractContextManager[Any]:
-        """``with m2m_issuer.outage(): ...`` the issuer answers every request with 503."""
-        manager: AbstractContextManager[Any] = self._running.outage()
+    def outage(self, *, refuse: bool = False) -> AbstractContextManager[Any]:
+        """``with m2m_issuer.outage(): ...``: the issuer answers every request with 503
+        meanwhile (`refuse`: it stops listening, so connections are refused)."""
+        manager: AbstractContextManager[Any] = self._running.outage(refuse=refuse)
         return manager
 
     def __repr__(self) -> str:
