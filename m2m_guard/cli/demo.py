@@ -150,7 +150,7 @@ class _Transcript:
         self.failures += not ok
         mark = "ok " if ok else "BAD"
         path = shown_path or httpx.URL(url).path
-        self.say(f"[{mark}] {method:4} {path:18} {what:38} -> {response.status_code}"
+        self.say(f"[{mark}] {method:4} {path:18} {what:40} -> {response.status_code}"
                  + ("" if ok else f" (expected {expected})"))
         challenge = response.headers.get("www-authenticate")
         if challenge and response.status_code in (401, 403):
@@ -224,7 +224,7 @@ def _register_and_get_token(t: _Transcript, http: httpx.Client, issuer_url: str,
     """Steps 1-3: management token, client registration, the client's own token."""
     token_url = f"{issuer_url}/oauth/token"
     t.say("1. The environment API client gets a token for the management API")
-    answer = t.call(http, "POST", token_url, f"client_credentials as {admin_id}", 200,
+    answer = t.call(http, "POST", token_url, f"credentials of {admin_id}", 200,
                     data={"grant_type": "client_credentials", "client_id": admin_id,
                           "client_secret": admin_secret})
     admin_token = t.expect_json(answer, "access_token")
@@ -241,7 +241,7 @@ def _register_and_get_token(t: _Transcript, http: httpx.Client, issuer_url: str,
           f"plain_secret …{client_secret[-4:]} (shown once)")
     t.say()
     t.say("3. The client gets its access token (client-credentials grant)")
-    answer = t.call(http, "POST", token_url, f"client_credentials as {client_id}", 200,
+    answer = t.call(http, "POST", token_url, f"credentials of {client_id}", 200,
                     data={"grant_type": "client_credentials", "client_id": client_id,
                           "client_secret": client_secret})
     token = t.expect_json(answer, "access_token")
