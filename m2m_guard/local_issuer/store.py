@@ -76,7 +76,11 @@ class Store:
         if path != ":memory:" and not path.startswith("file:") and not os.path.exists(path):
             # The database holds private signing keys: readable by its owner only. SQLite gives
             # its -wal and -shm files the permissions of the database file.
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            try:
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            except OSError as exc:  # the error sqlite3 itself raises for a file it cannot open
+                raise sqlite3.OperationalError(
+                    f"unable to open database file {path!r}: {exc.strerror}") from None
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
                                      timeout=10.0)
         self._conn.row_factory = sqlite3.Row

@@ -142,3 +142,8 @@ def test_a_new_database_file_is_private(tmp_path: Path) -> None:
         pass
     assert db.stat().st_mode & 0o077 == 0
     assert b"PRIVATE KEY" in _files(db)  # what the mode protects
+
+
+def test_an_unopenable_database_is_a_sqlite_error(tmp_path: Path) -> None:
+    with pytest.raises(sqlite3.OperationalError, match="unable to open database file"):
+        LocalIssuer(str(tmp_path / "missing" / "issuer.db"))
