@@ -147,3 +147,30 @@ def test_a_new_database_file_is_private(tmp_path: Path) -> None:
 def test_an_unopenable_database_is_a_sqlite_error(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.OperationalError, match="unable to open database file"):
         LocalIssuer(str(tmp_path / "missing" / "issuer.db"))
+
+
+def test_concurrent_writes_and_token_requests_on_a_file_database(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    db = str(tmp_path / "issuer.db")
+    with LocalIssuer(db, admin_client_id=ADMIN_ID, admin_client_secret=ADMIN_SECRET,
+                     key_publish_delay=0) as issuer, serve_issuer(issuer) as running:
+        client, secret = issuer.create_client(ORG, name="reader", scopes=["read:deployments"])
+        with httpx.Client(base_url=running.url) as http:
+            bearer = {"Authorization": "Bearer " + admin_token(http)}
+
+        def work(index: int) -> int:
+            with httpx.Client(base_url=running.url, timeout=30) as http:
+                if index % 2:
+                    return http.post(f"/api/v1/organizations/{ORG}/clients", headers=bearer,
+                                     json={"name": f"client {index}"}).status_code
+                return http.post("/oauth/token", data={
+                    "grant_type": "client_credentials", "client_id": client["client_id"],
+                    "client_secret": secret}).status_code
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            statuses = list(pool.map(work, range(16)))
+        assert statuses == [200, 201] * 8
+        listed = issuer.clients.list(ORG, page_size=100)
+        assert listed["total_size"] == 9
+        assert len({c["client_id"] for c in listed["clients"]}) == 9
