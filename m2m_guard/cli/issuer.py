@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--port must be 0-65535, got {args.port}")
     try:
         issuer = LocalIssuer(args.db, issuer_url=args.issuer_url)
-    except (ValueError, sqlite3.Error) as exc:
+    except (ValueError, sqlite3.Error, OSError) as exc:
         raise CommandError(f"cannot open the issuer with --db {args.db}: {exc}") from None
     stop = threading.Event()
 
