@@ -411,8 +411,13 @@ class Clients:
         now = self._clock()
         if client_id is not None:
             if not ids.valid_id(ids.ENV_CLIENT_ID, client_id):
-                raise ValueError("SCALEKIT_CLIENT_ID must be skc_ followed by 1 to 64 letters "
-                                 "or digits, e.g. skc_59615193906282635")
+                shown = client_id[:7] + "…" if len(client_id) > 7 else client_id
+                raise ValueError(
+                    f"SCALEKIT_CLIENT_ID is {shown!r}, but the local issuer takes only an "
+                    "environment API client from it: skc_ followed by 1 to 64 letters or digits "
+                    "(e.g. skc_59615193906282635). An M2M client's id (m2morg_…) belongs to "
+                    "`m2m-guard token`; unset SCALEKIT_CLIENT_ID/SECRET where you start the "
+                    "issuer")
             if not client_secret or len(client_secret) < 16:
                 raise ValueError("SCALEKIT_CLIENT_SECRET must be set (at least 16 characters) "
                                  "together with SCALEKIT_CLIENT_ID")
