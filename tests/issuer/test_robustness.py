@@ -36,7 +36,7 @@ def app_client() -> Iterator[tuple[TestClient, dict[str, str], str]]:
                      key_publish_delay=0) as issuer:
         client, _ = issuer.create_client(ORG, name="target")
         with TestClient(issuer.app, raise_server_exceptions=True) as http:
-            headers = {"Authorization": "Bearer " + admin_token(http)}  # type: ignore[arg-type]
+            headers = {"Authorization": "Bearer " + admin_token(http)}
             yield http, headers, client["client_id"]
 
 
