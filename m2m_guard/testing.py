@@ -68,7 +68,7 @@ class RegisteredClient:
                 "client_secret": self.client_secret}
         if scopes is not None:
             form["scope"] = " ".join(_scope_list(scopes))
-        response = httpx.post(self.token_url, data=form, timeout=10)
+        response = httpx.post(self.token_url, data=form, timeout=10, trust_env=False)
         if response.status_code != 200:
             raise AssertionError(f"the token endpoint answered {response.status_code}: "
                                  f"{response.text[:300]}")

@@ -179,6 +179,13 @@ def test_each_command_has_help(command: str, capsys: pytest.CaptureFixture[str])
     assert "exit codes:" in out
 
 
+def test_the_console_script_is_installed() -> None:
+    script = Path(sys.executable).with_name("m2m-guard")
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True,
+                            timeout=30, check=False)
+    assert result.returncode == 0 and result.stdout.startswith("m2m-guard ")
+
+
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     no_command = m2m()
     assert no_command.returncode == 2 and "usage: m2m-guard" in no_command.stderr
@@ -290,6 +297,14 @@ def test_token_usage_and_network_errors() -> None:
     down = m2m("token", "--issuer", "http://127.0.0.1:9", "--client-id", "a",
                "--client-secret", "b")
     assert down.returncode == 1 and "cannot reach http://127.0.0.1:9" in down.stderr
+
+
+def test_token_without_discovery_says_to_pass_the_token_url() -> None:
+    with KeySetServer() as server:
+        server.discovery_paths = set()
+        result = m2m("token", "--issuer", server.url, "--client-id", "a", "--client-secret", "b")
+    assert result.returncode == 1
+    assert "no discovery document" in result.stderr and "pass --token-url" in result.stderr
 
 
 # -- verify ------------------------------------------------------------------------------------

@@ -139,7 +139,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--serve", action="store_true",
                       help="keep both servers running and print curl commands to try by hand "
                            "(Ctrl-C stops)")
-    demo.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
     return parser
 
 

@@ -193,16 +193,21 @@ def run_demo(app_factory: AppFactory = deployment_api, *, serve: bool = False,
         with serve_issuer(issuer, host=host, port=0) as running:
             settings = GuardSettings(issuer=running.url, audience=AUDIENCE,
                                      public_paths=("/health",))
+            # trust_env=False: every call goes to loopback, never through a configured proxy
             with serve_app(app_factory(settings), host) as api, \
-                    httpx.Client(timeout=30) as http:
+                    httpx.Client(timeout=30, trust_env=False) as http:
                 t.say("m2m_guard demo: the machine-to-machine flow, end to end on loopback")
                 t.say()
                 t.say(f"issuer   {running.url}   local Scalekit-compatible issuer (in memory)")
                 t.say(f"api      {api}   deployment API, m2m_guard trusts {running.url}")
                 t.say(f"                                   and requires audience {AUDIENCE}")
                 t.say()
-                client_id, client_secret, token = _register_and_get_token(
-                    t, http, running.url, admin_id, admin_secret)
+                try:
+                    client_id, client_secret, token = _register_and_get_token(
+                        t, http, running.url, admin_id, admin_secret)
+                except CommandError as exc:
+                    t.say(f"the demo cannot go on: {exc}")
+                    return EXIT_FAILED
                 t.say()
                 t.say("4. The client calls the deployment API")
                 _call_api(t, http, api, token)
@@ -295,4 +300,4 @@ def _wait(stop: threading.Event | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_demo(deployment_api, serve=args.serve, host=args.host)
+    return run_demo(deployment_api, serve=args.serve)
