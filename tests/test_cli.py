@@ -239,7 +239,8 @@ def test_issuer_takes_the_environment_client_from_the_environment(tmp_path: Path
     issuer = start_issuer(tmp_path / "env.db", env=env)
     try:
         assert issuer.exported("SCALEKIT_CLIENT_SECRET") is None
-        assert "Environment API client: skc_12345678901234567" in "".join(issuer.banner)
+        assert "Environment API client: skc_12345678901234567 (from SCALEKIT_CLIENT_ID" \
+            in "".join(issuer.banner)
         admin_token(issuer.url, "skc_12345678901234567", "a-secret-chosen-by-the-user")
     finally:
         assert issuer.stop()[0] == 0

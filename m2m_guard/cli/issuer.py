@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sqlite3
 import sys
@@ -88,6 +89,9 @@ def _banner(issuer: Any, url: str, args: argparse.Namespace) -> None:
         _say(f"  export SCALEKIT_ENVIRONMENT_URL={base}")
         _say(f"  export SCALEKIT_CLIENT_ID={issuer.admin_client_id}")
         _say(f"  export SCALEKIT_CLIENT_SECRET={issuer.new_admin_secret}")
+    elif os.environ.get("SCALEKIT_CLIENT_ID"):
+        _say(f"Environment API client: {issuer.admin_client_id} (from SCALEKIT_CLIENT_ID and "
+             f"SCALEKIT_CLIENT_SECRET)")
     else:
         _say(f"Environment API client: {issuer.admin_client_id} (its secret was shown when it "
              f"was created; set SCALEKIT_CLIENT_ID and SCALEKIT_CLIENT_SECRET to choose your "
