@@ -22,7 +22,7 @@ import pytest
 
 from m2m_guard.cli import main
 from m2m_guard.cli.demo import run_demo
-from m2m_guard.local_issuer import KeySetServer, SigningKey
+from m2m_guard.local_issuer import KeySetServer, SigningKey, scalekit_claims
 
 ORG = "org_59615193906282635"
 AUDIENCE = "deployment-api.acmecorp.com"
@@ -359,6 +359,15 @@ def test_verify_says_exactly_why_a_token_is_refused(served: Served, case: str,
     assert token not in result.stderr
 
 
+def test_verify_with_the_issuer_down_and_nothing_cached() -> None:
+    token = SigningKey.generate("ES256").sign(scalekit_claims("http://127.0.0.1:9"))
+    env = clean_env(M2M_GUARD_ISSUER="http://127.0.0.1:9", M2M_GUARD_AUDIENCE="deployment-api")
+    result = m2m("verify", token, env=env)
+    assert result.returncode == 1
+    assert "refused: HTTP 503 temporarily_unavailable (reason: issuer_unavailable): The token " \
+        "issuer cannot be reached and no keys are cached." in result.stderr
+
+
 def test_verify_configuration_errors_exit_2() -> None:
     missing = m2m("verify", "a.b.c")
     assert missing.returncode == 2
@@ -429,8 +438,11 @@ def test_doctor_shows_dropped_keys_and_fails_without_usable_keys() -> None:
         assert "Cache-Control: (none)" in out and "the default 10m" in out
         assert "Result: ok (0 failed, 2 warnings)" in out
 
-        only_rs = m2m("doctor", env={**env, "M2M_GUARD_ALGORITHMS": "RS256"})
+        only_rs = m2m("doctor", env={**env, "M2M_GUARD_ALGORITHMS": "RS256",
+                                     "M2M_GUARD_JWKS_URL": keys.jwks_url})
         assert only_rs.returncode == 1
+        assert f"{keys.jwks_url} (configured: discovery skipped)" in only_rs.stdout
+        assert "/.well-known/" not in only_rs.stdout
         assert "none of its algorithms (ES256) is allowed" in only_rs.stdout
         assert "FAIL  keys            no usable key with an allowed algorithm" in only_rs.stdout
 
