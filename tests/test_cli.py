@@ -161,7 +161,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 # -- help and usage --------------------------------------------------------------------------
 
 def test_help_lists_every_command_and_the_exit_codes() -> None:
-    result = m2m("--help")
+    result = m2m("--help", env=clean_env(COLUMNS="100"))
     assert result.returncode == 0
     for command in COMMANDS:
         assert command in result.stdout
@@ -170,7 +170,9 @@ def test_help_lists_every_command_and_the_exit_codes() -> None:
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_each_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_each_command_has_help(command: str, capsys: pytest.CaptureFixture[str],
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0

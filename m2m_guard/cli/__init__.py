@@ -28,9 +28,15 @@ exit codes: 0 ok, 1 refused or a check failed, 2 usage or configuration error.
 Run `m2m-guard <command> --help` for the options of each command."""
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
+class _Formatter(argparse.HelpFormatter):
+    """Wraps each line of a description or epilog on its own (argparse would merge them)."""
+
     def __init__(self, prog: str) -> None:
         super().__init__(prog, max_help_position=32)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n".join(super(_Formatter, self)._fill_text(line, width, indent)
+                         for line in text.splitlines())
 
 
 def build_parser() -> argparse.ArgumentParser:
