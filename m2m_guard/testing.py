@@ -10,7 +10,8 @@ configure. Fixtures:
   client-credentials grant over HTTP), `rotate_keys()` and `outage()`.
 - `m2m_token` (function): a factory, ``m2m_token(scopes=["read:deployments"], **claims) -> str``,
   signing a token shaped like Scalekit's with the issuer's current key; a claim given as a keyword
-  replaces the default one (``exp=0``: expired), None removes it.
+  replaces the default one (``exp=0``: expired), None removes it; ``m2m_token.headers(...)``
+  gives the ``Authorization`` header for such a token.
 - `m2m_settings` (function): ``m2m_issuer.settings()``.
 - `m2m_audience` (session): the audience tokens carry and settings require, ``"api.example.com"``
   by default; override this fixture in your conftest.py to use your API's own.
@@ -175,6 +176,10 @@ class TokenFactory:
 
     def __call__(self, scopes: Iterable[str] = (), **claims: Any) -> str:
         return self.issuer.mint(scopes, **claims)
+
+    def headers(self, scopes: Iterable[str] = (), **claims: Any) -> dict[str, str]:
+        """``{"Authorization": "Bearer <token>"}`` for a token minted like ``__call__``."""
+        return {"Authorization": f"Bearer {self(scopes, **claims)}"}
 
 
 @pytest.fixture(scope="session")

@@ -107,6 +107,9 @@ def test_m2m_token_claims_can_be_replaced_or_removed(m2m_token: TokenFactory) ->
     assert claims["custom_claims"] == {"team": "ci"} and claims["scopes"] == []
     with pytest.raises(TypeError, match="a list of scopes"):
         m2m_token(scopes="read:deployments")
+    headers = m2m_token.headers(["read:deployments"], sub="m2morg_1")
+    assert list(headers) == ["Authorization"] and headers["Authorization"].startswith("Bearer ")
+    assert decode(headers["Authorization"][7:])[1]["sub"] == "m2morg_1"
 
 
 def test_tokens_verify_with_the_issuers_settings(m2m_issuer: M2MIssuer,
