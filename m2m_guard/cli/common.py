@@ -1,4 +1,4 @@
-"""What the commands share: exit codes, the error they raise, small helpers."""
+"""What the commands share: exit codes, the error they raise, input and URL checks."""
 
 from __future__ import annotations
 
