@@ -73,11 +73,18 @@ class IssuerProcess:
         return code, "".join(rest)
 
 
-def start_issuer(db: Path, *extra: str, env: dict[str, str] | None = None) -> IssuerProcess:
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def start_issuer(db: Path, *extra: str, env: dict[str, str] | None = None,
+                 sigint_ignored: bool = False) -> IssuerProcess:
+    """`sigint_ignored`: start it as a non-interactive shell starts a background job."""
     process = subprocess.Popen(
         [sys.executable, "-m", "m2m_guard", "issuer", "--port", "0", "--db", str(db), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=env if env is not None else clean_env())
+        env=env if env is not None else clean_env(),
+        preexec_fn=_ignore_sigint if sigint_ignored else None)
     lines: queue.Queue[str] = queue.Queue()
 
     def pump() -> None:
@@ -238,14 +245,16 @@ def test_issuer_prints_the_secret_once_stops_cleanly_and_keeps_its_clients(
 def test_issuer_takes_the_environment_client_from_the_environment(tmp_path: Path) -> None:
     env = clean_env(SCALEKIT_CLIENT_ID="skc_12345678901234567",
                     SCALEKIT_CLIENT_SECRET="a-secret-chosen-by-the-user")
-    issuer = start_issuer(tmp_path / "env.db", env=env)
+    # started with SIGINT ignored, as a background job of a script: Ctrl-C must still stop it
+    issuer = start_issuer(tmp_path / "env.db", env=env, sigint_ignored=True)
     try:
         assert issuer.exported("SCALEKIT_CLIENT_SECRET") is None
         assert "Environment API client: skc_12345678901234567 (from SCALEKIT_CLIENT_ID" \
             in "".join(issuer.banner)
         admin_token(issuer.url, "skc_12345678901234567", "a-secret-chosen-by-the-user")
     finally:
-        assert issuer.stop()[0] == 0
+        code, rest = issuer.stop(signal.SIGINT)
+    assert code == 0 and "local issuer stopped" in rest
 
 
 def test_issuer_with_a_bad_database_path_is_a_usage_error(tmp_path: Path) -> None:
@@ -480,7 +489,7 @@ def test_rotate_keys_publishes_a_new_key_that_signs(served: Served) -> None:
 def test_demo_serve_keeps_running_until_ctrl_c() -> None:
     process = subprocess.Popen([sys.executable, "-m", "m2m_guard", "demo", "--serve"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=clean_env())
+                               env=clean_env(), preexec_fn=_ignore_sigint)
     try:
         assert process.stdout is not None
         seen = []

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import signal
 import sys
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,6 +21,7 @@ __all__ = [
     "plain",
     "read_stdin_value",
     "split_scopes",
+    "wait_for_stop",
 ]
 
 EXIT_OK = 0
@@ -72,3 +77,34 @@ def check_client_url(name: str, url: str) -> str:
         raise CommandError(f"{name} is {url!r}: client secrets are sent over https only "
                            f"(plain http is accepted for loopback addresses)")
     return url
+
+
+@contextmanager
+def _stop_signals(stop: threading.Event) -> Iterator[None]:
+    # Handlers for SIGINT and SIGTERM that set `stop`, installed even when SIGINT was inherited
+    # as ignored (a process started in the background by a non-interactive shell), so Ctrl-C
+    # and `kill -INT` always stop a server cleanly.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def wait_for_stop(stop: threading.Event | None = None) -> None:
+    """Block until Ctrl-C, SIGTERM or `stop` is set."""
+    event = stop if stop is not None else threading.Event()
+    with _stop_signals(event):
+        try:
+            while not event.wait(0.2):
+                pass
+        except KeyboardInterrupt:  # a handler installed by the caller raised it
+            pass

@@ -30,7 +30,7 @@ import httpx
 
 from ..encoding import b64url_decode, b64url_encode
 from ..settings import GuardSettings
-from .common import EXIT_FAILED, EXIT_OK, CommandError
+from .common import EXIT_FAILED, EXIT_OK, CommandError, wait_for_stop
 
 __all__ = ["AUDIENCE", "CLIENT_REGISTRATION", "ORGANIZATION_ID", "deployment_api", "run",
            "run_demo", "tamper"]
@@ -218,7 +218,7 @@ def run_demo(app_factory: AppFactory = deployment_api, *, serve: bool = False,
                     t.say("all calls answered as expected")
                 if serve and not t.failures:
                     _print_curl(t, running.url, api, client_id, client_secret)
-                    _wait(stop)
+                    wait_for_stop(stop)
     finally:
         issuer.close()
     return EXIT_FAILED if t.failures else EXIT_OK
@@ -288,15 +288,6 @@ def _print_curl(t: _Transcript, issuer_url: str, api: str, client_id: str,
     t.say(f"  export M2M_GUARD_ISSUER={issuer_url} M2M_GUARD_AUDIENCE={AUDIENCE}")
     t.say("  m2m-guard token | m2m-guard verify - --scope deploy:applications")
     t.say("  m2m-guard doctor")
-
-
-def _wait(stop: threading.Event | None) -> None:
-    event = stop or threading.Event()
-    try:
-        while not event.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
 
 
 def run(args: argparse.Namespace) -> int:

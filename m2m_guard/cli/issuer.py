@@ -14,16 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sqlite3
 import sys
-import threading
-from types import FrameType
 from typing import Any
 
 import httpx
 
-from .common import EXIT_FAILED, EXIT_OK, CommandError, check_client_url
+from .common import EXIT_FAILED, EXIT_OK, CommandError, check_client_url, wait_for_stop
 from .token import discover_token_endpoint, option_or_env, request_token
 
 __all__ = ["rotate", "run"]
@@ -45,12 +42,6 @@ def run(args: argparse.Namespace) -> int:
         issuer = LocalIssuer(args.db, issuer_url=args.issuer_url)
     except (ValueError, sqlite3.Error, OSError) as exc:
         raise CommandError(f"cannot open the issuer with --db {args.db}: {exc}") from None
-    stop = threading.Event()
-
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
     running = RunningIssuer(issuer, host=args.host, port=args.port)
     try:
         try:
@@ -58,15 +49,10 @@ def run(args: argparse.Namespace) -> int:
         except RuntimeError as exc:
             raise CommandError(f"{exc} (is the port in use? try --port 0)", EXIT_FAILED) from None
         _banner(issuer, running.url, args)
-        try:
-            while not stop.wait(0.5):
-                pass
-        except KeyboardInterrupt:
-            pass
+        wait_for_stop()
     finally:
         running.stop()
         issuer.close()
-        signal.signal(signal.SIGTERM, previous)
     _say("local issuer stopped")
     return EXIT_OK
 
