@@ -48,7 +48,8 @@ def test_the_readme_example_passes_as_a_users_test_file(pytester: pytest.Pyteste
 
 def test_the_readme_example_catches_a_broken_guard(pytester: pytest.Pytester) -> None:
     """The same tests against an app whose listing asks for the wrong scope: they must fail.
-    Also: overriding `m2m_audience` in conftest.py changes tokens and settings together."""
+    Also: overriding `m2m_audience` in conftest.py changes tokens and settings together, and
+    nothing is started before a test uses a fixture."""
     broken = EXAMPLE_APP.replace('@require_scopes("read:deployments")',
                                  '@require_scopes("deploy:applications")')
     assert broken != EXAMPLE_APP
@@ -63,10 +64,16 @@ def m2m_audience():
 def test_audience_override(m2m_issuer, m2m_token, m2m_settings):
     assert m2m_settings.audience == ("deployment-api.acmecorp.com",)
     assert m2m_issuer.claims()["aud"] == ["deployment-api.acmecorp.com"]
+''', test_0_lazy='''
+import sys
+
+def test_nothing_is_started_before_a_test_asks_for_the_issuer():
+    assert "uvicorn" not in sys.modules
+    assert "m2m_guard.local_issuer" not in sys.modules
 ''')
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider",
                                            "-W", "ignore::DeprecationWarning")
-    result.assert_outcomes(passed=4, failed=1)
+    result.assert_outcomes(passed=5, failed=1)
     result.stdout.fnmatch_lines(["*test_listing_needs_read_scope*"])
 
 
