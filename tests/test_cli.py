@@ -439,6 +439,7 @@ def test_doctor_shows_dropped_keys_and_fails_without_usable_keys() -> None:
     weak = SigningKey.generate("RS256", kid="snk_weak", rsa_bits=1024)
     with KeySetServer([good], max_age=None) as keys:
         keys.extra_jwks = [weak.public_jwk(), {"kty": "oct", "kid": "snk_oct", "k": "c2VjcmV0"}]
+        keys.discovery_extra = {"id_token_signing_alg_values_supported": [{"odd": 1}, "HS256"]}
         env = clean_env(M2M_GUARD_ISSUER=keys.url, M2M_GUARD_AUDIENCE=AUDIENCE)
         result = m2m("doctor", env=env)
         assert result.returncode == 0, result.stdout
@@ -447,7 +448,8 @@ def test_doctor_shows_dropped_keys_and_fails_without_usable_keys() -> None:
         assert "dropped key     snk_weak: RSA key of 1024 bits; at least 2048 are required" in out
         assert "dropped key     snk_oct: symmetric (oct) keys are never accepted" in out
         assert "Cache-Control: (none)" in out and "the default 10m" in out
-        assert "Result: ok (0 failed, 2 warnings)" in out
+        assert "the issuer advertises HS256; none is in M2M_GUARD_ALGORITHMS" in out
+        assert "Result: ok (0 failed, 3 warnings)" in out
 
         only_rs = m2m("doctor", env={**env, "M2M_GUARD_ALGORITHMS": "RS256",
                                      "M2M_GUARD_JWKS_URL": keys.jwks_url})

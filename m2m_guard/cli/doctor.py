@@ -122,10 +122,11 @@ def _discover(client: httpx.Client, issuer: IssuerSettings, settings: GuardSetti
         endpoint = document.get("token_endpoint")
         if isinstance(endpoint, str):
             report.add(OK, "token endpoint", endpoint)
-        advertised = document.get("id_token_signing_alg_values_supported")
-        if isinstance(advertised, list) and advertised and \
-                not set(advertised) & set(settings.algorithms):
-            names = ", ".join(map(str, advertised))
+        listed = document.get("id_token_signing_alg_values_supported")
+        advertised = {name for name in listed if isinstance(name, str)} \
+            if isinstance(listed, list) else set()
+        if advertised and not advertised & set(settings.algorithms):
+            names = ", ".join(sorted(advertised))
             report.add(WARN, "algorithms",
                        f"the issuer advertises {names}; none is in M2M_GUARD_ALGORITHMS")
         report.add(OK, "jwks_uri", jwks_uri)
