@@ -319,6 +319,21 @@ def test_token_without_discovery_says_to_pass_the_token_url() -> None:
     assert "no discovery document" in result.stderr and "pass --token-url" in result.stderr
 
 
+def test_token_refuses_an_access_token_that_is_not_printable() -> None:
+    """What a broken or hostile endpoint could send; no real issuer here does (hence a mock)."""
+    from m2m_guard.cli.common import CommandError
+    from m2m_guard.cli.token import request_token
+
+    def endpoint(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"access_token": "abc\x1b]0;owned\x07",
+                                         "token_type": "Bearer"})
+
+    with httpx.Client(transport=httpx.MockTransport(endpoint)) as http, \
+            pytest.raises(CommandError, match="without a usable access_token") as refused:
+        request_token(http, "https://issuer.example/oauth/token", "a", "b", scopes=[])
+    assert refused.value.exit_code == 1
+
+
 # -- verify ------------------------------------------------------------------------------------
 
 def test_verify_prints_the_claims(served: Served) -> None:
@@ -438,7 +453,8 @@ def test_doctor_shows_dropped_keys_and_fails_without_usable_keys() -> None:
     good = SigningKey.generate("ES256", kid="snk_good")
     weak = SigningKey.generate("RS256", kid="snk_weak", rsa_bits=1024)
     with KeySetServer([good], max_age=None) as keys:
-        keys.extra_jwks = [weak.public_jwk(), {"kty": "oct", "kid": "snk_oct", "k": "c2VjcmV0"}]
+        keys.extra_jwks = [weak.public_jwk(),
+                           {"kty": "oct", "kid": "snk_oct\x1b[2J", "k": "c2VjcmV0"}]
         keys.discovery_extra = {"id_token_signing_alg_values_supported": [{"odd": 1}, "HS256"]}
         env = clean_env(M2M_GUARD_ISSUER=keys.url, M2M_GUARD_AUDIENCE=AUDIENCE)
         result = m2m("doctor", env=env)
@@ -446,7 +462,8 @@ def test_doctor_shows_dropped_keys_and_fails_without_usable_keys() -> None:
         out = result.stdout
         assert "snk_good: EC 256 bits, alg ES256; verifies ES256" in out
         assert "dropped key     snk_weak: RSA key of 1024 bits; at least 2048 are required" in out
-        assert "dropped key     snk_oct: symmetric (oct) keys are never accepted" in out
+        # what the issuer sends reaches the terminal without control characters
+        assert "dropped key     snk_oct?[2J: symmetric (oct) keys are never accepted" in out
         assert "Cache-Control: (none)" in out and "the default 10m" in out
         assert "the issuer advertises HS256; none is in M2M_GUARD_ALGORITHMS" in out
         assert "Result: ok (0 failed, 3 warnings)" in out

@@ -54,7 +54,10 @@ class IssuerReport:
     cache: dict[str, Any] = field(default_factory=dict)
 
     def add(self, status: str, check: str, message: str) -> None:
-        self.checks.append((status, check, message))
+        # Messages quote what the issuer sent (kids, URLs, headers): no control characters
+        # reach the terminal.
+        self.checks.append((status, check,
+                            "".join(c if c.isprintable() else "?" for c in message)))
 
     @property
     def failed(self) -> bool:

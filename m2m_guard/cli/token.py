@@ -104,8 +104,9 @@ def request_token(http: httpx.Client, token_url: str, client_id: str, client_sec
         raise CommandError(f"the token endpoint refused the request (HTTP "
                            f"{response.status_code}, {safe_description(error)}){detail}",
                            EXIT_FAILED)
-    if not isinstance(data.get("access_token"), str) or not data["access_token"]:
-        raise CommandError(f"{what} answered 200 without an access_token", EXIT_FAILED)
+    token = data.get("access_token")
+    if not isinstance(token, str) or not token or not (token.isascii() and token.isprintable()):
+        raise CommandError(f"{what} answered 200 without a usable access_token", EXIT_FAILED)
     return data
 
 
