@@ -426,13 +426,14 @@ class TokenVerifier:
         self, issuer: _Issuer, jws: CompactJWS
     ) -> Generator[_Want, None, VerificationKey]:
         policy, state = self.policy, issuer.state
-        fetches_seen = -1
+        waited = False
         while True:
             with issuer.lock:
                 plan = policy.plan(state, self._clock())
-                fetches_now = state.fetches
-            if plan.fetch is Fetch.WAIT and fetches_seen != fetches_now:
-                fetches_seen = fetches_now
+            # One fetch (or join) per verification: with a zero cooldown, a failed fetch leaves
+            # no backoff and the plan would ask for another one forever.
+            if plan.fetch is Fetch.WAIT and not waited:
+                waited = True
                 yield _NEED_FETCH
                 continue
             if plan.fetch is Fetch.BACKGROUND:

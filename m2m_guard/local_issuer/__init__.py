@@ -1,11 +1,17 @@
-"""Local issuer parts for development and tests: signing keys, token minting, a key-set server.
+"""The local, Scalekit-compatible authorization server, and the parts tests build on.
 
-`SigningKey` makes keys for RS256/PS256/ES256/EdDSA (and the other JWS algorithms) and signs
-tokens with them; `KeySetServer` publishes keys over loopback HTTP with discovery, and can
-misbehave on purpose (down, HTTP 500, garbage, hang, slow) so that outages can be tested for real.
+- `LocalIssuer` (with `serve_issuer`): clients and secrets in SQLite, the client-credentials
+  token endpoint, JWKS and discovery, the management API and key rotation (docs/local-issuer.md).
+- `SigningKey` makes keys for RS256/PS256/ES256/EdDSA (and the other JWS algorithms) and signs
+  tokens with them; `KeySetServer` publishes keys over loopback HTTP with discovery, and can
+  misbehave on purpose (down, HTTP 500, garbage, hang, slow) so that outages can be tested for real.
 """
 
+from .clients import ApiError
+from .issuer import LocalIssuer
+from .serve import RunningIssuer, serve_issuer
 from .server import KeySetServer
 from .signing import SigningKey, scalekit_claims
 
-__all__ = ["KeySetServer", "SigningKey", "scalekit_claims"]
+__all__ = ["ApiError", "KeySetServer", "LocalIssuer", "RunningIssuer", "SigningKey",
+           "scalekit_claims", "serve_issuer"]
