@@ -68,6 +68,8 @@ def request_refresh(verifier: TokenVerifier) -> int:
     Safe from any thread: on an asyncio event loop the fetch is a task, elsewhere a thread.
     """
     started = 0
+    if verifier._closed:
+        return started
     now = verifier._clock()
     policy = verifier.policy
     for issuer in verifier._issuers.values():
