@@ -118,9 +118,12 @@ def metric_reason(reason: str | None) -> str | None:
     return MISSING_CLAIM if reason.startswith("missing_") else "other"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     """Something the guard decided or did. Fields not relevant to a `kind` are None / empty.
+
+    Every subscriber receives the same object: treat it as read-only. (It is not a frozen
+    dataclass only because building a frozen one costs several times more, on every request.)
 
     `time` is epoch seconds. `duration` (seconds) is set on decisions made by the verifier.
     `status` is the HTTP status a refusal answers with. `fingerprint` is 16 hex digits of the
@@ -151,6 +154,8 @@ def safe_text(value: object, limit: int = _MAX_KID) -> str | None:
     """An untrusted value made safe to log or export: printable ASCII, bounded, or None."""
     if not isinstance(value, str):
         return None
+    if len(value) <= limit and value.isascii() and value.isprintable():
+        return value  # the common case, without building a new string
     return "".join(c if " " <= c < "\x7f" else "?" for c in value[:limit])
 
 

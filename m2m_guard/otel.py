@@ -102,6 +102,7 @@ class _Recorder:
         self.client_id = client_id
         self._attributes: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any]]] = {}
         self._issuer_attributes: dict[str | None, dict[str, Any]] = {}
+        self._result_attributes: dict[tuple[str | None, str], dict[str, Any]] = {}
         self.active = True
 
     def _issuer(self, issuer: str | None) -> dict[str, Any]:
@@ -110,6 +111,15 @@ class _Recorder:
             found = {"issuer": issuer} if issuer is not None else {}
             if len(self._issuer_attributes) < _MAX_CACHED_ATTRIBUTES:
                 self._issuer_attributes[issuer] = found
+        return found
+
+    def _with_result(self, issuer: str | None, result: str) -> dict[str, Any]:
+        key = (issuer, result)
+        found = self._result_attributes.get(key)
+        if found is None:
+            found = {**self._issuer(issuer), "result": result}
+            if len(self._result_attributes) < _MAX_CACHED_ATTRIBUTES:
+                self._result_attributes[key] = found
         return found
 
     def _decision_attributes(self, event: Event) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -144,7 +154,7 @@ class _Recorder:
         if kind in ev.DECISION_KINDS:
             self._decision(event)
         elif kind in _FETCH_RESULTS:
-            self.fetches.add(1, {**self._issuer(event.issuer), "result": _FETCH_RESULTS[kind]})
+            self.fetches.add(1, self._with_result(event.issuer, _FETCH_RESULTS[kind]))
         elif kind == ev.REFRESH_AHEAD:
             self.refreshes.add(1, self._issuer(event.issuer))
         elif kind == ev.UNKNOWN_KID:
@@ -158,8 +168,7 @@ class _Recorder:
         counted, timed = self._decision_attributes(event)
         self.decisions.add(1, counted)
         if event.cached is not None:
-            self.cache.add(1, {**self._issuer(event.issuer),
-                               "result": "hit" if event.cached else "miss"})
+            self.cache.add(1, self._with_result(event.issuer, "hit" if event.cached else "miss"))
         if event.duration is None:  # refused by an adapter: not a verification
             return
         self.duration.record(event.duration, timed)
