@@ -381,3 +381,11 @@ def test_metric_reason_folds_unknown_values() -> None:
     assert ev.metric_reason("missing_tenant") == "missing_claim"
     assert ev.metric_reason("something_new") == "other"
     assert ev.metric_reason(None) is None
+
+
+def test_operations_snippets_compile() -> None:
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    snippets = re.findall(r"```python\n(.*?)```", operations, flags=re.DOTALL)
+    assert len(snippets) >= 3
+    for snippet in snippets:
+        compile(snippet, "docs/operations.md", "exec")
