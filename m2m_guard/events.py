@@ -31,13 +31,14 @@ With no subscriber the verifier pays one attribute check per verification and no
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ParamSpec
 
 from .errors import GuardError, IssuerUnavailable
 
@@ -173,6 +174,28 @@ def key_ids(keys: KeySet | None) -> set[str]:
     return {safe_text(key.kid) or "no-kid" for key in keys.keys}
 
 
+_P = ParamSpec("_P")
+_hook_failed = False
+
+
+def never_raises(hook: Callable[_P, None]) -> Callable[_P, None]:
+    """For hooks that run inside verification (events, log lines): a bug in one must not turn
+    into a refusal or a 500. The first failure is logged with its traceback."""
+
+    @functools.wraps(hook)
+    def guarded(*args: _P.args, **kwargs: _P.kwargs) -> None:
+        global _hook_failed
+        try:
+            hook(*args, **kwargs)
+        except Exception:  # reported, never raised into verification
+            if not _hook_failed:
+                _hook_failed = True
+                logger.exception("m2m_guard could not report an event or a log line "
+                                 "(verification goes on)")
+
+    return guarded
+
+
 class EventStream:
     """A verifier's subscribers, and the hooks through which the verifier reports to them.
 
@@ -224,6 +247,7 @@ class EventStream:
         """The start time of a verification (pass it back to `allowed` / `refused`)."""
         return time.perf_counter()
 
+    @never_raises
     def allowed(self, access: AccessToken, started: float, *, cached: bool) -> None:
         duration = time.perf_counter() - started
         self.emit(Event(
@@ -234,6 +258,7 @@ class EventStream:
             fingerprint=access.fingerprint, time=time.time(),
         ))
 
+    @never_raises
     def refused(self, token: object, job: _Job | None, error: GuardError,
                 started: float | None) -> None:
         """A refusal by the verifier (`job` set once the token got past issuer selection)."""
@@ -253,6 +278,7 @@ class EventStream:
             time=time.time(),
         ))
 
+    @never_raises
     def refused_request(self, error: GuardError, access: AccessToken | None) -> None:
         """A refusal made by an adapter (framing, missing token, a route's scopes)."""
         self.emit(Event(
@@ -265,6 +291,7 @@ class EventStream:
             fingerprint=access.fingerprint if access is not None else None, time=time.time(),
         ))
 
+    @never_raises
     def key_set(self, issuer: str, result: FetchResult | None, error: str | None,
                 before: KeySet | None, after: KeySet | None) -> None:
         now = time.time()
@@ -281,12 +308,14 @@ class EventStream:
                             added=tuple(sorted(new - old)), removed=tuple(sorted(old - new)),
                             time=now))
 
+    @never_raises
     def unknown_kid(self, issuer: str, kid: str | None, *, refetch: bool) -> None:
         now = time.time()
         self.emit(Event(UNKNOWN_KID, issuer=issuer, kid=safe_text(kid), time=now))
         if not refetch:
             self.emit(Event(COOLDOWN_HIT, issuer=issuer, kid=safe_text(kid), time=now))
 
+    @never_raises
     def refresh_ahead(self, issuer: str) -> None:
         self.emit(Event(REFRESH_AHEAD, issuer=issuer, time=time.time()))
 

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from .events import key_ids, safe_text, token_fingerprint
+from .events import key_ids, never_raises, safe_text, token_fingerprint
 
 if TYPE_CHECKING:
     from .errors import GuardError
@@ -62,6 +62,7 @@ def _emit(level: int, what: str, fields: dict[str, object]) -> None:
     logger.log(level, "m2m_guard %s %s", what, format_fields(fields), extra=fields)
 
 
+@never_raises
 def log_refusal(token: object, job: _Job | None, error: GuardError,
                 access: AccessToken | None = None) -> None:
     """One INFO line for a refused request.
@@ -91,6 +92,7 @@ def log_refusal(token: object, job: _Job | None, error: GuardError,
     })
 
 
+@never_raises
 def log_key_set(issuer: str, result: FetchResult | None, error: str | None,
                 before: KeySet | None, after: KeySet | None, ttl: float) -> None:
     """Log the outcome of one key-set fetch (see the module doc for levels and fields)."""

@@ -680,18 +680,11 @@ class TokenVerifier:
         log_refusal(token, job, exc)
 
     def _internal(self, token: object, exc: Exception) -> InvalidToken:
-        logger.error("m2m_guard unexpected error verifying token=%s", _fingerprint(token),
+        logger.error("m2m_guard unexpected error verifying fingerprint=%s", _fingerprint(token),
                      exc_info=exc)
         error = InvalidToken("The token could not be verified.", reason="internal_error")
         error._reported = True  # logged above, at ERROR
         return error
-
-
-def _safe(value: str | None) -> str:
-    """A log-safe rendering of an untrusted value: printable ASCII, bounded length."""
-    if value is None:
-        return "-"
-    return "".join(c if " " < c < "\x7f" else "?" for c in value[:64])
 
 
 def _fingerprint(token: object) -> str:

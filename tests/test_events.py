@@ -389,3 +389,23 @@ def test_operations_snippets_compile() -> None:
     assert len(snippets) >= 3
     for snippet in snippets:
         compile(snippet, "docs/operations.md", "exec")
+
+
+def test_a_bug_in_building_events_never_breaks_verification(
+        issuer: KeySetServer, settings: GuardSettings, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    def broken(*args: object, **kwargs: object) -> str:
+        raise RuntimeError("event bug")
+
+    monkeypatch.setattr(ev, "safe_text", broken)
+    monkeypatch.setattr(ev, "_hook_failed", False)
+    verifier = TokenVerifier(settings, on_event=Recorder())
+    with caplog.at_level(logging.INFO, logger="m2m_guard"):
+        assert verifier.verify_sync(issuer.mint()).issuer == issuer.url
+        with pytest.raises(GuardError) as caught:
+            verifier.verify_sync(issuer.mint(exp=int(time.time()) - 3600))
+        assert caught.value.reason == "expired"  # not internal_error
+        with TestClient(deployment_app(settings, verifier=verifier)) as client:
+            assert client.get("/deployments").status_code == 401
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "could not report an event" in errors[0].getMessage()
