@@ -150,3 +150,24 @@ def test_health_path_from_env(issuer: KeySetServer) -> None:
         GuardSettings.from_env({"M2M_GUARD_ISSUER": issuer.url,
                                 "M2M_GUARD_AUDIENCE": "deployment-api",
                                 "M2M_GUARD_HEALTH_PATH": "ready"})
+
+
+def test_endpoints_under_uvicorn(issuer: KeySetServer,
+                                 make_settings: Callable[..., GuardSettings]) -> None:
+    """End to end over a real server: readiness and RFC 9728 document, no token needed."""
+    import httpx
+
+    from .servers import uvicorn_server
+
+    settings = make_settings(health_path=PATH, resource="http://127.0.0.1/api")
+    with uvicorn_server(deployment_app(settings)) as port:
+        base = f"http://127.0.0.1:{port}"
+        ready = httpx.get(base + PATH, timeout=5)
+        assert ready.status_code == 200 and ready.json()["ready"] is True
+        document = httpx.get(base + "/.well-known/oauth-protected-resource/api", timeout=5)
+        assert document.json()["authorization_servers"] == [issuer.url]
+        refused = httpx.get(base + "/deployments", timeout=5)
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"] == (
+            'Bearer realm="api", resource_metadata='
+            '"http://127.0.0.1/.well-known/oauth-protected-resource/api"')
