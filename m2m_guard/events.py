@@ -61,12 +61,17 @@ __all__ = [
     "KEYS_FETCH_FAILED",
     "KEYS_NOT_MODIFIED",
     "KINDS",
+    "MISSING_CLAIM",
     "REASONS",
     "REFRESH_AHEAD",
     "REFUSED",
     "Subscriber",
     "UNKNOWN_KID",
+    "metric_reason",
+    "never_raises",
+    "safe_text",
     "subscribe",
+    "token_fingerprint",
 ]
 
 logger = logging.getLogger("m2m_guard")

@@ -409,3 +409,15 @@ def test_a_bug_in_building_events_never_breaks_verification(
             assert client.get("/deployments").status_code == 401
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "could not report an event" in errors[0].getMessage()
+
+
+def test_events_client_id_setting(issuer: KeySetServer) -> None:
+    base = {"M2M_GUARD_ISSUER": issuer.url, "M2M_GUARD_AUDIENCE": "deployment-api"}
+    assert GuardSettings.from_env(base).events_client_id is False
+    assert GuardSettings.from_env({**base, "M2M_GUARD_EVENTS_CLIENT_ID": "true"}
+                                  ).events_client_id is True
+    from m2m_guard import ConfigurationError
+    with pytest.raises(ConfigurationError, match="M2M_GUARD_EVENTS_CLIENT_ID"):
+        GuardSettings.from_env({**base, "M2M_GUARD_EVENTS_CLIENT_ID": "maybe"})
+    with pytest.raises(ConfigurationError, match="events_client_id must be True or False"):
+        GuardSettings(issuer=issuer.url, audience="a", events_client_id="yes")  # type: ignore[arg-type]
