@@ -652,21 +652,21 @@ class TokenVerifier:
         except RuntimeError:  # not asyncio (e.g. trio): refresh on a thread instead
             self._spawn_thread(issuer)
             return
+        if self._observer is not None:  # events hook (before the fetch can report back)
+            self._observer.refresh_ahead(issuer.settings.issuer)
         task = loop.create_task(self._fetch_async(issuer))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        if self._observer is not None:  # events hook
-            self._observer.refresh_ahead(issuer.settings.issuer)
 
     def _spawn_thread(self, issuer: _Issuer) -> None:
         if self._closed or issuer.flight is not None:
             return
         thread = threading.Thread(target=self._fetch_sync, args=(issuer,),
                                   name="m2m-guard-refresh", daemon=True)
+        if self._observer is not None:  # events hook (before the fetch can report back)
+            self._observer.refresh_ahead(issuer.settings.issuer)
         self._threads.add(thread)
         thread.start()
-        if self._observer is not None:  # events hook
-            self._observer.refresh_ahead(issuer.settings.issuer)
 
     def _join_threads(self) -> None:
         deadline = time.monotonic() + self.settings.http_timeout * 2 + 1
