@@ -22,7 +22,11 @@ from starlette.authentication import AuthCredentials, UnauthenticatedUser
 
 from .bearer import extract_bearer
 from .context import reset_current_token, set_current_token
+from .endpoints import OperationalEndpoints
 from .errors import GuardError, MissingToken, render_error
+from .health import EndpointResponse
+from .logs import report_refusal
+from .resource_metadata import challenge_url
 from .rules import PathRules, is_cors_preflight
 from .settings import GuardSettings
 from .starlette import ClientUser
@@ -70,6 +74,9 @@ class M2MGuardMiddleware:
         self.settings = self.verifier.settings
         self._owns_verifier = verifier is None
         self._paths = PathRules(tuple(self.settings.public_paths))
+        # Health and RFC 9728 endpoints (None unless configured) and the challenge parameter.
+        self._endpoints = OperationalEndpoints.for_verifier(self.verifier)
+        self._resource_metadata = challenge_url(self.settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -82,6 +89,11 @@ class M2MGuardMiddleware:
 
     async def _guard(self, scope: Scope, receive: Receive, send: Send) -> None:
         settings = self.settings
+        if self._endpoints is not None and scope["type"] == "http":  # operational endpoints
+            answer = self._endpoints.answer(scope["path"], scope["method"])
+            if answer is not None:
+                await self._send_answer(send, answer, head=scope["method"] == "HEAD")
+                return
         if self._paths.is_public(scope["path"]) or (
             settings.allow_cors_preflight and _is_preflight(scope)
         ):
@@ -135,7 +147,9 @@ class M2MGuardMiddleware:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, exc: GuardError, *,
                       connect_consumed: bool = False) -> None:
-        rendered = render_error(exc, realm=self.settings.realm)
+        report_refusal(self.verifier, exc, scope.get(_SCOPE_KEY))
+        rendered = render_error(exc, realm=self.settings.realm,
+                                resource_metadata=self._resource_metadata)
         headers = [(name.encode("latin-1"), value.encode("latin-1"))
                    for name, value in rendered.headers]
         headers.append((b"content-length", str(len(rendered.body)).encode("ascii")))
@@ -156,6 +170,13 @@ class M2MGuardMiddleware:
         else:
             await send({"type": "websocket.close", "code": 1008,
                         "reason": exc.body_error})
+
+    @staticmethod
+    async def _send_answer(send: Send, answer: EndpointResponse, *, head: bool) -> None:
+        headers = [(name.encode("latin-1"), value.encode("latin-1"))
+                   for name, value in answer.headers]
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if head else answer.body})
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def receive_warming() -> Message:

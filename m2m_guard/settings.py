@@ -157,6 +157,11 @@ class GuardSettings:
     realm: str = "api"
     allow_http: bool = False
     token_url: str | None = None
+    health_path: str | None = None
+    resource: str | None = None
+    resource_metadata_url: str | None = None
+    resource_scopes: tuple[str, ...] | Sequence[str] = ()
+    events_client_id: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -247,7 +252,7 @@ class GuardSettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigurationError(f"{name} must be an integer >= {low}, got {value!r}.")
         for name in ("verify_audience", "strict_typ", "required", "allow_cors_preflight",
-                     "allow_http"):
+                     "allow_http", "events_client_id"):
             if not isinstance(getattr(self, name), bool):
                 value = getattr(self, name)
                 raise ConfigurationError(f"{name} must be True or False, got {value!r}.")
@@ -259,6 +264,7 @@ class GuardSettings:
                 f"realm must be 1-128 printable ASCII characters without quotes or backslashes, "
                 f"got {self.realm!r}."
             )
+        _check_operations(self)
 
     @staticmethod
     def _duration(name: str, value: Any) -> float:
@@ -350,6 +356,51 @@ class GuardSettings:
             return cls(**values)
         except ConfigurationError as exc:
             raise ConfigurationError(_env_wording(str(exc), prefix)) from None
+
+
+# RFC 6749 §3.3 scope-token; and what may stand inside a quoted challenge parameter.
+_SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
+_HEADER_SAFE_URL = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
+
+
+def _check_operations(settings: GuardSettings) -> None:
+    """Validate the operational options: health endpoint and RFC 9728 resource metadata."""
+    set_ = object.__setattr__
+    path = settings.health_path
+    if path is not None and (not isinstance(path, str) or not _PATH_PATTERN.match(path)
+                             or "*" in path):
+        raise ConfigurationError(
+            f"health_path must be an absolute path such as /.well-known/m2m-guard/health "
+            f"(no wildcard), got {path!r}."
+        )
+    for name in ("resource", "resource_metadata_url"):
+        url = getattr(settings, name)
+        if url is None:
+            continue
+        _check_url(name, url, allow_http=settings.allow_http)
+        if not _HEADER_SAFE_URL.match(url):
+            raise ConfigurationError(
+                f"{name} must be a URL of printable ASCII without spaces, quotes or "
+                f"backslashes (percent-encode them), got {url!r}."
+            )
+    if settings.resource is not None and urlsplit(settings.resource).query:
+        raise ConfigurationError(
+            f"resource must be a URL without a query (RFC 9728 §1.2), got {settings.resource!r}."
+        )
+    scopes = _str_tuple("resource_scopes", settings.resource_scopes)
+    for scope in scopes:
+        if not _SCOPE_TOKEN.match(scope):
+            raise ConfigurationError(
+                f"resource_scopes contains {scope!r}: each entry is one scope, without spaces, "
+                f"quotes or backslashes (give several as a list, or comma-separated)."
+            )
+    if scopes and settings.resource is None:
+        raise ConfigurationError(
+            "resource_scopes is set but resource is not: the scopes are published in the "
+            "resource metadata document, which is served only when resource "
+            "(M2M_GUARD_RESOURCE) names this API, e.g. https://api.example.com."
+        )
+    set_(settings, "resource_scopes", scopes)
 
 
 def _unknown_message(source: str, unknown: Sequence[str], valid: Iterable[str],
@@ -448,4 +499,9 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "realm": _parse_str,
     "allow_http": _parse_bool,
     "token_url": _parse_str,
+    "health_path": _parse_str,
+    "resource": _parse_str,
+    "resource_metadata_url": _parse_str,
+    "resource_scopes": _parse_list,
+    "events_client_id": _parse_bool,
 }

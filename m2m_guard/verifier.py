@@ -29,10 +29,12 @@ import anyio.to_thread
 
 from .encoding import loads_json
 from .errors import GuardError, InvalidToken, IssuerUnavailable
+from .events import EventStream, Subscriber, subscribe
 from .fetch import FetchError, FetchResult, fetch_key_set_async, fetch_key_set_sync
 from .jwks import CachePolicy, Fetch, KeySetState
 from .jws import CompactJWS, HeaderCache, check_signature, check_token_size, parse_compact
 from .keys import VerificationKey
+from .logs import log_key_set, log_refusal
 from .scopes import scopes_from_claims
 from .settings import GuardSettings, IssuerSettings
 from .token import AccessToken
@@ -137,7 +139,9 @@ class TokenVerifier:
     `await verify(token)` and `verify_sync(token)` return an `AccessToken` or raise a
     `GuardError`. `warm_up()` loads every issuer's key set ahead of the first request;
     `health()` reports on them; `aclose()` / `close()` stop background refreshes.
-    `clock` (monotonic, for the cache) and `wall_clock` (epoch seconds, for claims) exist for tests.
+    `on_event` subscribes a callback to the event stream (see `subscribe` and
+    `m2m_guard.events`). `clock` (monotonic, for the cache) and `wall_clock` (epoch seconds, for
+    claims) exist for tests.
     """
 
     def __init__(
@@ -146,6 +150,7 @@ class TokenVerifier:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        on_event: Subscriber | None = None,
     ) -> None:
         self.settings = settings if settings is not None else GuardSettings.from_env()
         self.policy = CachePolicy.from_settings(self.settings)
@@ -165,25 +170,41 @@ class TokenVerifier:
         self._tasks: set[asyncio.Task[None]] = set()
         self._threads: set[threading.Thread] = set()
         self._closed = False
+        # Events and metrics: None while nobody subscribes, so the hot path pays one check.
+        self._observer: EventStream | None = None
+        if on_event is not None:
+            self.subscribe(on_event)
 
     # -- public fronts -----------------------------------------------------------------
     async def verify(self, token: str) -> AccessToken:
         """Verify `token` (the bearer string) and return its `AccessToken`; raise `GuardError`."""
         job: _Job | None = None
+        observer = self._observer  # events hook: None unless someone subscribed
+        started = observer.start() if observer is not None else 0.0
         try:
             begun = self._begin(token)
             if isinstance(begun, AccessToken):
+                if observer is not None:
+                    observer.allowed(begun, started, cached=True)
                 return begun
             job = begun
             selection = self._select_key(job.issuer, job.jws)
             if not isinstance(selection, VerificationKey):
                 selection = await self._drive_async(selection, job.issuer)
-            return self._finish(job, selection)
+            access = self._finish(job, selection)
+            if observer is not None:
+                observer.allowed(access, started, cached=False)
+            return access
         except GuardError as exc:
             self._log_refusal(token, job, exc)
+            if observer is not None:
+                observer.refused(token, job, exc, started)
             raise
         except Exception as exc:  # noqa: BLE001 - never let a bug become a 500
-            raise self._internal(token, exc) from None
+            error = self._internal(token, exc)
+            if observer is not None:
+                observer.refused(token, job, error, started)
+            raise error from None
 
     def verify_sync(self, token: str) -> AccessToken:
         """The blocking twin of `verify` (sync HTTP driver; safe from many threads).
@@ -191,20 +212,32 @@ class TokenVerifier:
         Do not call it on an event loop's thread: use `await verify(...)` there.
         """
         job: _Job | None = None
+        observer = self._observer  # events hook: None unless someone subscribed
+        started = observer.start() if observer is not None else 0.0
         try:
             begun = self._begin(token)
             if isinstance(begun, AccessToken):
+                if observer is not None:
+                    observer.allowed(begun, started, cached=True)
                 return begun
             job = begun
             selection = self._select_key(job.issuer, job.jws)
             if not isinstance(selection, VerificationKey):
                 selection = self._drive_sync(selection, job.issuer)
-            return self._finish(job, selection)
+            access = self._finish(job, selection)
+            if observer is not None:
+                observer.allowed(access, started, cached=False)
+            return access
         except GuardError as exc:
             self._log_refusal(token, job, exc)
+            if observer is not None:
+                observer.refused(token, job, exc, started)
             raise
         except Exception as exc:  # noqa: BLE001 - never let a bug become a 500
-            raise self._internal(token, exc) from None
+            error = self._internal(token, exc)
+            if observer is not None:
+                observer.refused(token, job, error, started)
+            raise error from None
 
     async def _drive_async(self, selection: Generator[_Want, None, VerificationKey],
                            issuer: _Issuer) -> VerificationKey:
@@ -296,6 +329,11 @@ class TokenVerifier:
                     "fetches": state.fetches,
                 }
         return {"ready": all(entry["usable"] for entry in report.values()), "issuers": report}
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call `callback(event)` for every `m2m_guard.events.Event`; returns an unsubscribe
+        function. A callback's exception never affects verification (it is logged once)."""
+        return subscribe(self, callback)
 
     async def aclose(self) -> None:
         """Cancel background refreshes (async ones; threads are waited for briefly)."""
@@ -459,6 +497,8 @@ class TokenVerifier:
             allowed = joining or policy.may_refetch_for(state, jws.kid, now)
             if allowed and not joining:
                 policy.note_refetch(state, now)
+        if self._observer is not None:  # events hook
+            self._observer.unknown_kid(issuer.settings.issuer, jws.kid, refetch=allowed)
         if allowed:
             yield _JOIN_FETCH if joining else _NEED_FETCH
             key = self._pick(issuer, jws)
@@ -560,19 +600,9 @@ class TokenVerifier:
             issuer.fast_until = (self.policy.refresh_at(state)
                                  if state.keys is not None and not state.failing else -math.inf)
             after = state.keys
-        if result is not None:
-            if after is not before and after is not None:
-                logger.info(
-                    "m2m_guard key set loaded issuer=%s keys=%d kids=%s dropped=%d ttl=%.0fs",
-                    issuer.settings.issuer, len(after), ",".join(str(k.kid) for k in after.keys),
-                    len(after.dropped), state.ttl,
-                )
-                for kid, reason in after.dropped:
-                    logger.warning("m2m_guard key dropped issuer=%s kid=%s reason=%s",
-                                   issuer.settings.issuer, kid, reason)
-        else:
-            logger.warning("m2m_guard key set fetch failed issuer=%s error=%s",
-                           issuer.settings.issuer, error)
+        log_key_set(issuer.settings.issuer, result, error, before, after, state.ttl)
+        if self._observer is not None:  # events hook
+            self._observer.key_set(issuer.settings.issuer, result, error, before, after)
 
     async def _fetch_async(self, issuer: _Issuer, *, join_only: bool = False) -> None:
         flight, owner = self._start_flight(issuer, anyio.Event(), join_only=join_only)
@@ -635,6 +665,8 @@ class TokenVerifier:
         except RuntimeError:  # not asyncio (e.g. trio): refresh on a thread instead
             self._spawn_thread(issuer)
             return
+        if self._observer is not None:  # events hook (before the fetch can report back)
+            self._observer.refresh_ahead(issuer.settings.issuer)
         task = loop.create_task(self._fetch_async(issuer))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -644,6 +676,8 @@ class TokenVerifier:
             return
         thread = threading.Thread(target=self._fetch_sync, args=(issuer,),
                                   name="m2m-guard-refresh", daemon=True)
+        if self._observer is not None:  # events hook (before the fetch can report back)
+            self._observer.refresh_ahead(issuer.settings.issuer)
         self._threads.add(thread)
         thread.start()
 
@@ -655,30 +689,15 @@ class TokenVerifier:
 
     # -- logging ---------------------------------------------------------------------------
     def _log_refusal(self, token: object, job: _Job | None, exc: GuardError) -> None:
-        if not logger.isEnabledFor(logging.INFO):
-            return
-        kid = iss = client = None
-        if job is not None:
-            kid = job.jws.kid
-            iss = job.issuer.settings.issuer
-            client = next((v for v in (job.claims.get(n) for n in ("client_id", "azp", "sub"))
-                           if isinstance(v, str)), None)
-        fingerprint = job.digest[:8].hex() if job is not None else _fingerprint(token)
-        logger.info("m2m_guard refused token=%s reason=%s status=%d kid=%s iss=%s client_id=%s",
-                    fingerprint, exc.reason, exc.status_code, _safe(kid), _safe(iss),
-                    _safe(client))
+        exc._reported = True  # adapters do not report it again
+        log_refusal(token, job, exc)
 
     def _internal(self, token: object, exc: Exception) -> InvalidToken:
-        logger.error("m2m_guard unexpected error verifying token=%s", _fingerprint(token),
+        logger.error("m2m_guard unexpected error verifying fingerprint=%s", _fingerprint(token),
                      exc_info=exc)
-        return InvalidToken("The token could not be verified.", reason="internal_error")
-
-
-def _safe(value: str | None) -> str:
-    """A log-safe rendering of an untrusted value: printable ASCII, bounded length."""
-    if value is None:
-        return "-"
-    return "".join(c if " " < c < "\x7f" else "?" for c in value[:64])
+        error = InvalidToken("The token could not be verified.", reason="internal_error")
+        error._reported = True  # logged above, at ERROR
+        return error
 
 
 def _fingerprint(token: object) -> str:

@@ -1343,7 +1343,7 @@ def test_refusals_are_logged_without_raw_tokens(client: TestClient, issuer_serve
     messages = [record.getMessage() for record in caplog.records]
     for forged in attacks:
         fingerprint = hashlib.sha256(forged.encode()).hexdigest()[:16]
-        assert any(f"token={fingerprint}" in message for message in messages), messages
+        assert any(f"fingerprint={fingerprint}" in message for message in messages), messages
         for message in messages:
             assert forged not in message
             assert split(forged)[1] not in message and split(forged)[2] not in message

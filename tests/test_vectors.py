@@ -320,7 +320,7 @@ def test_wycheproof_refused_through_middleware(
             f'Bearer realm="api", error="invalid_token", error_description="{description}"')
         # The verifier logs each refusal with its reason. The payloads are not claim sets, so a
         # token that passes framing is refused at its claims; one that does not, at framing.
-        reasons = re.findall(r"m2m_guard refused token=\S+ reason=(\S+)", caplog.text)
+        reasons = re.findall(r"m2m_guard refused kind=refused reason=(\S+)", caplog.text)
         try:
             parse_compact(case.token)
             expected = "malformed_claims"
