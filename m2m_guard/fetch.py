@@ -10,7 +10,9 @@ Every failure raises `FetchError` with a message fit for logs and `health()`.
 
 from __future__ import annotations
 
+import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -215,11 +217,59 @@ async def _discover_async(client: httpx.AsyncClient, issuer: IssuerSettings,
 
 # -- sync driver -----------------------------------------------------------------------------
 
+class _Deadline:
+    """Ends a blocking fetch at its deadline by shutting its sockets down.
+
+    httpx's timeouts bound each network operation, not the whole exchange: a server that sends
+    one byte of its status line or headers per read (a slow drip) would hold a blocking fetch for
+    ever. The sockets are learnt from httpx's ``trace`` extension; at the deadline a timer shuts
+    them down, the pending read fails, and the fetch reports a timeout.
+    """
+
+    __slots__ = ("_lock", "_streams", "_timer", "expired")
+
+    def __init__(self, deadline: float) -> None:
+        self._lock = threading.Lock()
+        self._streams: list[Any] = []
+        self.expired = False
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def trace(self, name: str, info: dict[str, Any]) -> None:
+        if name.endswith(("connect_tcp.complete", "start_tls.complete")):
+            with self._lock:
+                self._streams.append(info.get("return_value"))
+                expired = self.expired
+            if expired:
+                self._expire()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            streams = list(self._streams)
+        for stream in streams:
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if isinstance(sock, socket.socket):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:  # already closed: nothing left to interrupt
+                    pass
+
+
 def _get_sync(client: httpx.Client, url: str, settings: GuardSettings, deadline: float,
-              etag: str | None = None) -> _Response:
+              etag: str | None = None, watchdog: _Deadline | None = None) -> _Response:
+    extensions = {"trace": watchdog.trace} if watchdog is not None else None
     for _ in range(_MAX_REDIRECTS + 1):
         try:
-            with client.stream("GET", url, headers=_headers(etag)) as response:
+            with client.stream("GET", url, headers=_headers(etag),
+                               extensions=extensions) as response:
                 if response.status_code in _REDIRECTS:
                     url = redirect_target(url, response.status_code,
                                           response.headers.get("location"))
@@ -233,20 +283,23 @@ def _get_sync(client: httpx.Client, url: str, settings: GuardSettings, deadline:
                         raise FetchError(f"{url} timed out after {settings.http_timeout:g} s")
                 return _Response(url, response.status_code, response.headers, bytes(body))
         except httpx.HTTPError as exc:
+            if (watchdog is not None and watchdog.expired) or time.monotonic() > deadline:
+                raise FetchError(f"{url} timed out after {settings.http_timeout:g} s") from None
             raise FetchError(f"{url} could not be fetched: {type(exc).__name__}: {exc}") from None
     raise FetchError(f"{url}: too many redirects")
 
 
 def fetch_key_set_sync(issuer: IssuerSettings, settings: GuardSettings, *,
                        jwks_url: str | None, etag: str | None) -> FetchResult:
-    """The blocking twin of `fetch_key_set_async` (same rules, `httpx.Client`)."""
+    """The blocking twin of `fetch_key_set_async` (same rules, `httpx.Client`); the whole
+    exchange ends at the same deadline even when the server drips its answer byte by byte."""
     deadline = time.monotonic() + settings.http_timeout * (1 if jwks_url else 2)
-    with httpx.Client(timeout=_timeout(settings), verify=_tls(),
-                      follow_redirects=False) as client:
+    with _Deadline(deadline) as watchdog, httpx.Client(
+            timeout=_timeout(settings), verify=_tls(), follow_redirects=False) as client:
         if jwks_url is None:
             errors = []
             for url in discovery_urls(issuer.issuer):
-                response = _get_sync(client, url, settings, deadline)
+                response = _get_sync(client, url, settings, deadline, watchdog=watchdog)
                 if response.status == 404:
                     errors.append(f"{url} answered 404")
                     continue
@@ -256,5 +309,5 @@ def fetch_key_set_sync(issuer: IssuerSettings, settings: GuardSettings, *,
                 break
             else:
                 raise FetchError("no discovery document: " + "; ".join(errors))
-        response = _get_sync(client, jwks_url, settings, deadline, etag)
+        response = _get_sync(client, jwks_url, settings, deadline, etag, watchdog)
     return read_key_set(response.url, response.status, response.headers, response.body, settings)
