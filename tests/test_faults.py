@@ -11,8 +11,9 @@ For each fault (a row of `FAULTS`) three situations are played, each with three 
 
 Each situation checks the status of every request (never 500), a latency bound (twice the HTTP
 timeout, for discovery plus key set, plus one second of slack: a contract, not a benchmark), the
-number of fetch attempts (no fetch storms), and that the event loop never stalls (a ticker task
-on the same loop records the longest gap between its wake-ups). The cache runs on a fake
+number of fetch attempts (no fetch storms), and that the event loop never stalls (asyncio's debug
+mode reports any step that holds the loop for 100 ms or more; a ticker task on the same loop
+also records the longest gap between its wake-ups). The cache runs on a fake
 monotonic clock, so "the TTL ran out" and "backoff still running" are exact, while HTTP timing
 is real.
 
@@ -21,9 +22,11 @@ is real.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -46,7 +49,8 @@ OIDC = "/.well-known/openid-configuration"
 HTTP_TIMEOUT = 0.5
 TTL = 60.0
 LATENCY_BOUND = 2 * HTTP_TIMEOUT + 1.0  # discovery and key set share one deadline, plus slack
-MAX_LOOP_GAP = 0.15  # seconds between two wake-ups of a 10 ms ticker
+MAX_LOOP_STEP = 0.1  # no single step of the event loop may take this long
+MAX_LOOP_GAP = 0.45  # ticker gap bound: below one HTTP timeout, above a busy machine's jitter
 REQUESTS = 3
 CASES = ("known", "unknown", "cold")
 DOC = Path(__file__).resolve().parents[1] / "docs" / "security.md"
@@ -266,19 +270,58 @@ def keys() -> dict[str, SigningKey]:
     }
 
 
-class Ticker:
-    """Wakes every 10 ms on the event loop and records the longest gap between wake-ups."""
+class LoopWatch:
+    """Watches the running event loop while the requests run.
+
+    asyncio's debug mode reports every single step (a callback, or a task's run between two
+    awaits) that holds the loop for `MAX_LOOP_STEP` or more: that is a stall, whatever else the
+    machine is doing. A ticker task also records the longest gap between its 10 ms wake-ups; that
+    gap includes time the OS gave to other processes, so it is bounded loosely (a blocking fetch
+    would hold the loop for the whole HTTP timeout).
+    """
 
     def __init__(self) -> None:
         self.max_gap = 0.0
+        self.stalls: list[str] = []
+        self._handler = _Collect(self.stalls)
 
-    async def run(self) -> None:
+    async def _tick(self) -> None:
         last = time.monotonic()
         while True:
             await anyio.sleep(0.01)
             now = time.monotonic()
             self.max_gap = max(self.max_gap, now - last - 0.01)
             last = now
+
+    async def __aenter__(self) -> LoopWatch:
+        loop = asyncio.get_running_loop()
+        self._debug, self._slow = loop.get_debug(), loop.slow_callback_duration
+        loop.set_debug(True)
+        loop.slow_callback_duration = MAX_LOOP_STEP
+        logging.getLogger("asyncio").addHandler(self._handler)
+        self._group = anyio.create_task_group()
+        await self._group.__aenter__()
+        self._group.start_soon(self._tick)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self._group.cancel_scope.cancel()
+        await self._group.__aexit__(None, None, None)
+        loop = asyncio.get_running_loop()
+        loop.set_debug(self._debug)
+        loop.slow_callback_duration = self._slow
+        logging.getLogger("asyncio").removeHandler(self._handler)
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if " took " in message:  # "Executing <Task ...> took 0.300 seconds"
+            self.into.append(message[-80:])
 
 
 @dataclass
@@ -287,6 +330,7 @@ class Outcome:
     latencies: list[float]
     fetches: int
     max_gap: float
+    stalls: list[str]
 
 
 def fetch_count(verifier: TokenVerifier) -> int:
@@ -318,13 +362,11 @@ async def play(fault: Fault, case: str, front: str, keys: dict[str, SigningKey])
             if case == "known":
                 clock.now += TTL + 1  # the cached set has expired: the next request refreshes
         tokens = [getattr(rig, case)() for _ in range(REQUESTS)]
-        ticker = Ticker()
         before = fetch_count(verifier)
         statuses: list[int] = []
         latencies: list[float] = []
         app = deployment_app(build["settings"], verifier=verifier)
-        async with anyio.create_task_group() as group:
-            group.start_soon(ticker.run)
+        async with LoopWatch() as watch:
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
                 for token in tokens:
@@ -339,10 +381,9 @@ async def play(fault: Fault, case: str, front: str, keys: dict[str, SigningKey])
                         statuses.append(await anyio.to_thread.run_sync(sync_status, verifier,
                                                                        token))
                     latencies.append(time.monotonic() - started)
-            group.cancel_scope.cancel()
         fetches = fetch_count(verifier) - before
         await verifier.aclose()
-        return Outcome(statuses, latencies, fetches, ticker.max_gap)
+        return Outcome(statuses, latencies, fetches, watch.max_gap, watch.stalls)
     finally:
         server.set_fault(None)
         server.stop()
@@ -369,6 +410,7 @@ async def test_fault_through_the_asgi_middleware(fault: Fault, case: str,
     assert outcome.statuses == [expected] * REQUESTS, outcome
     assert max(outcome.latencies) < LATENCY_BOUND, outcome
     assert outcome.fetches == fault.fetches[CASES.index(case)], outcome
+    assert outcome.stalls == [], outcome
     assert outcome.max_gap < MAX_LOOP_GAP, outcome
 
 
@@ -419,7 +461,6 @@ async def test_key_rotated_mid_traffic(live: KeySetServer, keys: dict[str, Signi
     app = deployment_app(settings, verifier=verifier)
     old = [live.mint(keys["main"]) for _ in range(20)]
     new = [live.mint(keys["rotated"]) for _ in range(20)]
-    ticker = Ticker()
     answers: list[tuple[str, int]] = []
 
     async def client_loop(i: int, phase: str, client: httpx.AsyncClient) -> None:
@@ -434,26 +475,24 @@ async def test_key_rotated_mid_traffic(live: KeySetServer, keys: dict[str, Signi
             for i in range(20):
                 group.start_soon(client_loop, i, phase, client)
 
-    async with anyio.create_task_group() as outer:
-        outer.start_soon(ticker.run)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://api") as client:
-            await wave("old", client)  # before the rotation
-            live.publish(keys["rotated"], keys["main"])  # the new key joins
-            await wave("new", client)  # first sight: one refetch for everybody
-            await wave("old", client)  # the old key is still published
-            live.publish(keys["rotated"])  # the old key is retired ...
-            clock.now += TTL + 1  # ... and seen at the next refresh
-            await wave("retired", client)
-            await wave("new", client)
-        outer.cancel_scope.cancel()
+    async with LoopWatch() as watch, httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+        await wave("old", client)  # before the rotation
+        live.publish(keys["rotated"], keys["main"])  # the new key joins
+        await wave("new", client)  # first sight: one refetch for everybody
+        await wave("old", client)  # the old key is still published
+        live.publish(keys["rotated"])  # the old key is retired ...
+        clock.now += TTL + 1  # ... and seen at the next refresh
+        await wave("retired", client)
+        await wave("new", client)
     expected = {"old": 200, "new": 200, "retired": 401}
     assert all(status == expected[phase] for phase, status in answers), answers
     assert len(answers) == 5 * 20 * 5
     # warm-up, the first sight of the new kid, the refresh after the TTL, and the one refetch
     # the retired kid may cause: nothing more, whatever the traffic.
-    assert fetch_count(verifier) <= 4
-    assert ticker.max_gap < MAX_LOOP_GAP
+    assert fetch_count(verifier) <= 4, verifier.health()
+    assert watch.stalls == [], watch.stalls
+    assert watch.max_gap < MAX_LOOP_GAP, watch.max_gap
     await verifier.aclose()
 
 
@@ -471,7 +510,6 @@ async def test_issuer_flapping_in_real_time(live: KeySetServer,
     known, unknown = live.mint(), live.mint(keys["never"])
     statuses: dict[str, list[int]] = {"known": [], "unknown": []}
     worst = 0.0
-    ticker = Ticker()
     duration = 2.5
 
     async def flap() -> None:
@@ -480,8 +518,7 @@ async def test_issuer_flapping_in_real_time(live: KeySetServer,
             live.set_fault("500" if i % 2 == 0 else None)
         live.set_fault(None)
 
-    async with anyio.create_task_group() as group:
-        group.start_soon(ticker.run)
+    async with LoopWatch() as watch, anyio.create_task_group() as group:
         group.start_soon(flap)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                      base_url="http://api") as client:
@@ -498,8 +535,9 @@ async def test_issuer_flapping_in_real_time(live: KeySetServer,
     await verifier.aclose()
     assert set(statuses["known"]) == {200}
     assert set(statuses["unknown"]) == {401}
-    assert worst < LATENCY_BOUND
-    assert ticker.max_gap < MAX_LOOP_GAP
+    assert worst < LATENCY_BOUND, worst
+    assert watch.stalls == [], watch.stalls
+    assert watch.max_gap < MAX_LOOP_GAP, watch.max_gap
     # A success lasts 0.5 s (refresh ahead from 0.45 s) and a failure backs off 1 s; unknown kids
     # refetch at most once per 1 s cooldown: a generous ceiling, far below one fetch per request.
     budget = int(duration / 0.45) + int(duration / 1.0) + 2
