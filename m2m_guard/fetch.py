@@ -15,6 +15,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -34,6 +35,7 @@ __all__ = [
     "discovery_urls",
     "fetch_key_set_async",
     "fetch_key_set_sync",
+    "parse_retry_after",
     "read_discovery",
     "read_key_set",
     "redirect_target",
@@ -46,7 +48,35 @@ _USER_AGENT = "m2m-guard"
 
 
 class FetchError(Exception):
-    """Discovery or the key set could not be fetched or used; the message says why."""
+    """Discovery or the key set could not be fetched or used; the message says why.
+
+    `retry_after` holds the seconds an issuer's 429 or 503 answer asked to wait, if it said.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a `Retry-After` header (RFC 9110 §10.2.3): delta-seconds or an HTTP-date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(min(int(value[:10]), 86400))
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, min(when.timestamp() - time.time(), 86400.0))
+
+
+def _http_error(what: str, status: int, headers: httpx.Headers) -> FetchError:
+    retry_after = parse_retry_after(headers.get("retry-after")) if status in (429, 503) else None
+    return FetchError(f"{what} answered HTTP {status}", retry_after=retry_after)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +122,10 @@ def redirect_target(current: str, status: int, location: str | None) -> str:
 
 
 def read_discovery(issuer: IssuerSettings, url: str, status: int, body: bytes,
-                   settings: GuardSettings) -> str:
+                   settings: GuardSettings, headers: httpx.Headers | None = None) -> str:
     """The `jwks_uri` of a discovery document, after checking that its `issuer` matches."""
     if status != 200:
-        raise FetchError(f"discovery at {url} answered HTTP {status}")
+        raise _http_error(f"discovery at {url}", status, headers or httpx.Headers())
     try:
         doc: Any = loads_json(body)
     except ValueError as exc:
@@ -130,7 +160,7 @@ def read_key_set(url: str, status: int, headers: httpx.Headers, body: bytes,
     if status == 304:
         return FetchResult(None, max_age, etag, url)
     if status != 200:
-        raise FetchError(f"key set at {url} answered HTTP {status}")
+        raise _http_error(f"key set at {url}", status, headers)
     try:
         keys = parse_jwks(body, max_keys=settings.jwks_max_keys)
     except ValueError as exc:
@@ -211,7 +241,8 @@ async def _discover_async(client: httpx.AsyncClient, issuer: IssuerSettings,
         if response.status == 404:
             errors.append(f"{url} answered 404")
             continue
-        return read_discovery(issuer, response.url, response.status, response.body, settings)
+        return read_discovery(issuer, response.url, response.status, response.body, settings,
+                              response.headers)
     raise FetchError("no discovery document: " + "; ".join(errors))
 
 
@@ -304,7 +335,7 @@ def fetch_key_set_sync(issuer: IssuerSettings, settings: GuardSettings, *,
                     errors.append(f"{url} answered 404")
                     continue
                 jwks_url = read_discovery(issuer, response.url, response.status, response.body,
-                                          settings)
+                                          settings, response.headers)
                 etag = None
                 break
             else:

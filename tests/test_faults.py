@@ -30,6 +30,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,9 @@ import anyio.to_thread
 import httpx
 import pytest
 
-from m2m_guard import GuardError, GuardSettings, TokenVerifier
+from m2m_guard import GuardError, GuardSettings, IssuerUnavailable, TokenVerifier
 from m2m_guard.encoding import b64url_decode, b64url_encode
+from m2m_guard.fetch import parse_retry_after
 from m2m_guard.local_issuer import KeySetServer, SigningKey
 from m2m_guard.local_issuer.server import hostile_jwk, key_flood
 
@@ -198,7 +200,7 @@ FAULTS: tuple[Fault, ...] = (
           200, 401, 503, (1, 1, 1), STALE),
     Fault("HTTP 429 + Retry-After", "429 Too Many Requests, Retry-After: 30",
           lambda r: _outage(r, "429"), 200, 401, 503, (1, 1, 1),
-          STALE + "; the next attempt waits for the backoff"),
+          STALE + "; the next attempt waits as asked, capped at the cooldown"),
     Fault("redirect, same host", "key set 302 to another path of the issuer", _redirect_same,
           200, 401, 200, (1, 1, 1), "followed (same scheme, host and port; at most 3 hops)"),
     Fault("redirect, other host", "key set and discovery 302 to another host", _redirect_other,
@@ -543,3 +545,59 @@ async def test_issuer_flapping_in_real_time(live: KeySetServer,
     budget = int(duration / 0.45) + int(duration / 1.0) + 2
     assert fetch_count(verifier) <= budget
     assert len(statuses["known"]) > 3 * budget
+
+
+# -- regressions -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("header", "seconds"), [
+    ("30", 30.0), (" 7 ", 7.0), ("0", 0.0), ("99999999999", 86400.0), ("-1", None), ("1.5", None),
+    ("\u00b2", None), ("soon", None), ("", None), (None, None),
+    ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # a date in the past: retry now
+])
+def test_retry_after_header_values(header: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(header) == seconds
+
+
+def test_retry_after_as_a_future_http_date() -> None:
+    when = time.time() + 120
+    value = parse_retry_after(formatdate(when, usegmt=True))
+    assert value is not None and 115 <= value <= 120
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("front", ["async", "sync"])
+async def test_issuer_retry_after_is_honoured_up_to_the_cooldown(
+        live: KeySetServer, keys: dict[str, SigningKey], front: str) -> None:
+    """An issuer answering 429 with Retry-After: 30 is not asked again for the cooldown (5 s
+    here), where the plain backoff would retry after 1 s; the guard's own 503 says so too."""
+    clock = FakeClock()
+    settings = GuardSettings(issuer=live.url, jwks_url=live.jwks_url, audience=AUDIENCE,
+                             http_timeout=HTTP_TIMEOUT, jwks_refetch_cooldown=5)
+    verifier = TokenVerifier(settings, clock=clock)
+    live.set_fault("429")
+    token = live.mint(keys["main"])
+
+    retry_afters: list[int] = []
+
+    async def status() -> int:
+        if front == "sync":
+            return await anyio.to_thread.run_sync(sync_status, verifier, token)
+        try:
+            await verifier.verify(token)
+        except IssuerUnavailable as exc:
+            retry_afters.append(exc.retry_after)
+            return exc.status_code
+        return 200
+
+    assert await status() == 503
+    assert retry_afters in ([], [5])  # the guard's own 503 passes the wait on
+    assert live.requests["/keys"] == 1
+    live.set_fault(None)
+    for step in (1.0, 2.0, 4.9):  # the exponential backoff alone would have retried at 1 s
+        clock.now = 1000 + step
+        assert await status() == 503
+    assert live.requests["/keys"] == 1
+    clock.now = 1005.1
+    assert await status() == 200
+    assert live.requests["/keys"] == 2
+    await verifier.aclose()
