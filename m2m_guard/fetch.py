@@ -11,9 +11,12 @@ Every failure raises `FetchError` with a message fit for logs and `health()`.
 from __future__ import annotations
 
 import dataclasses
+import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -33,6 +36,7 @@ __all__ = [
     "discovery_urls",
     "fetch_key_set_async",
     "fetch_key_set_sync",
+    "parse_retry_after",
     "read_discovery",
     "read_token_endpoint",
     "read_key_set",
@@ -46,7 +50,35 @@ _USER_AGENT = "m2m-guard"
 
 
 class FetchError(Exception):
-    """Discovery or the key set could not be fetched or used; the message says why."""
+    """Discovery or the key set could not be fetched or used; the message says why.
+
+    `retry_after` holds the seconds an issuer's 429 or 503 answer asked to wait, if it said.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a `Retry-After` header (RFC 9110 §10.2.3): delta-seconds or an HTTP-date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(min(int(value[:10]), 86400))
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, min(when.timestamp() - time.time(), 86400.0))
+
+
+def _http_error(what: str, status: int, headers: httpx.Headers) -> FetchError:
+    retry_after = parse_retry_after(headers.get("retry-after")) if status in (429, 503) else None
+    return FetchError(f"{what} answered HTTP {status}", retry_after=retry_after)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,9 +126,9 @@ def redirect_target(current: str, status: int, location: str | None) -> str:
 
 
 def read_discovery(issuer: IssuerSettings, url: str, status: int, body: bytes,
-                   settings: GuardSettings) -> str:
+                   settings: GuardSettings, headers: httpx.Headers | None = None) -> str:
     """The `jwks_uri` of a discovery document, after checking that its `issuer` matches."""
-    return _read_discovery(issuer, url, status, body)[0]
+    return _read_discovery(issuer, url, status, body, headers)[0]
 
 
 def read_token_endpoint(issuer: IssuerSettings, doc: dict[str, Any]) -> str | None:
@@ -117,11 +149,11 @@ def read_token_endpoint(issuer: IssuerSettings, doc: dict[str, Any]) -> str | No
     return value
 
 
-def _read_discovery(issuer: IssuerSettings, url: str, status: int,
-                    body: bytes) -> tuple[str, str | None]:
+def _read_discovery(issuer: IssuerSettings, url: str, status: int, body: bytes,
+                    headers: httpx.Headers | None = None) -> tuple[str, str | None]:
     """`read_discovery` plus the document's token endpoint (see `read_token_endpoint`)."""
     if status != 200:
-        raise FetchError(f"discovery at {url} answered HTTP {status}")
+        raise _http_error(f"discovery at {url}", status, headers or httpx.Headers())
     try:
         doc: Any = loads_json(body)
     except ValueError as exc:
@@ -156,7 +188,7 @@ def read_key_set(url: str, status: int, headers: httpx.Headers, body: bytes,
     if status == 304:
         return FetchResult(None, max_age, etag, url)
     if status != 200:
-        raise FetchError(f"key set at {url} answered HTTP {status}")
+        raise _http_error(f"key set at {url}", status, headers)
     try:
         keys = parse_jwks(body, max_keys=settings.jwks_max_keys)
     except ValueError as exc:
@@ -241,17 +273,66 @@ async def _discover_async(client: httpx.AsyncClient, issuer: IssuerSettings,
         if response.status == 404:
             errors.append(f"{url} answered 404")
             continue
-        return _read_discovery(issuer, response.url, response.status, response.body)
+        return _read_discovery(issuer, response.url, response.status, response.body,
+                               response.headers)
     raise FetchError("no discovery document: " + "; ".join(errors))
 
 
 # -- sync driver -----------------------------------------------------------------------------
 
+class _Deadline:
+    """Ends a blocking fetch at its deadline by shutting its sockets down.
+
+    httpx's timeouts bound each network operation, not the whole exchange: a server that sends
+    one byte of its status line or headers per read (a slow drip) would hold a blocking fetch for
+    ever. The sockets are learnt from httpx's ``trace`` extension; at the deadline a timer shuts
+    them down, the pending read fails, and the fetch reports a timeout.
+    """
+
+    __slots__ = ("_lock", "_streams", "_timer", "expired")
+
+    def __init__(self, deadline: float) -> None:
+        self._lock = threading.Lock()
+        self._streams: list[Any] = []
+        self.expired = False
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def trace(self, name: str, info: dict[str, Any]) -> None:
+        if name.endswith(("connect_tcp.complete", "start_tls.complete")):
+            with self._lock:
+                self._streams.append(info.get("return_value"))
+                expired = self.expired
+            if expired:
+                self._expire()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            streams = list(self._streams)
+        for stream in streams:
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if isinstance(sock, socket.socket):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:  # already closed: nothing left to interrupt
+                    pass
+
+
 def _get_sync(client: httpx.Client, url: str, settings: GuardSettings, deadline: float,
-              etag: str | None = None) -> _Response:
+              etag: str | None = None, watchdog: _Deadline | None = None) -> _Response:
+    extensions = {"trace": watchdog.trace} if watchdog is not None else None
     for _ in range(_MAX_REDIRECTS + 1):
         try:
-            with client.stream("GET", url, headers=_headers(etag)) as response:
+            with client.stream("GET", url, headers=_headers(etag),
+                               extensions=extensions) as response:
                 if response.status_code in _REDIRECTS:
                     url = redirect_target(url, response.status_code,
                                           response.headers.get("location"))
@@ -265,31 +346,34 @@ def _get_sync(client: httpx.Client, url: str, settings: GuardSettings, deadline:
                         raise FetchError(f"{url} timed out after {settings.http_timeout:g} s")
                 return _Response(url, response.status_code, response.headers, bytes(body))
         except httpx.HTTPError as exc:
+            if (watchdog is not None and watchdog.expired) or time.monotonic() > deadline:
+                raise FetchError(f"{url} timed out after {settings.http_timeout:g} s") from None
             raise FetchError(f"{url} could not be fetched: {type(exc).__name__}: {exc}") from None
     raise FetchError(f"{url}: too many redirects")
 
 
 def fetch_key_set_sync(issuer: IssuerSettings, settings: GuardSettings, *,
                        jwks_url: str | None, etag: str | None) -> FetchResult:
-    """The blocking twin of `fetch_key_set_async` (same rules, `httpx.Client`)."""
+    """The blocking twin of `fetch_key_set_async` (same rules, `httpx.Client`); the whole
+    exchange ends at the same deadline even when the server drips its answer byte by byte."""
     deadline = time.monotonic() + settings.http_timeout * (1 if jwks_url else 2)
     token_endpoint = None
-    with httpx.Client(timeout=_timeout(settings), verify=_tls(),
-                      follow_redirects=False) as client:
+    with _Deadline(deadline) as watchdog, httpx.Client(
+            timeout=_timeout(settings), verify=_tls(), follow_redirects=False) as client:
         if jwks_url is None:
             errors = []
             for url in discovery_urls(issuer.issuer):
-                response = _get_sync(client, url, settings, deadline)
+                response = _get_sync(client, url, settings, deadline, watchdog=watchdog)
                 if response.status == 404:
                     errors.append(f"{url} answered 404")
                     continue
                 jwks_url, token_endpoint = _read_discovery(issuer, response.url, response.status,
-                                                           response.body)
+                                                           response.body, response.headers)
                 etag = None
                 break
             else:
                 raise FetchError("no discovery document: " + "; ".join(errors))
-        response = _get_sync(client, jwks_url, settings, deadline, etag)
+        response = _get_sync(client, jwks_url, settings, deadline, etag, watchdog)
     result = read_key_set(response.url, response.status, response.headers, response.body,
                           settings)
     return dataclasses.replace(result, token_endpoint=token_endpoint) if token_endpoint \

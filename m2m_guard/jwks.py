@@ -9,8 +9,9 @@ performs what a `Plan` asks for. The rules:
 - Past `ttl`, while the issuer is believed healthy, a request waits for the refresh (bounded by
   the HTTP timeout). Once a refresh has failed, the last good set is served (stale-if-error) until
   `max_stale` seconds past its expiry, with background retries.
-- After a failure, fetches back off exponentially (1 s, 2 s, 4 s, ...) up to `cooldown`; a cold
-  cache during backoff answers "unavailable, retry after N s" at once.
+- After a failure, fetches back off exponentially (1 s, 2 s, 4 s, ...) up to `cooldown`, and at
+  least as long as the issuer's `Retry-After` asked (also capped at `cooldown`); a cold cache
+  during backoff answers "unavailable, retry after N s" at once.
 - An unknown `kid` may trigger a refetch at most once per `cooldown`; kids still unknown after a
   fetch are remembered (bounded) so they are refused without waiting.
 """
@@ -79,6 +80,7 @@ class KeySetState:
     last_error_at: float = -math.inf
     last_error_wall: float | None = None
     failures: int = 0
+    retry_after: float = 0.0  # what the issuer's latest failed answer asked for (Retry-After)
     last_refetch: float = -math.inf
     fetches: int = 0
     unknown_kids: OrderedDict[str, None] = field(default_factory=OrderedDict)
@@ -131,7 +133,7 @@ class CachePolicy:
         """Seconds to wait after the latest failure before fetching again."""
         if not state.failing:
             return 0.0
-        return min(self.cooldown, 2.0 ** min(state.failures - 1, 30))
+        return min(self.cooldown, max(2.0 ** min(state.failures - 1, 30), state.retry_after))
 
     def retry_at(self, state: KeySetState) -> float:
         return state.last_error_at + self.backoff(state)
@@ -180,7 +182,10 @@ class CachePolicy:
         state.failures = 0
         state.fetches += 1
 
-    def on_failure(self, state: KeySetState, error: str, now: float, wall: float) -> None:
+    def on_failure(self, state: KeySetState, error: str, now: float, wall: float,
+                   *, retry_after: float | None = None) -> None:
+        """Record a failed fetch; `retry_after` is the issuer's `Retry-After`, in seconds."""
+        state.retry_after = retry_after or 0.0
         state.last_error = error
         state.last_error_at = now
         state.last_error_wall = wall

@@ -581,7 +581,8 @@ class TokenVerifier:
             flight = issuer.flight = _Flight(event)
             return flight, True
 
-    def _store(self, issuer: _Issuer, result: FetchResult | None, error: str | None) -> None:
+    def _store(self, issuer: _Issuer, result: FetchResult | None, error: str | None,
+               retry_after: float | None = None) -> None:
         now, wall = self._clock(), self._wall()
         with issuer.lock:
             state = issuer.state
@@ -596,7 +597,8 @@ class TokenVerifier:
             else:
                 if issuer.settings.jwks_url is None:
                     issuer.jwks_url = None  # discover again next time
-                self.policy.on_failure(state, error or "unknown error", now, wall)
+                self.policy.on_failure(state, error or "unknown error", now, wall,
+                                       retry_after=retry_after)
             issuer.fast_until = (self.policy.refresh_at(state)
                                  if state.keys is not None and not state.failing else -math.inf)
             after = state.keys
@@ -615,17 +617,18 @@ class TokenVerifier:
         try:
             result: FetchResult | None = None
             error: str | None = None
+            retry_after: float | None = None
             try:
                 result = await fetch_key_set_async(
                     issuer.settings, self.settings, jwks_url=issuer.jwks_url,
                     etag=issuer.state.etag if issuer.state.keys is not None else None)
             except FetchError as exc:
-                error = str(exc)
+                error, retry_after = str(exc), exc.retry_after
             except Exception as exc:
                 logger.exception("m2m_guard unexpected error fetching keys of %s",
                                  issuer.settings.issuer)
                 error = f"unexpected error: {type(exc).__name__}"
-            self._store(issuer, result, error)
+            self._store(issuer, result, error, retry_after)
         finally:
             with issuer.lock:
                 issuer.flight = None
@@ -641,17 +644,18 @@ class TokenVerifier:
         try:
             result: FetchResult | None = None
             error: str | None = None
+            retry_after: float | None = None
             try:
                 result = fetch_key_set_sync(
                     issuer.settings, self.settings, jwks_url=issuer.jwks_url,
                     etag=issuer.state.etag if issuer.state.keys is not None else None)
             except FetchError as exc:
-                error = str(exc)
+                error, retry_after = str(exc), exc.retry_after
             except Exception as exc:
                 logger.exception("m2m_guard unexpected error fetching keys of %s",
                                  issuer.settings.issuer)
                 error = f"unexpected error: {type(exc).__name__}"
-            self._store(issuer, result, error)
+            self._store(issuer, result, error, retry_after)
         finally:
             with issuer.lock:
                 issuer.flight = None

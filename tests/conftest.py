@@ -87,3 +87,17 @@ def deployment_app(settings: GuardSettings, **middleware_options: Any) -> Starle
     ]
     return Starlette(routes=routes, middleware=[
         Middleware(M2MGuardMiddleware, settings=settings, **middleware_options)])
+
+
+# -- Hypothesis profiles: "ci" (the default, bounded, part of `make test`) and "fuzz" (`make fuzz`,
+# a long run: `pytest tests/fuzz --hypothesis-profile=fuzz`).
+from hypothesis import HealthCheck  # noqa: E402
+from hypothesis import settings as hypothesis_settings  # noqa: E402
+
+hypothesis_settings.register_profile(
+    "ci", max_examples=200, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow])
+hypothesis_settings.register_profile(
+    "fuzz", max_examples=20_000, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+hypothesis_settings.load_profile("ci")
