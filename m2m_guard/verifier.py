@@ -32,8 +32,8 @@ from .errors import GuardError, InvalidToken, IssuerUnavailable
 from .fetch import FetchError, FetchResult, fetch_key_set_async, fetch_key_set_sync
 from .jwks import CachePolicy, Fetch, KeySetState
 from .jws import CompactJWS, HeaderCache, check_signature, check_token_size, parse_compact
-from .keys import VerificationKey
-from .scopes import scopes_from_claims
+from .keys import KeySet, VerificationKey
+from .scopes import ScopeReader, scopes_from_claims
 from .settings import GuardSettings, IssuerSettings
 from .token import AccessToken
 from .token_cache import VerifiedTokenCache
@@ -41,6 +41,7 @@ from .token_cache import VerifiedTokenCache
 __all__ = ["TokenVerifier"]
 
 logger = logging.getLogger("m2m_guard")
+_sha256 = hashlib.sha256
 
 _TYPES = frozenset({"jwt", "at+jwt", "application/at+jwt"})
 _STRICT_TYPES = frozenset({"at+jwt", "application/at+jwt"})
@@ -114,14 +115,17 @@ class _Job:
         self.issuer = issuer
 
 
-# token, the key that verified it, its issuer, and its validity window (not_after, not_before)
-_CacheEntry = tuple[AccessToken, VerificationKey, _Issuer, float, float]
+# token, the key that verified it and the key set it was in, its issuer, and its validity window
+# (not_after, not_before)
+_CacheEntry = tuple[AccessToken, VerificationKey, KeySet | None, _Issuer, float, float]
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
     if name not in claims:
         return None
     value = claims[name]  # present but null is as invalid as a string: not treated as absent
+    if type(value) is int and 0 <= value <= _MAX_NUMERIC_DATE:  # the usual case, checked fast
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise InvalidToken(f"The {name} claim must be a number of seconds.",
                            reason=f"invalid_{name}")
@@ -159,7 +163,9 @@ class TokenVerifier:
         self._types = _STRICT_TYPES if self.settings.strict_typ else _TYPES
         self._required = tuple(dict.fromkeys(("exp", *self.settings.required_claims)))
         self._scope_claims = self.settings.scope_claims
+        self._read_scopes = ScopeReader(self._scope_claims, read=scopes_from_claims)
         self._leeway = self.settings.leeway
+        self._max_token_bytes = self.settings.max_token_bytes
         self._headers = HeaderCache()
         self._tasks: set[asyncio.Task[None]] = set()
         self._threads: set[threading.Thread] = set()
@@ -338,39 +344,28 @@ class TokenVerifier:
     def _cached(self, token: str) -> tuple[AccessToken | None, bytes]:
         if not isinstance(token, str):
             raise InvalidToken("The token must be a string.", reason="malformed")
-        check_token_size(token, self.settings.max_token_bytes)  # before hashing it
-        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        if len(token) > self._max_token_bytes:
+            check_token_size(token, self._max_token_bytes)  # before hashing it
+        digest = _sha256(token.encode("utf-8", "surrogatepass")).digest()
         cache = self._cache
         if cache is None:
             return None, digest
         entry = cache.get(digest)
         if entry is None:
             return None, digest
-        access, key, issuer, not_after, not_before = entry
+        access, key, key_set, issuer, not_after, not_before = entry
         now_wall = self._wall()
-        if (now_wall < not_after and now_wall >= not_before
-                and self._clock() < issuer.fast_until):
+        if not_before <= now_wall < not_after and self._clock() < issuer.fast_until:
             keys = issuer.state.keys
-            if keys is not None and keys.contains(key):
+            # The set that verified it, or a later one that still holds that very key object.
+            if keys is key_set or (keys is not None and keys.contains(key)):
                 return access, digest
         cache.discard(digest)
         return None, digest
 
     def _parse(self, token: str) -> tuple[CompactJWS, dict[str, Any], _Issuer]:
         jws = parse_compact(token, max_bytes=self.settings.max_token_bytes,
-                            header_cache=self._headers)
-        if jws.alg not in self._algorithms:
-            raise InvalidToken("The token's algorithm is not accepted.", reason="algorithm_refused")
-        typ = jws.header.get("typ")
-        # Present members must have their type: `"typ": null` is refused, not read as absent.
-        if "typ" in jws.header and (not isinstance(typ, str) or typ.lower() not in self._types):
-            raise InvalidToken("The token type is not accepted for access tokens.",
-                               reason="type_refused")
-        if "typ" not in jws.header and self.settings.strict_typ:
-            raise InvalidToken("The token has no typ; at+jwt is required.", reason="type_refused")
-        if "cty" in jws.header:
-            raise InvalidToken("Nested or typed content (cty) is not accepted.",
-                               reason="cty_refused")
+                            header_cache=self._headers, header_rules=self._check_header)
         try:
             claims = loads_json(jws.payload)
         except ValueError:
@@ -383,6 +378,22 @@ class TokenVerifier:
         if issuer is None:
             raise InvalidToken("The token's issuer is not trusted.", reason="untrusted_issuer")
         return jws, claims, issuer
+
+    def _check_header(self, header: Mapping[str, Any], alg: str) -> None:
+        """This verifier's header rules (algorithm allow-list, `typ`, `cty`). They run once per
+        distinct header segment: `parse_compact` remembers headers that passed them."""
+        if alg not in self._algorithms:
+            raise InvalidToken("The token's algorithm is not accepted.", reason="algorithm_refused")
+        typ = header.get("typ")
+        # Present members must have their type: `"typ": null` is refused, not read as absent.
+        if "typ" in header and (not isinstance(typ, str) or typ.lower() not in self._types):
+            raise InvalidToken("The token type is not accepted for access tokens.",
+                               reason="type_refused")
+        if "typ" not in header and self.settings.strict_typ:
+            raise InvalidToken("The token has no typ; at+jwt is required.", reason="type_refused")
+        if "cty" in header:
+            raise InvalidToken("Nested or typed content (cty) is not accepted.",
+                               reason="cty_refused")
 
     def _pick(self, issuer: _Issuer, jws: CompactJWS) -> VerificationKey | None:
         keys = issuer.state.keys
@@ -467,11 +478,15 @@ class TokenVerifier:
         check_signature(jws, key)
         not_after, not_before = self._check_claims(claims)
         access = AccessToken.from_claims(
-            claims, scopes_from_claims(claims, self._scope_claims), algorithm=jws.alg,
+            claims, self._read_scopes(claims), algorithm=jws.alg,
             key_id=jws.kid, fingerprint=digest[:8].hex(),
         )
         if self._cache is not None:
-            self._cache.put(digest, (access, key, job.issuer, not_after, not_before),
+            # Remember the current set only if it holds the key (a refresh may have replaced
+            # the set the key came from); a hit then needs only an identity check.
+            keys = job.issuer.state.keys
+            key_set = keys if keys is not None and keys.contains(key) else None
+            self._cache.put(digest, (access, key, key_set, job.issuer, not_after, not_before),
                             len(jws.signing_input) + len(jws.signature))
         return access
 
