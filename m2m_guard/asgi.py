@@ -28,7 +28,7 @@ from .starlette import ClientUser
 from .token import AccessToken
 from .verifier import TokenVerifier
 
-__all__ = ["M2MGuardMiddleware", "PathRules"]
+__all__ = ["M2MGuardMiddleware", "PathRules", "TokenCredentials"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -39,6 +39,38 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 logger = logging.getLogger("m2m_guard")
 _SCOPE_KEY = "m2m_guard.token"
 _UNAUTHENTICATED = (AuthCredentials(), UnauthenticatedUser())
+
+
+_AUTH_MEMO_SIZE = 4096
+
+
+class TokenCredentials(AuthCredentials):
+    """`AuthCredentials` whose `scopes` (sorted) cannot be changed: one instance is shared by
+    every request that presents the same cached token."""
+
+    def __init__(self, scopes: frozenset[str]) -> None:
+        # The base class would store a list; a tuple behind a read-only property is the same
+        # to `requires()` and to `request.auth.scopes` readers, and cannot be changed.
+        self._scopes = tuple(sorted(scopes))
+
+    @property
+    def scopes(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self._scopes
+
+
+class _SendTracker:
+    """The app's `send`: notes that the response started and hands the message on (a plain call
+    returning the server's awaitable: no extra coroutine per message)."""
+
+    __slots__ = ("send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    def __call__(self, message: Message) -> Awaitable[None]:
+        self.started = True
+        return self.send(message)
 
 
 class PathRules:
@@ -81,6 +113,7 @@ class M2MGuardMiddleware:
         self.settings = self.verifier.settings
         self._owns_verifier = verifier is None
         self._paths = PathRules(tuple(self.settings.public_paths))
+        self._auth_memo: dict[int, tuple[AccessToken, AuthCredentials]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -115,16 +148,11 @@ class M2MGuardMiddleware:
         if access is None:
             scope["auth"], scope["user"] = _UNAUTHENTICATED
         else:
-            scope["auth"] = AuthCredentials(sorted(access.scopes))
+            scope["auth"] = self._credentials(access)
             scope["user"] = ClientUser(access)
         marker = set_current_token(access)
-        started = False
+        tracker = _SendTracker(send)
         connect_consumed = False
-
-        async def send_tracking(message: Message) -> None:
-            nonlocal started
-            started = True
-            await send(message)
 
         async def receive_tracking() -> Message:
             nonlocal connect_consumed
@@ -134,15 +162,28 @@ class M2MGuardMiddleware:
 
         try:
             if scope["type"] == "http":
-                await self.app(scope, receive, send_tracking)
+                await self.app(scope, receive, tracker)
             else:  # a websocket endpoint may read the connect event before refusing
-                await self.app(scope, receive_tracking, send_tracking)
+                await self.app(scope, receive_tracking, tracker)
         except GuardError as exc:
-            if started:
+            if tracker.started:
                 raise
             await self._refuse(scope, receive, send, exc, connect_consumed=connect_consumed)
         finally:
             reset_current_token(marker)
+
+    def _credentials(self, access: AccessToken) -> AuthCredentials:
+        """Starlette's `request.auth` for `access`, made once per token: a cached token comes
+        back as the same object, and its credentials are read-only, so they can be shared."""
+        found = self._auth_memo.get(id(access))
+        if found is not None and found[0] is access:  # the memo holds `access`: ids stay unique
+            return found[1]
+        credentials = TokenCredentials(access.scopes)
+        memo = self._auth_memo
+        if len(memo) >= _AUTH_MEMO_SIZE:
+            memo.clear()
+        memo[id(access)] = (access, credentials)
+        return credentials
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, exc: GuardError, *,
                       connect_consumed: bool = False) -> None:

@@ -120,6 +120,42 @@ class _Job:
 _CacheEntry = tuple[AccessToken, VerificationKey, KeySet | None, _Issuer, float, float]
 
 
+class _SharedStrings:
+    """Claim names and the claim values that repeat from token to token (issuer, client,
+    organization, audience, scopes) shared between cached claim sets, so that 10,000 cached
+    tokens do not hold 10,000 copies of "client_id" or of the issuer URL. Bounded: the table is
+    emptied when full (strings already shared stay shared)."""
+
+    __slots__ = ("table",)
+
+    SIZE = 4096
+    VALUES = frozenset({"iss", "sub", "client_id", "azp", "cid", "appid", "oid", "org_id", "aud",
+                        "scope", "scopes", "scp", "typ", "tid", "ver"})
+
+    def __init__(self) -> None:
+        self.table: dict[str, str] = {}
+
+    def share(self, claims: dict[str, Any]) -> dict[str, Any]:
+        """A copy of `claims` (top level) using shared strings; the values are equal."""
+        table = self.table
+        if len(table) >= self.SIZE:
+            table.clear()
+        shared = table.setdefault
+        values = self.VALUES
+        result: dict[str, Any] = {}
+        for name, value in claims.items():
+            name = shared(name, name)
+            if name in values:
+                kind = type(value)
+                if kind is str and len(value) <= 512:
+                    value = shared(value, value)
+                elif kind is list and len(value) <= 64:
+                    value = [shared(item, item) if type(item) is str and len(item) <= 512
+                             else item for item in value]
+            result[name] = value
+        return result
+
+
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
     if name not in claims:
         return None
@@ -167,6 +203,7 @@ class TokenVerifier:
         self._leeway = self.settings.leeway
         self._max_token_bytes = self.settings.max_token_bytes
         self._headers = HeaderCache()
+        self._strings = _SharedStrings()
         self._tasks: set[asyncio.Task[None]] = set()
         self._threads: set[threading.Thread] = set()
         self._closed = False
@@ -477,6 +514,8 @@ class TokenVerifier:
         jws, claims, digest = job.jws, job.claims, job.digest
         check_signature(jws, key)
         not_after, not_before = self._check_claims(claims)
+        if self._cache is not None:
+            claims = self._strings.share(claims)
         access = AccessToken.from_claims(
             claims, self._read_scopes(claims), algorithm=jws.alg,
             key_id=jws.kid, fingerprint=digest[:8].hex(),
