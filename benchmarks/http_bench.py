@@ -61,8 +61,11 @@ class _Server:
         else:
             command = [sys.executable, "-m", "waitress", "--host=127.0.0.1",
                        f"--port={self.port}", "--call", "benchmarks.apps:make_wsgi"]
+        # A file, not a pipe: a server that logs a lot (waitress's queue warnings) must never
+        # block on a full pipe in the middle of a measurement.
+        self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(command, env=env, cwd=Path(__file__).parent.parent,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                        stdout=subprocess.DEVNULL, stderr=self.log)
 
     @property
     def url(self) -> str:
@@ -72,8 +75,8 @@ class _Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                error = self.process.stderr.read().decode(errors="replace") \
-                    if self.process.stderr else ""
+                self.log.seek(0)
+                error = self.log.read().decode(errors="replace")
                 raise RuntimeError(f"benchmark server exited: {error[-500:]}")
             try:
                 httpx.get(self.url, timeout=1.0)
@@ -89,6 +92,7 @@ class _Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(5)
+        self.log.close()
 
 
 def _wrk(url: str, seconds: float, script: Path | None, header: str | None) -> float:
@@ -104,8 +108,8 @@ def _wrk(url: str, seconds: float, script: Path | None, header: str | None) -> f
     if failures and int(failures.group(1)) > 0:
         raise RuntimeError(f"wrk saw {failures.group(1)} refused requests at {url}")
     found = _RATE.search(output)
-    if found is None:
-        raise RuntimeError(f"wrk printed no rate: {output[-300:]}")
+    if found is None or float(found.group(1)) <= 0:
+        raise RuntimeError(f"wrk measured nothing at {url}: {output[-300:]}")
     return float(found.group(1))
 
 

@@ -567,9 +567,10 @@ class TokenVerifier:
             else:
                 raise InvalidToken("The aud claim must be a string or an array of strings.",
                                    reason="invalid_aud")
-            if not all(isinstance(item, str) for item in audiences):
-                raise InvalidToken("The aud claim must be a string or an array of strings.",
-                                   reason="invalid_aud")
+            for item in audiences:
+                if not isinstance(item, str):
+                    raise InvalidToken("The aud claim must be a string or an array of strings.",
+                                       reason="invalid_aud")
             if self._audiences.isdisjoint(audiences):
                 raise InvalidToken("The token is not meant for this audience.",
                                    reason="wrong_audience")
