@@ -41,7 +41,9 @@ _SCOPE_KEY = "m2m_guard.token"
 _UNAUTHENTICATED = (AuthCredentials(), UnauthenticatedUser())
 
 
-_AUTH_MEMO_SIZE = 4096
+# Credentials are shared per cached token; the memo keeps its tokens alive, so it stays small
+# (machine clients are few, and each presents one token for its lifetime).
+_AUTH_MEMO_SIZE = 256
 
 
 class TokenCredentials(AuthCredentials):
@@ -179,6 +181,8 @@ class M2MGuardMiddleware:
         if found is not None and found[0] is access:  # the memo holds `access`: ids stay unique
             return found[1]
         credentials = TokenCredentials(access.scopes)
+        if self.settings.token_cache_size == 0:  # no token comes back as the same object
+            return credentials
         memo = self._auth_memo
         if len(memo) >= _AUTH_MEMO_SIZE:
             memo.clear()

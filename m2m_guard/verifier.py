@@ -121,39 +121,52 @@ _CacheEntry = tuple[AccessToken, VerificationKey, KeySet | None, _Issuer, float,
 
 
 class _SharedStrings:
-    """Claim names and the claim values that repeat from token to token (issuer, client,
-    organization, audience, scopes) shared between cached claim sets, so that 10,000 cached
-    tokens do not hold 10,000 copies of "client_id" or of the issuer URL. Bounded: the table is
-    emptied when full (strings already shared stay shared)."""
+    """Claim names, and the claim values that repeat from token to token (issuer, client,
+    organization, audience, scopes), shared between cached claim sets, so that 10,000 cached
+    tokens do not hold 10,000 copies of "client_id" or of the issuer URL.
 
-    __slots__ = ("table",)
+    The claim set of the latest token whose names (in order) differ from the template's becomes
+    the template; a later claim set with the same names gets the template's name objects, and at
+    each sharing position a value equal to the template's is replaced by the template's object.
+    Only strings and arrays of strings are shared (an equal value is then the same value of the
+    same type), and the raw claims are never mutated after verification, so sharing cannot change
+    what a token says. Safe across threads: the template is one tuple, replaced at once.
+    """
 
-    SIZE = 4096
+    __slots__ = ("template",)
+
     VALUES = frozenset({"iss", "sub", "client_id", "azp", "cid", "appid", "oid", "org_id", "aud",
                         "scope", "scopes", "scp", "typ", "tid", "ver"})
 
     def __init__(self) -> None:
-        self.table: dict[str, str] = {}
+        self.template: tuple[tuple[str, ...], tuple[int, ...], list[Any]] | None = None
 
     def share(self, claims: dict[str, Any]) -> dict[str, Any]:
-        """A copy of `claims` (top level) using shared strings; the values are equal."""
-        table = self.table
-        if len(table) >= self.SIZE:
-            table.clear()
-        shared = table.setdefault
-        values = self.VALUES
-        result: dict[str, Any] = {}
-        for name, value in claims.items():
-            name = shared(name, name)
-            if name in values:
-                kind = type(value)
-                if kind is str and len(value) <= 512:
-                    value = shared(value, value)
-                elif kind is list and len(value) <= 64:
-                    value = [shared(item, item) if type(item) is str and len(item) <= 512
-                             else item for item in value]
-            result[name] = value
-        return result
+        """`claims` with shared objects where possible (equal values, same names)."""
+        names = tuple(claims)
+        template = self.template
+        if template is None or names != template[0]:
+            positions = tuple(i for i, name in enumerate(names) if name in self.VALUES)
+            models = [value if _shareable(value) else None for value in claims.values()]
+            self.template = (names, positions, models)
+            return claims
+        shared_names, positions, models = template
+        values = list(claims.values())
+        for i in positions:
+            value, model = values[i], models[i]
+            if model is not None and value == model:
+                values[i] = model
+            elif _shareable(value):
+                models[i] = value  # a new client or audience: share this one from now on
+        return dict(zip(shared_names, values, strict=True))
+
+
+def _shareable(value: Any) -> bool:
+    kind = type(value)
+    if kind is str:
+        return len(value) <= 512
+    return (kind is list and len(value) <= 64
+            and all(type(item) is str and len(item) <= 512 for item in value))
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float | None:

@@ -244,3 +244,25 @@ def test_starlette_credentials_of_a_cached_token_are_read_only(issuer: KeySetSer
         answers = [client.get("/", headers={"Authorization": f"Bearer {token}"}).json()
                    for _ in range(2)]
     assert answers[0] == answers[1] == {"scopes": ["deploy:applications", "read:deployments"]}
+
+
+def test_shared_claim_objects_never_change_a_value_or_its_type() -> None:
+    """Cached tokens of one shape share equal names and values; an equal-looking value of
+    another type (1 and true, "1" and 1) is never swapped in."""
+    key = SigningKey.generate("EdDSA")
+    with KeySetServer([key]) as issuer:
+        verifier = TokenVerifier(_settings(issuer))
+        first = verifier.verify_sync(issuer.mint(ver=1, tid="tenant-1"))
+        second = verifier.verify_sync(issuer.mint(ver=True, tid="tenant-1"))
+        third = verifier.verify_sync(issuer.mint(ver="1", tid="tenant-2"))
+        assert first.claims["ver"] == 1 and type(first.claims["ver"]) is int
+        assert second.claims["ver"] is True
+        assert third.claims["ver"] == "1" and third.claims["tid"] == "tenant-2"
+        assert second.claims["tid"] == "tenant-1"
+        # Equal strings and string arrays are one object between cached claim sets.
+        assert second._raw["iss"] is first._raw["iss"]
+        assert second._raw["aud"] is first._raw["aud"]
+        assert second._raw["tid"] is first._raw["tid"]
+        assert [name for name in second._raw] == [name for name in first._raw]
+        assert all(a is b for a, b in zip(second._raw, first._raw))
+        assert third.audience == ("deployment-api",) and third.scopes == first.scopes
