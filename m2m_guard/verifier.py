@@ -449,6 +449,10 @@ class TokenVerifier:
         keys = issuer.state.keys
         if keys is None:
             return None
+        if jws.kid is not None:  # the usual case, one key for the kid, without a list
+            pool = keys.by_kid.get(jws.kid)
+            if pool is not None and len(pool) == 1 and jws.alg in pool[0].verifiers:
+                return pool[0]
         candidates = keys.candidates(jws.kid, jws.alg)
         if len(candidates) == 1:
             return candidates[0]
