@@ -33,7 +33,7 @@ from .starlette import ClientUser
 from .token import AccessToken
 from .verifier import TokenVerifier
 
-__all__ = ["M2MGuardMiddleware", "PathRules"]
+__all__ = ["M2MGuardMiddleware", "PathRules", "TokenCredentials"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -44,6 +44,40 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 logger = logging.getLogger("m2m_guard")
 _SCOPE_KEY = "m2m_guard.token"
 _UNAUTHENTICATED = (AuthCredentials(), UnauthenticatedUser())
+
+
+# Credentials are shared per cached token; the memo keeps its tokens alive, so it stays small
+# (machine clients are few, and each presents one token for its lifetime).
+_AUTH_MEMO_SIZE = 256
+
+
+class TokenCredentials(AuthCredentials):
+    """`AuthCredentials` whose `scopes` (sorted) cannot be changed: one instance is shared by
+    every request that presents the same cached token."""
+
+    def __init__(self, scopes: frozenset[str]) -> None:
+        # The base class would store a list; a tuple behind a read-only property is the same
+        # to `requires()` and to `request.auth.scopes` readers, and cannot be changed.
+        self._scopes = tuple(sorted(scopes))
+
+    @property
+    def scopes(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self._scopes
+
+
+class _SendTracker:
+    """The app's `send`: notes that the response started and hands the message on (a plain call
+    returning the server's awaitable: no extra coroutine per message)."""
+
+    __slots__ = ("send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    def __call__(self, message: Message) -> Awaitable[None]:
+        self.started = True
+        return self.send(message)
 
 
 def _authorization_values(headers: list[tuple[bytes, bytes]]) -> list[str]:
@@ -77,6 +111,7 @@ class M2MGuardMiddleware:
         # Health and RFC 9728 endpoints (None unless configured) and the challenge parameter.
         self._endpoints = OperationalEndpoints.for_verifier(self.verifier)
         self._resource_metadata = challenge_url(self.settings)
+        self._auth_memo: dict[int, tuple[AccessToken, AuthCredentials]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -116,16 +151,11 @@ class M2MGuardMiddleware:
         if access is None:
             scope["auth"], scope["user"] = _UNAUTHENTICATED
         else:
-            scope["auth"] = AuthCredentials(sorted(access.scopes))
+            scope["auth"] = self._credentials(access)
             scope["user"] = ClientUser(access)
         marker = set_current_token(access)
-        started = False
+        tracker = _SendTracker(send)
         connect_consumed = False
-
-        async def send_tracking(message: Message) -> None:
-            nonlocal started
-            started = True
-            await send(message)
 
         async def receive_tracking() -> Message:
             nonlocal connect_consumed
@@ -135,15 +165,30 @@ class M2MGuardMiddleware:
 
         try:
             if scope["type"] == "http":
-                await self.app(scope, receive, send_tracking)
+                await self.app(scope, receive, tracker)
             else:  # a websocket endpoint may read the connect event before refusing
-                await self.app(scope, receive_tracking, send_tracking)
+                await self.app(scope, receive_tracking, tracker)
         except GuardError as exc:
-            if started:
+            if tracker.started:
                 raise
             await self._refuse(scope, receive, send, exc, connect_consumed=connect_consumed)
         finally:
             reset_current_token(marker)
+
+    def _credentials(self, access: AccessToken) -> AuthCredentials:
+        """Starlette's `request.auth` for `access`, made once per token: a cached token comes
+        back as the same object, and its credentials are read-only, so they can be shared."""
+        found = self._auth_memo.get(id(access))
+        if found is not None and found[0] is access:  # the memo holds `access`: ids stay unique
+            return found[1]
+        credentials = TokenCredentials(access.scopes)
+        if self.settings.token_cache_size == 0:  # no token comes back as the same object
+            return credentials
+        memo = self._auth_memo
+        if len(memo) >= _AUTH_MEMO_SIZE:
+            memo.clear()
+        memo[id(access)] = (access, credentials)
+        return credentials
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, exc: GuardError, *,
                       connect_consumed: bool = False) -> None:

@@ -15,9 +15,10 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Callable
 from typing import Any, NoReturn
 
-__all__ = ["b64url_decode", "b64url_encode", "loads_json", "is_b64url"]
+__all__ = ["b64url_decode", "b64url_encode", "loads_json", "is_b64url", "is_b64url_framing"]
 
 _ALPHABET = re.compile(r"[A-Za-z0-9_-]*")
 # For a length of 2 or 3 modulo 4, the last character carries 4 or 2 unused low bits.
@@ -31,6 +32,12 @@ def is_b64url(segment: str) -> bool:
     """True when `segment` is canonical unpadded base64url."""
     if _ALPHABET.fullmatch(segment) is None:
         return False
+    return is_b64url_framing(segment)
+
+
+def is_b64url_framing(segment: str) -> bool:
+    """For a segment already known to use only the base64url alphabet: True when its length and
+    last character make it canonical (no impossible length, no stray bits in the last one)."""
     rem = len(segment) % 4
     if rem == 0:
         return True
@@ -70,6 +77,7 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 _DECODER = json.JSONDecoder(object_pairs_hook=_unique_object, parse_constant=_reject_constant)
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def loads_json(data: bytes) -> Any:
@@ -81,6 +89,16 @@ def loads_json(data: bytes) -> Any:
     if text.startswith("\ufeff"):
         raise ValueError("JSON starts with a byte-order mark")
     try:
+        # Fast path: compact JSON (no surrounding whitespace) is parsed by the C scanner alone,
+        # with the same duplicate-name hook; anything else goes through the full decoder, which
+        # gives the precise error.
+        try:
+            value, end = _SCAN(text, 0)
+        except (StopIteration, ValueError):
+            pass
+        else:
+            if end == len(text):
+                return value
         return _DECODER.decode(text)
     except RecursionError:
         raise ValueError("JSON is nested too deeply") from None

@@ -12,12 +12,12 @@ are never used to find a key. Every failure raises `InvalidToken` with a `reason
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import binascii
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
-from .encoding import b64url_decode, loads_json
+from .encoding import b64url_decode, is_b64url_framing, loads_json
 from .errors import InvalidToken
 from .keys import KeyRejected, VerificationKey, load_jwk
 from .settings import ASYMMETRIC_ALGORITHMS
@@ -27,11 +27,20 @@ __all__ = ["CompactJWS", "HeaderCache", "check_signature", "check_token_size", "
 
 _ACCEPTED_ALGS = frozenset(ASYMMETRIC_ALGORITHMS)
 _MAX_KID_LENGTH = 256
+_B64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+# One pass maps a token to the standard base64 alphabet, keeps the dots and turns every other
+# byte into "!", which then shows that the token needs the slow, exact path.
+_TO_STANDARD = bytes(
+    {ord("-"): ord("+"), ord("_"): ord("/"), ord("."): ord(".")}.get(
+        i, i if i in _B64URL else ord("!")) for i in range(256))
+_PADDING = (b"", b"", b"==", b"=")
 
 
-@dataclass(frozen=True, slots=True)
-class CompactJWS:
-    """A compact JWS whose framing and header passed the rules; the signature is not yet checked."""
+class CompactJWS(NamedTuple):
+    """A compact JWS whose framing and header passed the rules; the signature is not yet checked.
+
+    Immutable (a named tuple: built once per request, it must be cheap to make).
+    """
 
     header: Mapping[str, Any]
     alg: str
@@ -79,29 +88,34 @@ def check_token_size(token: str, max_bytes: int) -> None:
 
 
 def parse_compact(token: str, *, max_bytes: int = 16384,
-                  header_cache: HeaderCache | None = None) -> CompactJWS:
+                  header_cache: HeaderCache | None = None,
+                  header_rules: Callable[[Mapping[str, Any], str], None] | None = None,
+                  ) -> CompactJWS:
     """Check the framing and header of a compact JWS; raise `InvalidToken` on any defect.
 
     With `header_cache`, a header segment seen before and found valid is not decoded again.
+    `header_rules(header, alg)` adds the caller's own header checks (raising `InvalidToken`); they
+    run before a header enters `header_cache`, so a cache must only ever be used with the same
+    rules (a verifier owns its cache).
     """
     if not isinstance(token, str):
         raise InvalidToken("The token must be a string.", reason="malformed")
     check_token_size(token, max_bytes)
-    if token.count(".") != 2:
+    parts = token.split(".")
+    if len(parts) != 3:
         raise InvalidToken("The token is not a compact JWS (three dot-separated segments).",
                            reason="malformed")
-    header_b64, payload_b64, signature_b64 = token.split(".")
+    header_b64, payload_b64, signature_b64 = parts
     if not header_b64 or not signature_b64:
         raise InvalidToken("The token has an empty header or signature.", reason="malformed")
     known = header_cache.get(header_b64) if header_cache is not None else None
+    decoded = _decode_segments(token, header_b64, payload_b64, signature_b64,
+                               with_header=known is None)
+    signing_end = len(header_b64) + 1 + len(payload_b64)
     if known is not None:
-        payload = _segment(payload_b64, "payload")
-        signature = _segment(signature_b64, "signature")
-        signing_input = token[: len(header_b64) + 1 + len(payload_b64)].encode("ascii")
-        return CompactJWS(known[0], known[1], known[2], signing_input, payload, signature)
-    raw_header = _segment(header_b64, "header")
-    payload = _segment(payload_b64, "payload")
-    signature = _segment(signature_b64, "signature")
+        return CompactJWS(known[0], known[1], known[2], decoded[3][:signing_end], decoded[1],
+                          decoded[2])
+    raw_header, payload, signature, ascii_token = decoded
     try:
         header = loads_json(raw_header)
     except ValueError:
@@ -124,19 +138,56 @@ def parse_compact(token: str, *, max_bytes: int = 16384,
     if "kid" in header and (not isinstance(kid, str) or not kid or len(kid) > _MAX_KID_LENGTH):
         raise InvalidToken("The token's kid must be a non-empty string of at most 256 characters.",
                            reason="invalid_kid")
-    signing_input = token[: len(header_b64) + 1 + len(payload_b64)].encode("ascii")
     frozen = MappingProxyType(header)
+    if header_rules is not None:
+        header_rules(frozen, alg)
     if header_cache is not None:
         header_cache.put(header_b64, frozen, alg, kid)
-    return CompactJWS(frozen, alg, kid, signing_input, payload, signature)
+    return CompactJWS(frozen, alg, kid, ascii_token[:signing_end], payload, signature)
+
+
+def _decode_segments(token: str, header_b64: str, payload_b64: str, signature_b64: str, *,
+                     with_header: bool) -> tuple[bytes, bytes, bytes, bytes]:
+    """(header, payload, signature, the token as ASCII bytes); header is b"" without
+    `with_header`. Raises `InvalidToken` naming the first segment that is not canonical.
+
+    The common case (every character in the base64url alphabet) is checked once for the whole
+    token and translated to the standard alphabet in one pass; each segment then only needs its
+    length and last character checked. Anything else takes the per-segment path for the exact
+    error.
+    """
+    if token.isascii():
+        ascii_token = token.encode("ascii")
+        standard = ascii_token.translate(_TO_STANDARD)
+        if b"!" not in standard and (
+            (not with_header or is_b64url_framing(header_b64))
+            and is_b64url_framing(payload_b64) and is_b64url_framing(signature_b64)
+        ):
+            start = len(header_b64) + 1
+            end = start + len(payload_b64)
+            a2b = binascii.a2b_base64
+            try:
+                return (
+                    a2b(standard[:start - 1] + _PADDING[(start - 1) % 4]) if with_header else b"",
+                    a2b(standard[start:end] + _PADDING[len(payload_b64) % 4]),
+                    a2b(standard[end + 1:] + _PADDING[len(signature_b64) % 4]),
+                    ascii_token,
+                )
+            except binascii.Error:  # pragma: no cover - excluded by the checks above
+                pass
+    header = _segment(header_b64, "header") if with_header else b""
+    payload = _segment(payload_b64, "payload")
+    signature = _segment(signature_b64, "signature")
+    return header, payload, signature, token.encode("ascii")
 
 
 def check_signature(jws: CompactJWS, key: VerificationKey) -> None:
     """Raise `InvalidToken` unless `key` accepts the token's `alg` and its signature verifies."""
-    if jws.alg not in key.verifiers:
+    check = key.verifiers.get(jws.alg)
+    if check is None:
         raise InvalidToken("The token's algorithm does not match its key.",
                            reason="algorithm_mismatch")
-    if not key.verify(jws.alg, jws.signing_input, jws.signature):
+    if not check(jws.signing_input, jws.signature):
         raise InvalidToken("The token signature is invalid.", reason="bad_signature")
 
 

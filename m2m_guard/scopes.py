@@ -11,7 +11,7 @@ claim count for nothing: it is ignored, never coerced.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,7 @@ from .errors import InsufficientScope
 if TYPE_CHECKING:
     from .token import AccessToken
 
-__all__ = ["ScopeRequirement", "scopes_from_claims", "validate_scopes"]
+__all__ = ["ScopeReader", "ScopeRequirement", "scopes_from_claims", "validate_scopes"]
 
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
@@ -54,6 +54,43 @@ def scopes_from_claims(claims: Mapping[str, Any], names: Iterable[str]) -> froze
         if value is not None:
             found.update(_claim_scopes(name, value))
     return frozenset(found)
+
+
+class ScopeReader:
+    """`scopes_from_claims` for fixed claim names, remembering the answer per distinct set of
+    claim values (a client's tokens carry the same scopes), at most `size` of them.
+
+    The memo key is the claim values themselves (arrays as tuples), so two claim sets share an
+    answer only when `scopes_from_claims` would give both the same one.
+    """
+
+    __slots__ = ("memo", "names", "read", "size")
+
+    def __init__(self, names: Iterable[str], size: int = 1024, *,
+                 read: Callable[[Mapping[str, Any], Iterable[str]], frozenset[str]] | None = None,
+                 ) -> None:
+        self.names = tuple(names)
+        self.size = size
+        self.read = read if read is not None else scopes_from_claims
+        self.memo: dict[tuple[Any, ...], frozenset[str]] = {}
+
+    def __call__(self, claims: Mapping[str, Any]) -> frozenset[str]:
+        key = []
+        for name in self.names:
+            value = claims.get(name)
+            key.append(tuple(value) if type(value) is list else value)
+        memo_key = tuple(key)
+        try:
+            return self.memo[memo_key]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable value (an object in an array): not memoised
+            return self.read(claims, self.names)
+        found = self.read(claims, self.names)
+        if len(self.memo) >= self.size:
+            self.memo.clear()
+        self.memo[memo_key] = found
+        return found
 
 
 def validate_scopes(scopes: Iterable[str]) -> tuple[str, ...]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from types import MappingProxyType
@@ -63,7 +63,16 @@ class AccessToken:
     def from_claims(cls, claims: dict[str, Any], scopes: frozenset[str], *, algorithm: str,
                     key_id: str | None, fingerprint: str) -> AccessToken:
         """For the verifier: `claims` must be a fresh dict nobody else keeps a reference to."""
-        return cls(claims, scopes, algorithm, key_id, fingerprint)
+        # Filled through the slot descriptors: the same result as `cls(...)`, without the
+        # frozen dataclass's per-field `object.__setattr__` (this runs once per verification).
+        token = _new(cls)
+        _SET_RAW(token, claims)
+        _SET_SCOPES(token, scopes)
+        _SET_ALGORITHM(token, algorithm)
+        _SET_KEY_ID(token, key_id)
+        _SET_FINGERPRINT(token, fingerprint)
+        _SET_FROZEN(token, None)
+        return token
 
     @property
     def claims(self) -> Mapping[str, Any]:
@@ -134,3 +143,18 @@ class AccessToken:
     def __repr__(self) -> str:
         return (f"AccessToken(client_id={self.client_id!r}, issuer={self.issuer!r}, "
                 f"scopes={sorted(self.scopes)!r}, fingerprint={self.fingerprint!r})")
+
+
+
+def _slot_setter(name: str) -> Callable[[Any, Any], None]:
+    setter: Callable[[Any, Any], None] = vars(AccessToken)[name].__set__
+    return setter
+
+
+_new = object.__new__
+_SET_RAW = _slot_setter("_raw")
+_SET_SCOPES = _slot_setter("scopes")
+_SET_ALGORITHM = _slot_setter("algorithm")
+_SET_KEY_ID = _slot_setter("key_id")
+_SET_FINGERPRINT = _slot_setter("fingerprint")
+_SET_FROZEN = _slot_setter("_frozen")

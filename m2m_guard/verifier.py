@@ -33,9 +33,9 @@ from .events import EventStream, Subscriber, subscribe
 from .fetch import FetchError, FetchResult, fetch_key_set_async, fetch_key_set_sync
 from .jwks import CachePolicy, Fetch, KeySetState
 from .jws import CompactJWS, HeaderCache, check_signature, check_token_size, parse_compact
-from .keys import VerificationKey
+from .keys import KeySet, VerificationKey
 from .logs import log_key_set, log_refusal
-from .scopes import scopes_from_claims
+from .scopes import ScopeReader, scopes_from_claims
 from .settings import GuardSettings, IssuerSettings
 from .token import AccessToken
 from .token_cache import VerifiedTokenCache
@@ -43,6 +43,7 @@ from .token_cache import VerifiedTokenCache
 __all__ = ["TokenVerifier"]
 
 logger = logging.getLogger("m2m_guard")
+_sha256 = hashlib.sha256
 
 _TYPES = frozenset({"jwt", "at+jwt", "application/at+jwt"})
 _STRICT_TYPES = frozenset({"at+jwt", "application/at+jwt"})
@@ -117,14 +118,66 @@ class _Job:
         self.issuer = issuer
 
 
-# token, the key that verified it, its issuer, and its validity window (not_after, not_before)
-_CacheEntry = tuple[AccessToken, VerificationKey, _Issuer, float, float]
+# token, the key that verified it and the key set it was in, its issuer, and its validity window
+# (not_after, not_before)
+_CacheEntry = tuple[AccessToken, VerificationKey, KeySet | None, _Issuer, float, float]
+
+
+class _SharedStrings:
+    """Claim names, and the claim values that repeat from token to token (issuer, client,
+    organization, audience, scopes), shared between cached claim sets, so that 10,000 cached
+    tokens do not hold 10,000 copies of "client_id" or of the issuer URL.
+
+    The claim set of the latest token whose names (in order) differ from the template's becomes
+    the template; a later claim set with the same names gets the template's name objects, and at
+    each sharing position a value equal to the template's is replaced by the template's object.
+    Only strings and arrays of strings are shared (an equal value is then the same value of the
+    same type), and the raw claims are never mutated after verification, so sharing cannot change
+    what a token says. Safe across threads: the template is one tuple, replaced at once.
+    """
+
+    __slots__ = ("template",)
+
+    VALUES = frozenset({"iss", "sub", "client_id", "azp", "cid", "appid", "oid", "org_id", "aud",
+                        "scope", "scopes", "scp", "typ", "tid", "ver"})
+
+    def __init__(self) -> None:
+        self.template: tuple[tuple[str, ...], tuple[int, ...], list[Any]] | None = None
+
+    def share(self, claims: dict[str, Any]) -> dict[str, Any]:
+        """`claims` with shared objects where possible (equal values, same names)."""
+        names = tuple(claims)
+        template = self.template
+        if template is None or names != template[0]:
+            positions = tuple(i for i, name in enumerate(names) if name in self.VALUES)
+            models = [value if _shareable(value) else None for value in claims.values()]
+            self.template = (names, positions, models)
+            return claims
+        shared_names, positions, models = template
+        values = list(claims.values())
+        for i in positions:
+            value, model = values[i], models[i]
+            if model is not None and value == model:
+                values[i] = model
+            elif _shareable(value):
+                models[i] = value  # a new client or audience: share this one from now on
+        return dict(zip(shared_names, values, strict=True))
+
+
+def _shareable(value: Any) -> bool:
+    kind = type(value)
+    if kind is str:
+        return len(value) <= 512
+    return (kind is list and len(value) <= 64
+            and all(type(item) is str and len(item) <= 512 for item in value))
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
     if name not in claims:
         return None
     value = claims[name]  # present but null is as invalid as a string: not treated as absent
+    if type(value) is int and 0 <= value <= _MAX_NUMERIC_DATE:  # the usual case, checked fast
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise InvalidToken(f"The {name} claim must be a number of seconds.",
                            reason=f"invalid_{name}")
@@ -165,8 +218,11 @@ class TokenVerifier:
         self._types = _STRICT_TYPES if self.settings.strict_typ else _TYPES
         self._required = tuple(dict.fromkeys(("exp", *self.settings.required_claims)))
         self._scope_claims = self.settings.scope_claims
+        self._read_scopes = ScopeReader(self._scope_claims, read=scopes_from_claims)
         self._leeway = self.settings.leeway
+        self._max_token_bytes = self.settings.max_token_bytes
         self._headers = HeaderCache()
+        self._strings = _SharedStrings()
         self._tasks: set[asyncio.Task[None]] = set()
         self._threads: set[threading.Thread] = set()
         self._closed = False
@@ -386,39 +442,28 @@ class TokenVerifier:
     def _cached(self, token: str) -> tuple[AccessToken | None, bytes]:
         if not isinstance(token, str):
             raise InvalidToken("The token must be a string.", reason="malformed")
-        check_token_size(token, self.settings.max_token_bytes)  # before hashing it
-        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        if len(token) > self._max_token_bytes:
+            check_token_size(token, self._max_token_bytes)  # before hashing it
+        digest = _sha256(token.encode("utf-8", "surrogatepass")).digest()
         cache = self._cache
         if cache is None:
             return None, digest
         entry = cache.get(digest)
         if entry is None:
             return None, digest
-        access, key, issuer, not_after, not_before = entry
+        access, key, key_set, issuer, not_after, not_before = entry
         now_wall = self._wall()
-        if (now_wall < not_after and now_wall >= not_before
-                and self._clock() < issuer.fast_until):
+        if not_before <= now_wall < not_after and self._clock() < issuer.fast_until:
             keys = issuer.state.keys
-            if keys is not None and keys.contains(key):
+            # The set that verified it, or a later one that still holds that very key object.
+            if keys is key_set or (keys is not None and keys.contains(key)):
                 return access, digest
         cache.discard(digest)
         return None, digest
 
     def _parse(self, token: str) -> tuple[CompactJWS, dict[str, Any], _Issuer]:
         jws = parse_compact(token, max_bytes=self.settings.max_token_bytes,
-                            header_cache=self._headers)
-        if jws.alg not in self._algorithms:
-            raise InvalidToken("The token's algorithm is not accepted.", reason="algorithm_refused")
-        typ = jws.header.get("typ")
-        # Present members must have their type: `"typ": null` is refused, not read as absent.
-        if "typ" in jws.header and (not isinstance(typ, str) or typ.lower() not in self._types):
-            raise InvalidToken("The token type is not accepted for access tokens.",
-                               reason="type_refused")
-        if "typ" not in jws.header and self.settings.strict_typ:
-            raise InvalidToken("The token has no typ; at+jwt is required.", reason="type_refused")
-        if "cty" in jws.header:
-            raise InvalidToken("Nested or typed content (cty) is not accepted.",
-                               reason="cty_refused")
+                            header_cache=self._headers, header_rules=self._check_header)
         try:
             claims = loads_json(jws.payload)
         except ValueError:
@@ -432,10 +477,30 @@ class TokenVerifier:
             raise InvalidToken("The token's issuer is not trusted.", reason="untrusted_issuer")
         return jws, claims, issuer
 
+    def _check_header(self, header: Mapping[str, Any], alg: str) -> None:
+        """This verifier's header rules (algorithm allow-list, `typ`, `cty`). They run once per
+        distinct header segment: `parse_compact` remembers headers that passed them."""
+        if alg not in self._algorithms:
+            raise InvalidToken("The token's algorithm is not accepted.", reason="algorithm_refused")
+        typ = header.get("typ")
+        # Present members must have their type: `"typ": null` is refused, not read as absent.
+        if "typ" in header and (not isinstance(typ, str) or typ.lower() not in self._types):
+            raise InvalidToken("The token type is not accepted for access tokens.",
+                               reason="type_refused")
+        if "typ" not in header and self.settings.strict_typ:
+            raise InvalidToken("The token has no typ; at+jwt is required.", reason="type_refused")
+        if "cty" in header:
+            raise InvalidToken("Nested or typed content (cty) is not accepted.",
+                               reason="cty_refused")
+
     def _pick(self, issuer: _Issuer, jws: CompactJWS) -> VerificationKey | None:
         keys = issuer.state.keys
         if keys is None:
             return None
+        if jws.kid is not None:  # the usual case, one key for the kid, without a list
+            pool = keys.by_kid.get(jws.kid)
+            if pool is not None and len(pool) == 1 and jws.alg in pool[0].verifiers:
+                return pool[0]
         candidates = keys.candidates(jws.kid, jws.alg)
         if len(candidates) == 1:
             return candidates[0]
@@ -517,12 +582,18 @@ class TokenVerifier:
         jws, claims, digest = job.jws, job.claims, job.digest
         check_signature(jws, key)
         not_after, not_before = self._check_claims(claims)
+        if self._cache is not None:
+            claims = self._strings.share(claims)
         access = AccessToken.from_claims(
-            claims, scopes_from_claims(claims, self._scope_claims), algorithm=jws.alg,
+            claims, self._read_scopes(claims), algorithm=jws.alg,
             key_id=jws.kid, fingerprint=digest[:8].hex(),
         )
         if self._cache is not None:
-            self._cache.put(digest, (access, key, job.issuer, not_after, not_before),
+            # Remember the current set only if it holds the key (a refresh may have replaced
+            # the set the key came from); a hit then needs only an identity check.
+            keys = job.issuer.state.keys
+            key_set = keys if keys is not None and keys.contains(key) else None
+            self._cache.put(digest, (access, key, key_set, job.issuer, not_after, not_before),
                             len(jws.signing_input) + len(jws.signature))
         return access
 
@@ -564,9 +635,10 @@ class TokenVerifier:
             else:
                 raise InvalidToken("The aud claim must be a string or an array of strings.",
                                    reason="invalid_aud")
-            if not all(isinstance(item, str) for item in audiences):
-                raise InvalidToken("The aud claim must be a string or an array of strings.",
-                                   reason="invalid_aud")
+            for item in audiences:
+                if not isinstance(item, str):
+                    raise InvalidToken("The aud claim must be a string or an array of strings.",
+                                       reason="invalid_aud")
             if self._audiences.isdisjoint(audiences):
                 raise InvalidToken("The token is not meant for this audience.",
                                    reason="wrong_audience")
