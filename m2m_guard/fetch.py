@@ -35,7 +35,10 @@ __all__ = [
     "FetchResult",
     "discovery_urls",
     "fetch_key_set_async",
+    "FetchedDocument",
     "fetch_key_set_sync",
+    "get_document_sync",
+    "shared_tls_context",
     "parse_retry_after",
     "read_discovery",
     "read_token_endpoint",
@@ -94,7 +97,9 @@ class FetchResult:
 
 
 @dataclass(frozen=True, slots=True)
-class _Response:
+class FetchedDocument:
+    """A fetched document: its final URL (after same-origin redirects), status, headers, body."""
+
     url: str
     status: int
     headers: httpx.Headers
@@ -209,6 +214,11 @@ def _tls() -> ssl.SSLContext:
     return _tls_context
 
 
+def shared_tls_context() -> ssl.SSLContext:
+    """The TLS context every fetch uses (built on first use; blocking: call it off the loop)."""
+    return _tls()
+
+
 def _timeout(settings: GuardSettings) -> httpx.Timeout:
     return httpx.Timeout(settings.http_timeout)
 
@@ -223,7 +233,7 @@ def _headers(etag: str | None) -> dict[str, str]:
 # -- async driver ----------------------------------------------------------------------------
 
 async def _get_async(client: httpx.AsyncClient, url: str, settings: GuardSettings,
-                     etag: str | None = None) -> _Response:
+                     etag: str | None = None) -> FetchedDocument:
     for _ in range(_MAX_REDIRECTS + 1):
         try:
             async with client.stream("GET", url, headers=_headers(etag)) as response:
@@ -236,7 +246,7 @@ async def _get_async(client: httpx.AsyncClient, url: str, settings: GuardSetting
                     body += chunk
                     if len(body) > settings.jwks_max_bytes:
                         raise FetchError(f"{url} sent more than {settings.jwks_max_bytes} bytes")
-                return _Response(url, response.status_code, response.headers, bytes(body))
+                return FetchedDocument(url, response.status_code, response.headers, bytes(body))
         except httpx.HTTPError as exc:
             raise FetchError(f"{url} could not be fetched: {type(exc).__name__}: {exc}") from None
     raise FetchError(f"{url}: too many redirects")
@@ -327,7 +337,7 @@ class _Deadline:
 
 
 def _get_sync(client: httpx.Client, url: str, settings: GuardSettings, deadline: float,
-              etag: str | None = None, watchdog: _Deadline | None = None) -> _Response:
+              etag: str | None = None, watchdog: _Deadline | None = None) -> FetchedDocument:
     extensions = {"trace": watchdog.trace} if watchdog is not None else None
     for _ in range(_MAX_REDIRECTS + 1):
         try:
@@ -344,12 +354,21 @@ def _get_sync(client: httpx.Client, url: str, settings: GuardSettings, deadline:
                         raise FetchError(f"{url} sent more than {settings.jwks_max_bytes} bytes")
                     if time.monotonic() > deadline:
                         raise FetchError(f"{url} timed out after {settings.http_timeout:g} s")
-                return _Response(url, response.status_code, response.headers, bytes(body))
+                return FetchedDocument(url, response.status_code, response.headers, bytes(body))
         except httpx.HTTPError as exc:
             if (watchdog is not None and watchdog.expired) or time.monotonic() > deadline:
                 raise FetchError(f"{url} timed out after {settings.http_timeout:g} s") from None
             raise FetchError(f"{url} could not be fetched: {type(exc).__name__}: {exc}") from None
     raise FetchError(f"{url}: too many redirects")
+
+
+def get_document_sync(client: httpx.Client, url: str, settings: GuardSettings) -> FetchedDocument:
+    """One blocking GET under the guard's fetch rules, for tools such as `m2m-guard doctor`:
+    redirects only within the same origin, at most `jwks_max_bytes`, and the whole exchange
+    ended after `http_timeout` even when the server drips its answer. Raises `FetchError`."""
+    deadline = time.monotonic() + settings.http_timeout
+    with _Deadline(deadline) as watchdog:
+        return _get_sync(client, url, settings, deadline, None, watchdog)
 
 
 def fetch_key_set_sync(issuer: IssuerSettings, settings: GuardSettings, *,

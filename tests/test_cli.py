@@ -477,6 +477,21 @@ def test_doctor_shows_dropped_keys_and_fails_without_usable_keys() -> None:
         assert "FAIL  keys            no usable key with an allowed algorithm" in only_rs.stdout
 
 
+def test_doctor_ends_at_its_timeout_when_the_issuer_drips() -> None:
+    """An issuer that sends its answer a byte at a time cannot hold `doctor` past its timeout:
+    it uses the guard's own fetch, whose deadline covers the whole exchange."""
+    with KeySetServer([SigningKey.generate("ES256")]) as keys:
+        keys.set_fault("drip", delay=0.2)
+        started = time.monotonic()
+        result = m2m("doctor", env=clean_env(M2M_GUARD_ISSUER=keys.url, M2M_GUARD_AUDIENCE=AUDIENCE,
+                                             M2M_GUARD_HTTP_TIMEOUT="1s"))
+        elapsed = time.monotonic() - started
+        keys.set_fault(None)
+    assert result.returncode == 1, result.stdout
+    assert "FAIL  discovery" in result.stdout and "timed out" in result.stdout
+    assert elapsed < 15  # a drip of the ~300-byte discovery answer alone would take a minute
+
+
 def test_doctor_configuration_error_exits_2() -> None:
     result = m2m("doctor", env=clean_env(M2M_GUARD_ISSUER="ftp://x", M2M_GUARD_AUDIENCE="a"))
     assert result.returncode == 2

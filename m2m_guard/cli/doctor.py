@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,13 +24,13 @@ import httpx
 from ..encoding import loads_json
 from ..errors import ConfigurationError
 from ..fetch import (
+    FetchedDocument,
     FetchError,
-    _get_sync,
-    _Response,
-    _tls,
     discovery_urls,
+    get_document_sync,
     read_discovery,
     read_key_set,
+    shared_tls_context,
 )
 from ..jwks import CachePolicy
 from ..keys import KeySet
@@ -98,8 +97,8 @@ def configuration_rows(settings: GuardSettings) -> list[tuple[str, str, str]]:
     return rows
 
 
-def _get(client: httpx.Client, url: str, settings: GuardSettings) -> _Response:
-    return _get_sync(client, url, settings, time.monotonic() + settings.http_timeout)
+def _get(client: httpx.Client, url: str, settings: GuardSettings) -> FetchedDocument:
+    return get_document_sync(client, url, settings)
 
 
 def _discover(client: httpx.Client, issuer: IssuerSettings, settings: GuardSettings,
@@ -201,7 +200,7 @@ def check_issuer(issuer: IssuerSettings, settings: GuardSettings) -> IssuerRepor
     """Fetch `issuer`'s discovery document (unless its jwks_url is set) and key set, and judge
     them by the guard's rules."""
     report = IssuerReport(issuer.issuer)
-    with httpx.Client(timeout=httpx.Timeout(settings.http_timeout), verify=_tls(),
+    with httpx.Client(timeout=httpx.Timeout(settings.http_timeout), verify=shared_tls_context(),
                       follow_redirects=False) as client:
         jwks_url = issuer.jwks_url
         if jwks_url is not None:
