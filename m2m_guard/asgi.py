@@ -22,11 +22,9 @@ from starlette.authentication import AuthCredentials, UnauthenticatedUser
 
 from .bearer import extract_bearer
 from .context import reset_current_token, set_current_token
-from .endpoints import OperationalEndpoints
-from .errors import GuardError, MissingToken, render_error
+from .endpoints import OperationalEndpoints, render_refusal
+from .errors import GuardError, MissingToken
 from .health import EndpointResponse
-from .logs import report_refusal
-from .resource_metadata import challenge_url
 from .rules import PathRules, is_cors_preflight
 from .settings import GuardSettings
 from .starlette import ClientUser
@@ -108,9 +106,8 @@ class M2MGuardMiddleware:
         self.settings = self.verifier.settings
         self._owns_verifier = verifier is None
         self._paths = PathRules(tuple(self.settings.public_paths))
-        # Health and RFC 9728 endpoints (None unless configured) and the challenge parameter.
+        # Health and RFC 9728 endpoints (None unless configured).
         self._endpoints = OperationalEndpoints.for_verifier(self.verifier)
-        self._resource_metadata = challenge_url(self.settings)
         self._auth_memo: dict[int, tuple[AccessToken, AuthCredentials]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -148,6 +145,7 @@ class M2MGuardMiddleware:
             return
         scope[_SCOPE_KEY] = access
         scope["m2m_guard.settings"] = settings
+        scope["m2m_guard.verifier"] = self.verifier  # for exception handlers inside the app
         if access is None:
             scope["auth"], scope["user"] = _UNAUTHENTICATED
         else:
@@ -192,9 +190,7 @@ class M2MGuardMiddleware:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, exc: GuardError, *,
                       connect_consumed: bool = False) -> None:
-        report_refusal(self.verifier, exc, scope.get(_SCOPE_KEY))
-        rendered = render_error(exc, realm=self.settings.realm,
-                                resource_metadata=self._resource_metadata)
+        rendered = render_refusal(self.verifier, exc, scope.get(_SCOPE_KEY))
         headers = [(name.encode("latin-1"), value.encode("latin-1"))
                    for name, value in rendered.headers]
         headers.append((b"content-length", str(len(rendered.body)).encode("ascii")))

@@ -12,12 +12,19 @@ The middleware works in sync and async chains (``await verifier.verify`` under A
 DESIGN §4 by the one renderer. Public paths (matched against ``request.path_info``, the path your
 URLconf sees) and, when allowed, CORS preflight requests pass through untouched, with
 ``request.m2m_token = None``. A `GuardError` raised by a view (``@require_scopes``, the
-`ScopesRequiredMixin`, your own code) is rendered the same way by ``process_exception``.
+`ScopesRequiredMixin`, your own code) is rendered the same way by ``process_exception``. Every
+refusal is reported once (log line, event).
+
+When configured (`health_path`, `resource`), the middleware answers the health endpoint and the
+RFC 9728 metadata document before anything else, without a token. Without the middleware (Django
+REST framework authentication only), serve them with ``urlpatterns += operational_urls()``, or
+route `health_view` yourself.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -26,7 +33,9 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
-from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
+from django.urls import URLPattern, re_path
+from django.views.decorators.csrf import csrf_exempt
 
 from .bearer import authorization_from_environ, extract_bearer, split_credentials
 from .context import (
@@ -36,7 +45,16 @@ from .context import (
     reset_current_token,
     set_current_token,
 )
-from .errors import ConfigurationError, GuardError, InsufficientScope, MissingToken, render_error
+from .endpoints import OperationalEndpoints, health_answer, render_refusal
+from .errors import (
+    ConfigurationError,
+    GuardError,
+    InsufficientScope,
+    MissingToken,
+    RenderedError,
+    render_error,
+)
+from .health import EndpointResponse
 from .rules import PathRules, is_cors_preflight
 from .scopes import ScopeRequirement, validate_scopes
 from .settings import ENV_PREFIX, GuardSettings, _public_fields, _unknown_message
@@ -55,6 +73,8 @@ __all__ = [
     "get_verifier",
     "guard_error_response",
     "guard_settings",
+    "health_view",
+    "operational_urls",
     "request_token",
     "require_any_scope",
     "require_scopes",
@@ -76,6 +96,8 @@ class Guard(NamedTuple):
     settings: GuardSettings
     verifier: TokenVerifier
     paths: PathRules
+    #: Health and RFC 9728 endpoints (None unless configured).
+    endpoints: OperationalEndpoints | None = None
 
     def passes_unchecked(self, request: HttpRequest) -> bool:
         """True for a public path (``request.path_info``) or an allowed CORS preflight."""
@@ -93,9 +115,24 @@ class Guard(NamedTuple):
                               request.META.get("QUERY_STRING", ""),
                               max_token_bytes=self.settings.max_token_bytes)
 
-    def refuse(self, error: GuardError) -> HttpResponse:
-        """The response for `error` with this configuration's realm."""
-        return guard_error_response(error, self.settings.realm)
+    def answer(self, request: HttpRequest) -> HttpResponse | None:
+        """The answer of an operational endpoint (health, RFC 9728) to `request`, or None when
+        its path is not one of them (or none is configured)."""
+        if self.endpoints is None:
+            return None
+        method = request.method or "GET"
+        answer = self.endpoints.answer(request.path_info, method)
+        return None if answer is None else _response(answer, head=method == "HEAD")
+
+    def render(self, error: GuardError, access: AccessToken | None = None) -> RenderedError:
+        """`error` reported once and rendered with this configuration (realm, resource
+        metadata): `endpoints.render_refusal`."""
+        return render_refusal(self.verifier, error, access)
+
+    def refuse(self, error: GuardError, access: AccessToken | None = None) -> HttpResponse:
+        """The response for `error` (reported once; this configuration's realm and resource
+        metadata). `access` is the request's verified token, if any."""
+        return _response(self.render(error, access))
 
 
 logger = logging.getLogger("m2m_guard")
@@ -180,8 +217,9 @@ def configured_guard() -> Guard:
     current = _current
     if current is None:
         settings = _load_settings()
-        current = _current = Guard(settings, _verifier_for(settings),
-                                   PathRules(tuple(settings.public_paths)))
+        verifier = _verifier_for(settings)
+        current = _current = Guard(settings, verifier, PathRules(tuple(settings.public_paths)),
+                                   OperationalEndpoints.for_verifier(verifier))
     return current
 
 
@@ -226,10 +264,65 @@ def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
 setting_changed.connect(_on_setting_changed, dispatch_uid="m2m_guard.django.setting_changed")
 
 
-def guard_error_response(error: GuardError, realm: str = "api") -> HttpResponse:
-    """A Django `HttpResponse` for `error`, rendered by the one renderer (DESIGN §4)."""
-    rendered = render_error(error, realm=realm)
-    return HttpResponse(rendered.body, status=rendered.status, headers=dict(rendered.headers))
+def guard_error_response(error: GuardError, realm: str = "api", *,
+                         resource_metadata: str | None = None) -> HttpResponse:
+    """A Django `HttpResponse` for `error`, rendered by the one renderer (DESIGN §4).
+
+    It only renders; the middleware and `m2m_guard.drf` also report the refusal
+    (`Guard.refuse`).
+    """
+    return _response(render_error(error, realm=realm, resource_metadata=resource_metadata))
+
+
+def _response(rendered: RenderedError | EndpointResponse, *, head: bool = False) -> HttpResponse:
+    """`rendered` as an `HttpResponse` (HEAD: the same headers, no body)."""
+    return HttpResponse(b"" if head else rendered.body, status=rendered.status,
+                        headers=dict(rendered.headers))
+
+
+@csrf_exempt
+def health_view(request: HttpRequest) -> HttpResponse:
+    """A view answering the health document (`m2m_guard.health`) with the process's verifier:
+    200 when ready, 503 when not; 405 for methods other than GET and HEAD.
+
+    For a route of your own (``path("ready", health_view)``), served whether or not
+    `health_path` is set; keep the path out of your public URL space. The middleware needs no
+    route: it answers `health_path` itself.
+    """
+    method = request.method or "GET"
+    return _response(health_answer(get_verifier(), method), head=method == "HEAD")
+
+
+def operational_urls(settings: GuardSettings | None = None) -> list[URLPattern]:
+    """URL patterns for the configured health endpoint (`health_path`) and RFC 9728 metadata
+    document (`resource`), at their exact paths; empty when neither is configured.
+
+    For projects without `M2MGuardMiddleware` (Django REST framework authentication only):
+    ``urlpatterns += operational_urls()`` in the root URLconf. With the middleware they are not
+    needed (it answers first), and harmless. `settings` default to `guard_settings()`.
+    """
+    endpoints = OperationalEndpoints.for_verifier(get_verifier(settings))
+    if endpoints is None:
+        return []
+    return [re_path("^" + re.escape(path.lstrip("/")) + "$", _operational_view(path, settings))
+            for path in sorted(endpoints.paths)]
+
+
+def _operational_view(path: str, settings: GuardSettings | None) -> Callable[..., HttpResponse]:
+    @csrf_exempt
+    def view(request: HttpRequest) -> HttpResponse:
+        # Resolved per request: the verifier may have been replaced (settings override, tests).
+        if settings is None:
+            endpoints = configured_guard().endpoints
+        else:
+            endpoints = OperationalEndpoints.for_verifier(get_verifier(settings))
+        method = request.method or "GET"
+        answer = None if endpoints is None else endpoints.answer(path, method)
+        if answer is None:
+            raise Http404()
+        return _response(answer, head=method == "HEAD")
+
+    return view
 
 
 def request_token(request: HttpRequest) -> AccessToken | None:
@@ -271,6 +364,10 @@ class M2MGuardMiddleware:
         if self._async:
             return self._acall(request)
         guard = self.guard
+        if guard.endpoints is not None:
+            answer = guard.answer(request)
+            if answer is not None:
+                return answer
         if guard.passes_unchecked(request):
             request.m2m_token = None  # type: ignore[attr-defined]
             return self.get_response(request)
@@ -289,6 +386,10 @@ class M2MGuardMiddleware:
     async def _acall(self, request: HttpRequest) -> HttpResponseBase:
         get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]] = self.get_response
         guard = self.guard
+        if guard.endpoints is not None:
+            answer = guard.answer(request)
+            if answer is not None:
+                return answer
         if guard.passes_unchecked(request):
             request.m2m_token = None  # type: ignore[attr-defined]
             return await get_response(request)
@@ -308,7 +409,7 @@ class M2MGuardMiddleware:
                           exception: Exception) -> HttpResponse | None:
         """Render a `GuardError` raised by a view (sync or async) per DESIGN §4."""
         if isinstance(exception, GuardError):
-            return self.guard.refuse(exception)
+            return self.guard.refuse(exception, request_token(request))
         return None
 
     def _bearer(self, request: HttpRequest) -> str | None:

@@ -15,6 +15,11 @@ with the right status, ``WWW-Authenticate`` / ``Retry-After`` header and JSON bo
 byte-for-byte those of every other m2m_guard adapter (DESIGN §4, with ``Cache-Control:
 no-store``), also for DRF's own "not authenticated" refusal and for a `GuardError` raised in a
 view.
+
+Every refusal is reported once (log line, event) and its challenge carries ``resource_metadata``
+when configured, as in every adapter. DRF has no hook before authentication: to serve the health
+endpoint and the RFC 9728 document without `M2MGuardMiddleware`, add
+``urlpatterns += m2m_guard.django.operational_urls()`` (or route `m2m_guard.django.health_view`).
 """
 
 from __future__ import annotations
@@ -29,8 +34,15 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-from .django import configured_guard, enforce_view_scopes, guard_error_response, request_token
-from .errors import GuardError, MissingToken, render_error
+from .django import (
+    Guard,
+    _response,
+    configured_guard,
+    enforce_view_scopes,
+    request_token,
+)
+from .errors import GuardError, MissingToken, RenderedError, render_error
+from .resource_metadata import challenge_url
 from .token import AccessToken
 
 if TYPE_CHECKING:
@@ -92,18 +104,31 @@ class ClientPrincipal:
 class GuardAPIException(exceptions.APIException):
     """A `GuardError` as DRF sees it: status, detail (the JSON body of DESIGN §4),
     ``auth_header`` (``WWW-Authenticate``) and ``wait`` (``Retry-After``) all from the one
-    renderer, so DRF's default exception handler already answers correctly."""
+    renderer, so DRF's default exception handler already answers correctly.
 
-    def __init__(self, error: GuardError, realm: str = "api") -> None:
+    `rendered` is the answer to send (the adapter passes `Guard.render`'s, which also reported
+    the refusal and carries the resource metadata); without it, `error` is rendered with `realm`.
+    """
+
+    def __init__(self, error: GuardError, realm: str = "api", *,
+                 rendered: RenderedError | None = None) -> None:
         self.error = error
         self.realm = realm
-        rendered = render_error(error, realm=realm)
+        if rendered is None:
+            rendered = render_error(error, realm=realm)
+        self.rendered = rendered
         self.status_code = rendered.status
         headers = dict(rendered.headers)
         self.auth_header = headers.get("www-authenticate")
         retry_after = headers.get("retry-after")
         self.wait = int(retry_after) if retry_after is not None else None
         super().__init__(detail=json.loads(rendered.body), code=error.body_error)
+
+
+def _refused(guard: Guard, error: GuardError,
+             access: AccessToken | None = None) -> GuardAPIException:
+    """`error` reported once and wrapped for DRF with the configured challenge."""
+    return GuardAPIException(error, guard.settings.realm, rendered=guard.render(error, access))
 
 
 def _django_request(request: Request | HttpRequest) -> HttpRequest:
@@ -134,13 +159,16 @@ class M2MGuardAuthentication(BaseAuthentication):
                 # the event loop, so the blocking front is the right one.
                 token = guard.verifier.verify_sync(raw)
             except GuardError as exc:
-                raise GuardAPIException(exc, guard.settings.realm) from None
+                raise _refused(guard, exc) from None
             django_request.m2m_token = token  # type: ignore[attr-defined]
         return ClientPrincipal(token), token
 
     def authenticate_header(self, request: Request) -> str:
-        """The bare Bearer challenge DRF sends with a 401 (RFC 6750 §3)."""
-        rendered = render_error(MissingToken(), realm=configured_guard().settings.realm)
+        """The bare Bearer challenge DRF sends with a 401 (RFC 6750 §3), with
+        ``resource_metadata`` when configured."""
+        settings = configured_guard().settings
+        rendered = render_error(MissingToken(), realm=settings.realm,
+                                resource_metadata=challenge_url(settings))
         return dict(rendered.headers)["www-authenticate"]
 
 
@@ -161,7 +189,7 @@ class HasScopes(BasePermission):
         try:
             enforce_view_scopes(view, request.method or "GET", token)
         except GuardError as exc:
-            raise GuardAPIException(exc, configured_guard().settings.realm) from None
+            raise _refused(configured_guard(), exc, token) from None
         return True
 
 
@@ -178,14 +206,17 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponseBa
 
     Handles `GuardAPIException`, a `GuardError` raised in a view (e.g. by ``@require_scopes``)
     and DRF's `NotAuthenticated` when m2m_guard issues the challenge; everything else goes to
-    DRF's default handler.
+    DRF's default handler. Each is reported once (log line, event).
     """
     if isinstance(exc, GuardAPIException):
-        return guard_error_response(exc.error, exc.realm)
+        return _response(exc.rendered)
     if isinstance(exc, GuardError):
-        return guard_error_response(exc, configured_guard().settings.realm)
+        # The token the authentication verified, read without running DRF's authentication.
+        inner = getattr(context.get("request"), "_request", None)
+        access = request_token(inner) if isinstance(inner, HttpRequest) else None
+        return configured_guard().refuse(exc, access)
     if isinstance(exc, exceptions.NotAuthenticated) and _guard_challenges(context):
-        return guard_error_response(MissingToken(), configured_guard().settings.realm)
+        return configured_guard().refuse(MissingToken())
     from rest_framework.views import exception_handler as drf_exception_handler
 
     return drf_exception_handler(exc, context)

@@ -20,6 +20,12 @@ whose scopes are every scope a route demands, with each operation's security req
 
 When the middleware has verified the request, the dependency reuses its token
 (``scope["m2m_guard.token"]``) instead of verifying it again.
+
+Operability is the same with or without the middleware: every refusal is reported once (log
+line, event) and its challenge carries ``resource_metadata`` when configured; the health
+endpoint (`health_path`) and the RFC 9728 document (`resource`) are answered before any route,
+without a token, by the middleware when the app has one, else by a small ASGI middleware
+`M2MGuard` adds for dependency-only apps.
 """
 
 from __future__ import annotations
@@ -43,13 +49,15 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
-from .asgi import M2MGuardMiddleware, PathRules
+from .asgi import M2MGuardMiddleware, PathRules, Receive, Scope, Send
 from .bearer import extract_bearer
 from .context import scope_requirements, set_current_token
+from .endpoints import OperationalEndpoints, render_refusal
 from .errors import GuardError, MissingToken
+from .logs import report_refusal
 from .scopes import ScopeRequirement, validate_scopes
 from .settings import GuardSettings
-from .starlette import ClientUser, guard_error_response
+from .starlette import ClientUser, rendered_response
 from .token import AccessToken
 from .verifier import TokenVerifier
 
@@ -63,6 +71,7 @@ SCHEME_NAME = "OAuth2ClientCredentials"
 
 _SCOPE_KEY = "m2m_guard.token"
 _SETTINGS_KEY = "m2m_guard.settings"
+_VERIFIER_KEY = "m2m_guard.verifier"
 _STATE_KEY = "m2m_guard"
 # What the scheme model says before an app's guard fills in the real URL (see M2MGuard.openapi).
 _UNSET_TOKEN_URL = "/oauth/token"  # noqa: S105 - a path, not a secret
@@ -174,6 +183,9 @@ class M2MGuard:
         self.scope_descriptions = dict(scopes or {})
         self.app: FastAPI | None = None
         self._warned_token_url = False
+        # (verifier, its endpoints) for dependency-only apps; see `_operational_endpoints`.
+        self._endpoints: tuple[TokenVerifier, OperationalEndpoints | None] | None = None
+        self._middleware_serves: bool | None = None
         if app is not None:
             self.init_app(app)
 
@@ -187,6 +199,7 @@ class M2MGuard:
         self.app = app
         setattr(app.state, _STATE_KEY, self)
         app.add_exception_handler(GuardError, self._handle_error)  # type: ignore[arg-type]
+        app.add_middleware(_OperationalEndpointsMiddleware, guard=self)
         inner = app.router.lifespan_context
         app.router.lifespan_context = self._lifespan(inner)
         base_openapi = app.openapi
@@ -272,16 +285,40 @@ class M2MGuard:
             node = getattr(node, "app", None)
         return None
 
+    def _operational_endpoints(self) -> OperationalEndpoints | None:
+        """The endpoints to answer for a dependency-only app: None when none is configured or
+        when the app has `M2MGuardMiddleware` (which answers them itself)."""
+        if self._middleware_serves is None:  # the middleware list is fixed once the app runs
+            settings = self._middleware_settings() or self.settings
+            self._middleware_serves = self._middleware_entry() is not None or (
+                settings.health_path is None and settings.resource is None)
+        if self._middleware_serves:
+            return None
+        verifier = self.verifier
+        cached = self._endpoints
+        if cached is None or cached[0] is not verifier:  # a new verifier after a restart
+            cached = self._endpoints = (verifier, OperationalEndpoints.for_verifier(verifier))
+        return cached[1]
+
+    def _verifier_of(self, scope: Any) -> TokenVerifier:
+        """The verifier that decided this request: the middleware's, else the app's."""
+        verifier = scope.get(_VERIFIER_KEY)
+        return verifier if isinstance(verifier, TokenVerifier) else self.verifier
+
     async def _handle_error(self, connection: HTTPConnection, exc: Exception) -> Response | None:
         if not isinstance(exc, GuardError):  # registered for GuardError only
             raise exc
+        scope = connection.scope
+        verifier = self._verifier_of(scope)
+        access = scope.get(_SCOPE_KEY)
+        access = access if isinstance(access, AccessToken) else None
         if isinstance(connection, WebSocket):
             # Starlette sends nothing for a websocket handler: deny before accepting, as the
             # middleware does where the server has no denial-response extension.
+            report_refusal(verifier, exc, access)
             await connection.close(code=1008, reason=exc.body_error)
             return None
-        settings = connection.scope.get(_SETTINGS_KEY) or self.settings
-        return guard_error_response(exc, settings.realm)
+        return rendered_response(render_refusal(verifier, exc, access))
 
     # -- per request -----------------------------------------------------------------------
     async def authenticate(self, request: HTTPConnection) -> AccessToken:
@@ -292,7 +329,8 @@ class M2MGuard:
         """
         settings = self.settings
         scope = request.scope
-        scope[_SETTINGS_KEY] = settings  # the exception handler renders with this realm
+        scope[_SETTINGS_KEY] = settings
+        scope[_VERIFIER_KEY] = self.verifier  # the exception handler reports and renders with it
         raw = extract_bearer(request.headers.getlist("authorization"),
                              scope.get("query_string", b""),
                              max_token_bytes=settings.max_token_bytes)
@@ -355,6 +393,26 @@ class M2MGuard:
             flow["tokenUrl"] = self.token_url
             flow["scopes"] = {name: self.scope_descriptions.get(name, "") for name in used}
         return schema
+
+
+class _OperationalEndpointsMiddleware:
+    """Added by `M2MGuard`: answers the health endpoint and the RFC 9728 document before any
+    route, as `M2MGuardMiddleware` does, in apps that use the dependencies only."""
+
+    def __init__(self, app: Any, guard: M2MGuard) -> None:
+        self.app = app
+        self.guard = guard
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            endpoints = self.guard._operational_endpoints()
+            if endpoints is not None:
+                answer = endpoints.answer(scope["path"], scope["method"])
+                if answer is not None:
+                    await M2MGuardMiddleware._send_answer(send, answer,
+                                                          head=scope["method"] == "HEAD")
+                    return
+        await self.app(scope, receive, send)
 
 
 def _api_routes(routes: Iterable[Any]) -> Iterator[Any]:

@@ -5,7 +5,9 @@ is in `public_paths`, its endpoint is public (``@guard.public``, ``public_endpoi
 an allowed CORS preflight. The verified `AccessToken` is on ``flask.g.m2m_token`` and in
 `current_token()`; ``require_scopes`` / ``require_any_scope`` (re-exported here) work on views. A
 refusal, or a `GuardError` raised in a view, is answered per DESIGN §4 by an error handler the
-extension registers: the same status, headers and JSON body as every other adapter.
+extension registers: the same status, headers and JSON body as every other adapter, and reported
+once (log line, event). When configured (`health_path`, `resource`), the health endpoint and the
+RFC 9728 metadata document are answered before anything else, without a token.
 
 Settings come from, in order: the `settings` argument; ``app.config["M2M_GUARD_*"]`` (same names
 and value syntax as the environment variables, or native Python values); the environment. An
@@ -33,7 +35,9 @@ from .context import (
     reset_current_token,
     set_current_token,
 )
-from .errors import ConfigurationError, GuardError, MissingToken, render_error
+from .endpoints import OperationalEndpoints, render_refusal
+from .errors import ConfigurationError, GuardError, MissingToken, RenderedError, render_error
+from .health import EndpointResponse
 from .rules import PathRules, is_cors_preflight
 from .settings import ENV_PREFIX, GuardSettings, _unknown_message
 from .verifier import TokenVerifier
@@ -91,10 +95,20 @@ def settings_from_config(config: Mapping[str, Any],
     return GuardSettings.from_env(merged, **native)
 
 
-def guard_error_response(error: GuardError, realm: str = "api") -> Response:
-    """A Flask response for `error`, rendered by the one renderer (DESIGN §4)."""
-    rendered = render_error(error, realm=realm)
-    response = Response(rendered.body, status=rendered.status, headers=list(rendered.headers))
+def guard_error_response(error: GuardError, realm: str = "api", *,
+                         resource_metadata: str | None = None) -> Response:
+    """A Flask response for `error`, rendered by the one renderer (DESIGN §4).
+
+    It only renders; the extension's error handler also reports the refusal
+    (`endpoints.render_refusal`).
+    """
+    return _response(render_error(error, realm=realm, resource_metadata=resource_metadata))
+
+
+def _response(rendered: RenderedError | EndpointResponse, *, head: bool = False) -> Response:
+    body = b"" if head else rendered.body
+    response = Response(body, status=rendered.status, headers=list(rendered.headers))
+    # The real length, also for HEAD (whose answer carries the GET body's length).
     response.headers["Content-Length"] = str(len(rendered.body))
     return response
 
@@ -102,13 +116,15 @@ def guard_error_response(error: GuardError, realm: str = "api") -> Response:
 class _AppGuard:
     """What the extension holds for one app."""
 
-    __slots__ = ("__weakref__", "paths", "public_endpoints", "settings", "verifier")
+    __slots__ = ("__weakref__", "endpoints", "paths", "public_endpoints", "settings", "verifier")
 
     def __init__(self, verifier: TokenVerifier, public_endpoints: frozenset[str]) -> None:
         self.verifier = verifier
         self.settings = verifier.settings
         self.paths = PathRules(tuple(self.settings.public_paths))
         self.public_endpoints = public_endpoints
+        # Health and RFC 9728 endpoints (None unless configured).
+        self.endpoints = OperationalEndpoints.for_verifier(verifier)
 
 
 class M2MGuard:
@@ -191,8 +207,14 @@ class M2MGuard:
         assert isinstance(state, _AppGuard)
         environ = request.environ
         settings = state.settings
+        path = environ.get("PATH_INFO") or "/"
+        if state.endpoints is not None:  # operational endpoints, before authentication
+            answer = state.endpoints.answer(path, request.method)
+            if answer is not None:
+                g.m2m_token = None
+                return _response(answer, head=request.method == "HEAD")
         endpoint = request.endpoint
-        if state.paths.is_public(environ.get("PATH_INFO") or "/") or (
+        if state.paths.is_public(path) or (
             settings.allow_cors_preflight and is_cors_preflight(
                 request.method, "HTTP_ORIGIN" in environ,
                 "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ)
@@ -227,5 +249,6 @@ def _teardown_request(exc: BaseException | None) -> None:
 
 def _handle_guard_error(error: GuardError) -> Response:
     state = current_app.extensions.get(_EXTENSION)
-    realm = state.settings.realm if isinstance(state, _AppGuard) else "api"
-    return guard_error_response(error, realm)
+    if not isinstance(state, _AppGuard):
+        return guard_error_response(error)
+    return _response(render_refusal(state.verifier, error, g.get("m2m_token")))

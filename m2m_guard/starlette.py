@@ -15,10 +15,12 @@ from starlette.authentication import BaseUser
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .errors import GuardError, render_error
+from .endpoints import render_refusal
+from .errors import GuardError, RenderedError, render_error
 from .token import AccessToken
+from .verifier import TokenVerifier
 
-__all__ = ["ClientUser", "exception_handlers", "guard_error_response"]
+__all__ = ["ClientUser", "exception_handlers", "guard_error_response", "rendered_response"]
 
 
 class ClientUser(BaseUser):
@@ -43,11 +45,21 @@ class ClientUser(BaseUser):
         return f"ClientUser({self.token.client_id!r})"
 
 
-def guard_error_response(error: GuardError, realm: str = "api") -> Response:
-    """A Starlette `Response` for `error`, rendered by the one renderer (DESIGN §4)."""
-    rendered = render_error(error, realm=realm)
+def guard_error_response(error: GuardError, realm: str = "api", *,
+                         resource_metadata: str | None = None) -> Response:
+    """A Starlette `Response` for `error`, rendered by the one renderer (DESIGN §4).
+
+    It only renders; the middleware and `exception_handlers` also report the refusal
+    (`endpoints.render_refusal`).
+    """
+    return rendered_response(render_error(error, realm=realm,
+                                          resource_metadata=resource_metadata))
+
+
+def rendered_response(rendered: RenderedError) -> Response:
+    """A Starlette `Response` sending `rendered` as is."""
     return Response(rendered.body, status_code=rendered.status, headers=dict(rendered.headers),
-                     media_type=None)
+                    media_type=None)
 
 
 def _realm_of(request: Request) -> str:
@@ -56,6 +68,12 @@ def _realm_of(request: Request) -> str:
 
 
 async def _handle(request: Request, exc: Any) -> Response:
+    # Inside an app the middleware guards, its verifier is in the scope: report the refusal
+    # there and announce the resource metadata, as the middleware itself would.
+    verifier = request.scope.get("m2m_guard.verifier")
+    if isinstance(verifier, TokenVerifier):
+        return rendered_response(
+            render_refusal(verifier, exc, request.scope.get("m2m_guard.token")))
     return guard_error_response(exc, _realm_of(request))
 
 

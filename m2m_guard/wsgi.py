@@ -7,7 +7,10 @@ them), verified with the blocking engine (`TokenVerifier.verify_sync`: sync HTTP
 set fetch per issuer across all threads), and the `AccessToken` placed in
 ``environ["m2m_guard.token"]`` and in `current_token()` while the app runs and while its response
 body is iterated and closed. A refusal is answered per DESIGN §4 with exactly the status, headers
-and body the ASGI middleware sends.
+and body the ASGI middleware sends, and reported once (log line, event).
+
+When configured (`health_path`, `resource`), the health endpoint and the RFC 9728 metadata
+document are answered before anything else, without a token, as by the ASGI middleware.
 
 A `GuardError` raised by the app (e.g. by `require_scopes`), before it returns or while its first
 body chunk is produced, is rendered the same way. If the app had already called
@@ -29,7 +32,9 @@ from typing import Any
 
 from .bearer import authorization_from_environ, extract_bearer
 from .context import reset_current_token, set_current_token
-from .errors import GuardError, MissingToken, render_error
+from .endpoints import OperationalEndpoints, render_refusal
+from .errors import GuardError, MissingToken
+from .health import EndpointResponse
 from .rules import PathRules, is_cors_preflight
 from .settings import GuardSettings
 from .token import AccessToken
@@ -78,6 +83,8 @@ class M2MGuardWSGIMiddleware:
         self.settings = self.verifier.settings
         self._owns_verifier = verifier is None
         self._paths = PathRules(tuple(self.settings.public_paths))
+        # Health and RFC 9728 endpoints (None unless configured).
+        self._endpoints = OperationalEndpoints.for_verifier(self.verifier)
         if warm_up:
             self.warm_up()
 
@@ -112,7 +119,13 @@ class M2MGuardWSGIMiddleware:
     def __call__(self, environ: WSGIEnvironment,
                  start_response: StartResponse) -> Iterable[bytes]:
         settings = self.settings
-        if self._paths.is_public(environ.get("PATH_INFO") or "/") or (
+        path = environ.get("PATH_INFO") or "/"
+        if self._endpoints is not None:  # operational endpoints, before authentication
+            method = environ.get("REQUEST_METHOD", "")
+            answer = self._endpoints.answer(path, method)
+            if answer is not None:
+                return _send_answer(start_response, answer, head=method == "HEAD")
+        if self._paths.is_public(path) or (
             settings.allow_cors_preflight and is_cors_preflight(
                 environ.get("REQUEST_METHOD", ""), "HTTP_ORIGIN" in environ,
                 "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ)
@@ -136,18 +149,25 @@ class M2MGuardWSGIMiddleware:
         try:
             result = self.app(environ, exchange.start_response)
         except GuardError as exc:
-            return self._refuse(start_response, exc, exc_info=exchange.exc_info())
+            return self._refuse(start_response, exc, access, exc_info=exchange.exc_info())
         finally:
             reset_current_token(marker)
         return _GuardedBody(self, result, access, exchange)
 
-    def _refuse(self, start_response: StartResponse, exc: GuardError, *,
-                exc_info: Any = None) -> list[bytes]:
-        rendered = render_error(exc, realm=self.settings.realm)
+    def _refuse(self, start_response: StartResponse, exc: GuardError,
+                access: AccessToken | None = None, *, exc_info: Any = None) -> list[bytes]:
+        rendered = render_refusal(self.verifier, exc, access)
         headers = list(rendered.headers)
         headers.append(("content-length", str(len(rendered.body))))
         start_response(_status_line(rendered.status), headers, exc_info)
         return [rendered.body]
+
+
+def _send_answer(start_response: StartResponse, answer: EndpointResponse, *,
+                 head: bool) -> list[bytes]:
+    """Send one of the guard's own answers (HEAD: the same headers, no body)."""
+    start_response(_status_line(answer.status), list(answer.headers))
+    return [b"" if head else answer.body]
 
 
 class _Exchange:
@@ -173,8 +193,9 @@ class _Exchange:
         """
         return sys.exc_info() if self.started else None
 
-    def refuse(self, guard: M2MGuardWSGIMiddleware, exc: GuardError) -> list[bytes]:
-        return guard._refuse(self._start_response, exc, exc_info=self.exc_info())
+    def refuse(self, guard: M2MGuardWSGIMiddleware, exc: GuardError,
+               access: AccessToken | None) -> list[bytes]:
+        return guard._refuse(self._start_response, exc, access, exc_info=self.exc_info())
 
 
 class _GuardedBody:
@@ -209,7 +230,7 @@ class _GuardedBody:
                 raise
             self._sent = True
             self._iterator = iter(())
-            return self._exchange.refuse(self._guard, exc)[0]
+            return self._exchange.refuse(self._guard, exc, self._access)[0]
         finally:
             reset_current_token(marker)
         self._sent = self._sent or bool(chunk)

@@ -5,7 +5,9 @@
 - ``django-async``: the async views through `AsyncClient` (the ASGI handler, async middleware
   path, ``await verifier.verify``), on one event loop kept for the driver's lifetime;
 - ``drf``: the Django REST framework views with `M2MGuardAuthentication`, `HasScopes` and
-  `m2m_guard.drf.exception_handler` and no middleware, through `Client`.
+  `m2m_guard.drf.exception_handler` and no middleware, through `Client`; without the middleware,
+  the health endpoint and the RFC 9728 document are served by `operational_urls()` in the
+  URLconf, as docs/drf.md tells DRF users to do.
 
 Django's settings are process-wide: each driver overrides ``M2M_GUARD`` (with the given
 `GuardSettings`), ``ROOT_URLCONF`` and ``MIDDLEWARE`` for its lifetime, and on exit closes and
@@ -30,7 +32,7 @@ from .harness import Driver, DriverFactory, Headers, Reply, joined_headers, make
 setup_django()
 
 from examples.django_project import urls  # noqa: E402  (needs Django configured)
-from m2m_guard.django import close_verifiers, get_verifier  # noqa: E402
+from m2m_guard.django import close_verifiers, get_verifier, operational_urls  # noqa: E402
 
 WITHOUT_GUARD_MIDDLEWARE = ["django.middleware.common.CommonMiddleware"]
 
@@ -100,7 +102,8 @@ def django_async_driver(settings: GuardSettings) -> Iterator[Driver]:
 
 @contextmanager
 def drf_driver(settings: GuardSettings) -> Iterator[Driver]:
-    with _django(settings, urls.api_urlpatterns, MIDDLEWARE=WITHOUT_GUARD_MIDDLEWARE):
+    with _django(settings, urls.api_urlpatterns, MIDDLEWARE=WITHOUT_GUARD_MIDDLEWARE), \
+            override_settings(ROOT_URLCONF=URLs([*urls.api_urlpatterns, *operational_urls()])):
         yield ClientDriver("drf")
 
 

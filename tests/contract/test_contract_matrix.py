@@ -6,6 +6,10 @@ Every `drivers_*.py` module next to this file contributes drivers (see `harness.
 driver names is fixed: a framework whose driver is missing or fails to import fails the suite,
 it is never skipped. Each case runs through every driver against a real key-set server on
 loopback; each reply is compared with the contract and with the replies of the other frameworks.
+
+Operability is part of the contract: the health endpoint (`health_path`) and the RFC 9728
+document (`resource`) are answered alike, before authentication, and only when configured; the
+challenges carry ``resource_metadata`` exactly when configured.
 """
 
 from __future__ import annotations
@@ -27,6 +31,12 @@ from .harness import Driver, DriverFactory, Headers, Reply
 
 EXPECTED_DRIVERS = {"starlette", "fastapi", "flask", "wsgi", "django-sync", "django-async", "drf"}
 CLIENT_ID = "m2morg_68315758685323697"  # what KeySetServer.mint puts in client_id
+HEALTH = "/.well-known/m2m-guard/health"
+RESOURCE = "https://api.example.com/deployments-api"
+METADATA_PATH = "/.well-known/oauth-protected-resource/deployments-api"
+METADATA_URL = "https://api.example.com" + METADATA_PATH
+OPERABLE = {"health_path": HEALTH, "resource": RESOURCE,
+            "resource_scopes": ("read:deployments", "deploy:applications")}
 
 
 def _load_drivers() -> tuple[dict[str, DriverFactory], dict[str, str]]:
@@ -64,12 +74,14 @@ def test_every_framework_has_a_driver() -> None:
 # -- the contract --------------------------------------------------------------------------
 
 def _challenge(error: str | None = None, description: str = "", scope: str | None = None,
-               realm: str = "api") -> str:
+               realm: str = "api", resource_metadata: str | None = None) -> str:
     value = f'Bearer realm="{realm}"'
     if error is not None:
         value += f', error="{error}", error_description="{description}"'
     if scope is not None:
         value += f', scope="{scope}"'
+    if resource_metadata is not None:
+        value += f', resource_metadata="{resource_metadata}"'
     return value
 
 
@@ -78,20 +90,29 @@ class Expected:
     """What the contract demands. `challenge` None means no `WWW-Authenticate` header; `body`
     None means "a JSON object" (success bodies are the app's own). `status` None means "whatever
     the framework answers, as long as the guard did not" (CORS preflight: each framework has its
-    own OPTIONS handling)."""
+    own OPTIONS handling).
+
+    For the guard's own answers: `cache_control` is the expected ``Cache-Control`` (checked with
+    `body`), `headers` more headers with their exact values, `summary` the part of a JSON body
+    that is compared (a health document holds timings), `empty` a HEAD answer (no body)."""
 
     status: int | None
     challenge: str | None = None
     body: Mapping[str, Any] | None = None
     retry_after: bool = False
+    cache_control: str = "no-store"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    summary: Callable[[Any], Any] | None = None
+    empty: bool = False
 
 
 def _refusal(status: int, error: str, description: str, *, code: str | None = None,
-             scope: str | None = None, realm: str = "api") -> Expected:
+             scope: str | None = None, realm: str = "api",
+             resource_metadata: str | None = None) -> Expected:
     body: dict[str, Any] = {"error": error, "error_description": description}
     if scope is not None:
         body["scope"] = scope
-    return Expected(status, _challenge(code, description, scope, realm), body)
+    return Expected(status, _challenge(code, description, scope, realm, resource_metadata), body)
 
 
 MISSING = _refusal(401, "missing_token", "A bearer token is required.")
@@ -142,6 +163,70 @@ def _down_with_cached_keys(world: World) -> Reply:
     world.issuer.stop()
     # A token the guard has not seen: it must be verified with the cached key set.
     return world.get("/deployments", bearer(world.issuer.mint()))
+
+
+def _warm_then(method: str, path: str) -> Callable[[World], Reply]:
+    """A verified request first (so every framework holds the key set), then `method` `path`
+    without credentials."""
+    def run(world: World) -> Reply:
+        warm = world.get("/deployments", bearer(world.issuer.mint()))
+        assert warm.status == 200, warm
+        return world.driver.request(method, path)
+    return run
+
+
+def _head_like_get(path: str, *, warm: bool = False) -> Callable[[World], Reply]:
+    """HEAD `path`, checked against GET: the same status and headers, no body. Content-Length
+    is the GET body's, compared exactly unless the document holds timings (health)."""
+    def run(world: World) -> Reply:
+        if warm:
+            assert world.get("/deployments", bearer(world.issuer.mint())).status == 200
+        got = world.get(path)
+        head = world.driver.request("HEAD", path)
+        assert head.status == got.status, (head, got)
+        for name in ("content-type", "cache-control"):
+            assert head.headers.get(name) == got.headers.get(name), (name, head, got)
+        length = head.headers.get("content-length", "")
+        assert length.isdigit() and int(length) > 0, head
+        if not warm:
+            assert length == got.headers.get("content-length"), (head, got)
+        return head
+    return run
+
+
+def _health_summary(document: Any) -> Any:
+    """What every framework's health document agrees on (ages and times differ)."""
+    return {"status": document["status"], "ready": document["ready"],
+            "issuers": [{key: entry[key] for key in ("status", "usable", "keys", "key_ids")}
+                        for entry in document["issuers"].values()]}
+
+
+def _not_ready_summary(document: Any) -> Any:
+    # A cold issuer is "cold" where nothing tried it yet and "unavailable" where the app's
+    # startup warm-up (ASGI lifespan) already failed: both are not usable.
+    return {"status": document["status"], "ready": document["ready"],
+            "issuers": [{"usable": entry["usable"], "keys": entry["keys"],
+                         "cold_or_unavailable": entry["status"] in ("cold", "unavailable")}
+                        for entry in document["issuers"].values()]}
+
+
+READY = {"status": "ready", "ready": True, "issuers": [
+    {"status": "fresh", "usable": True, "keys": 4,
+     "key_ids": ["snk_rs256", "snk_ps256", "snk_es256", "snk_eddsa"]}]}
+NOT_READY = {"status": "not_ready", "ready": False, "issuers": [
+    {"usable": False, "keys": 0, "cold_or_unavailable": True}]}
+
+
+def _metadata_document(world: World) -> Reply:
+    reply = world.get(METADATA_PATH)
+    # The issuer's URL is the fixture's: checked here, the rest by the expectation.
+    assert isinstance(reply.body, dict), reply
+    assert reply.body.get("authorization_servers") == [world.issuer.url], reply
+    return reply
+
+
+def _metadata_summary(document: Any) -> Any:
+    return {key: value for key, value in document.items() if key != "authorization_servers"}
 
 
 @dataclass(frozen=True)
@@ -221,6 +306,65 @@ CASES = [
                               "The token issuer cannot be reached and no keys are cached."},
                   retry_after=True),
          issuer_down_from_start=True, settings={"http_timeout": 0.5}),
+    # -- operability: the health endpoint, the RFC 9728 document, resource_metadata ----------
+    Case("health-ready", _warm_then("GET", HEALTH),
+         Expected(200, body=READY, summary=_health_summary), settings=OPERABLE),
+    Case("health-cold-and-down", lambda w: w.get(HEALTH),
+         Expected(503, body=NOT_READY, summary=_not_ready_summary),
+         issuer_down_from_start=True, settings={**OPERABLE, "http_timeout": 0.5}),
+    Case("health-ignores-credentials", lambda w: w.get(HEALTH, {"Authorization": "Bearer a b"}),
+         Expected(503, body=NOT_READY, summary=_not_ready_summary),
+         issuer_down_from_start=True, settings={**OPERABLE, "http_timeout": 0.5}),
+    Case("health-head", _head_like_get(HEALTH, warm=True), Expected(200, empty=True),
+         settings=OPERABLE),
+    Case("health-post", _warm_then("POST", HEALTH),
+         Expected(405, body={"error": "method_not_allowed"}, headers={"allow": "GET, HEAD"}),
+         settings=OPERABLE),
+    Case("resource-metadata-document", _metadata_document,
+         Expected(200, body={"resource": RESOURCE, "bearer_methods_supported": ["header"],
+                             "scopes_supported": ["read:deployments", "deploy:applications"]},
+                  cache_control="public, max-age=3600", summary=_metadata_summary),
+         settings=OPERABLE),
+    Case("resource-metadata-head", _head_like_get(METADATA_PATH),
+         Expected(200, cache_control="public, max-age=3600", empty=True), settings=OPERABLE),
+    Case("resource-metadata-post", lambda w: w.driver.request("POST", METADATA_PATH),
+         Expected(405, body={"error": "method_not_allowed"}, headers={"allow": "GET, HEAD"}),
+         settings=OPERABLE),
+    Case("resource-metadata-missing-token", lambda w: w.get("/deployments"),
+         _refusal(401, "missing_token", "A bearer token is required.",
+                  resource_metadata=METADATA_URL), settings=OPERABLE),
+    Case("resource-metadata-invalid-token", lambda w: w.get("/deployments",
+                                                            bearer(_expired(w))),
+         _refusal(401, "invalid_token", "The token has expired.", code="invalid_token",
+                  resource_metadata=METADATA_URL), settings=OPERABLE),
+    Case("resource-metadata-malformed", lambda w: w.get("/deployments",
+                                                        {"Authorization": "Bearer"}),
+         _refusal(400, "invalid_request",
+                  "The Authorization header has the Bearer scheme but no token.",
+                  code="invalid_request", resource_metadata=METADATA_URL), settings=OPERABLE),
+    Case("resource-metadata-insufficient-scope", lambda w: w.get(
+        "/admin/audit", bearer(w.issuer.mint())),
+        _refusal(403, "insufficient_scope", "The access token lacks the scope: admin:platform",
+                 code="insufficient_scope", scope="admin:platform",
+                 resource_metadata=METADATA_URL), settings=OPERABLE),
+    Case("resource-metadata-insufficient-scope-post", lambda w: w.driver.request(
+        "POST", "/deployments", headers=bearer(w.issuer.mint(scopes=["read:deployments"])),
+        json={"service": "billing"}),
+        _refusal(403, "insufficient_scope",
+                 "The access token lacks the scope: deploy:applications",
+                 code="insufficient_scope", scope="deploy:applications",
+                 resource_metadata=METADATA_URL), settings=OPERABLE),
+    Case("resource-metadata-url-only", lambda w: w.get("/admin/audit", bearer(w.issuer.mint())),
+         _refusal(403, "insufficient_scope", "The access token lacks the scope: admin:platform",
+                  code="insufficient_scope", scope="admin:platform",
+                  resource_metadata="https://meta.example/rs"),
+         settings={"resource_metadata_url": "https://meta.example/rs"}),
+    Case("resource-metadata-not-with-503", lambda w: w.get("/deployments",
+                                                           bearer(w.issuer.mint())),
+         Expected(503, None, {"error": "temporarily_unavailable", "error_description":
+                              "The token issuer cannot be reached and no keys are cached."},
+                  retry_after=True),
+         issuer_down_from_start=True, settings={**OPERABLE, "http_timeout": 0.5}),
 ]
 
 
@@ -236,15 +380,24 @@ def _mismatches(reply: Reply, expected: Expected, settings: GuardSettings) -> li
         return problems
     if reply.status != expected.status:
         problems.append(f"status {reply.status} != {expected.status}")
-    if expected.body is None:
+    if expected.empty:
+        if reply.body is not None:
+            problems.append(f"body {reply.body!r} is not empty")
+    elif expected.body is None:
         if not isinstance(reply.body, dict):
             problems.append(f"body {reply.body!r} is not a JSON object")
     else:
-        if reply.body != dict(expected.body):
-            problems.append(f"body {reply.body!r} != {dict(expected.body)!r}")
-        for name, value in (("content-type", "application/json"), ("cache-control", "no-store")):
+        body = _compared_body(reply, expected)
+        if body != dict(expected.body):
+            problems.append(f"body {body!r} != {dict(expected.body)!r}")
+    if expected.body is not None or expected.empty:
+        for name, value in (("content-type", "application/json"),
+                            ("cache-control", expected.cache_control)):
             if reply.headers.get(name, "").split(";")[0].strip() != value:
                 problems.append(f"{name} {reply.headers.get(name)!r} != {value!r}")
+    for name, value in expected.headers.items():
+        if reply.headers.get(name) != value:
+            problems.append(f"{name} {reply.headers.get(name)!r} != {value!r}")
     retry_after = reply.headers.get("retry-after")
     if expected.retry_after:
         if retry_after is None or not retry_after.isdigit() or not (
@@ -255,14 +408,29 @@ def _mismatches(reply: Reply, expected: Expected, settings: GuardSettings) -> li
     return problems
 
 
+def _compared_body(reply: Reply, expected: Expected) -> Any:
+    if expected.summary is not None and isinstance(reply.body, dict):
+        try:
+            return expected.summary(reply.body)
+        except (KeyError, TypeError, AttributeError):
+            return reply.body  # not the expected document: shown whole in the mismatch
+    return reply.body
+
+
 def _guard_view(reply: Reply, expected: Expected) -> tuple[Any, ...]:
     """The part of a reply every framework must agree on (success bodies are each app's own, and
     so is the answer to a request the guard let through without a status in mind)."""
     if expected.status is None:
         return (reply.headers.get("www-authenticate"),)
-    body = reply.body if reply.status >= 400 else type(reply.body).__name__
-    return (reply.status, reply.headers.get("www-authenticate"),
-            reply.headers.get("retry-after"), body)
+    guards_own = expected.body is not None or expected.empty  # the guard answered
+    body = _compared_body(reply, expected) if reply.status >= 400 or guards_own \
+        else type(reply.body).__name__
+    # The app's own answers carry its own Cache-Control; DRF adds Allow to every answer.
+    names = ["www-authenticate", "retry-after", *sorted(expected.headers)]
+    if guards_own:
+        names.append("cache-control")
+    headers = tuple(reply.headers.get(name) for name in names)
+    return (reply.status, headers, body)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
@@ -295,3 +463,39 @@ def test_every_framework_answers_per_contract(
     assert not problems, "frameworks breaking the contract: " + "; ".join(
         f"{name}: {', '.join(found)}" for name, found in problems.items())
     assert not disagreeing, f"frameworks disagree: {views}"
+
+
+def test_operational_paths_are_ordinary_paths_when_not_configured(
+        issuer: KeySetServer, make_settings: Callable[..., GuardSettings]) -> None:
+    """Without `health_path` and `resource`, nothing is served at their usual paths: each is
+    answered exactly like a path the app does not route (401 where a middleware guards every
+    path, the framework's 404 where routes are guarded one by one), and with a valid token the
+    request reaches the app, which has no such route (404)."""
+    settings = make_settings(public_paths=("/health",))
+    problems: dict[str, list[str]] = {}
+    anonymous_statuses: dict[str, int] = {}
+    for name, factory in sorted(DRIVERS.items()):
+        found: list[str] = []
+        with factory(settings) as driver:
+            token = bearer(issuer.mint())
+            unknown = driver.request("GET", "/no-such-route")
+            unknown_with_token = driver.request("GET", "/no-such-route", headers=token)
+            for path in (HEALTH, "/.well-known/oauth-protected-resource"):
+                anonymous = driver.request("GET", path)
+                with_token = driver.request("GET", path, headers=token)
+                for got, like in ((anonymous, unknown), (with_token, unknown_with_token)):
+                    if (got.status, got.headers.get("www-authenticate"), got.body) != (
+                            like.status, like.headers.get("www-authenticate"), like.body):
+                        found.append(f"{path}: {got} differs from an unrouted path's {like}")
+                if with_token.status != 404:
+                    found.append(f"{path} with a token: {with_token.status} != 404")
+                if anonymous.status == 401:
+                    found += [f"{path}: {problem}"
+                              for problem in _mismatches(anonymous, MISSING, settings)]
+                elif anonymous.status != 404:
+                    found.append(f"{path} without a token: {anonymous.status}")
+                anonymous_statuses[name] = anonymous.status
+        if found:
+            problems[name] = found
+    assert not problems, problems
+    assert set(anonymous_statuses) == EXPECTED_DRIVERS
