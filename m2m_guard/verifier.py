@@ -226,6 +226,7 @@ class TokenVerifier:
         self._leeway = self.settings.leeway
         self._max_token_bytes = self.settings.max_token_bytes
         self._headers = HeaderCache()
+        self._header_rules = self._check_header  # bound once, not once per token
         self._strings = _SharedStrings()
         self._tasks: set[asyncio.Task[None]] = set()
         self._threads: set[threading.Thread] = set()
@@ -437,21 +438,17 @@ class TokenVerifier:
     # -- the engine ----------------------------------------------------------------------
     def _begin(self, token: str) -> AccessToken | _Job:
         """A still-valid cached `AccessToken`, or the parsed token ready for key selection."""
-        cached, digest = self._cached(token)
-        if cached is not None:
-            return cached
-        jws, claims, issuer = self._parse(token)
-        return _Job(digest, jws, claims, issuer)
-
-    def _cached(self, token: str) -> tuple[AccessToken | None, bytes]:
         if not isinstance(token, str):
             raise InvalidToken("The token must be a string.", reason="malformed")
         if len(token) > self._max_token_bytes:
             check_token_size(token, self._max_token_bytes)  # before hashing it
         digest = _sha256(token.encode("utf-8", "surrogatepass")).digest()
-        if self._cache is None:
-            return None, digest
-        return self._hit(digest), digest
+        if self._cache is not None:
+            cached = self._hit(digest)
+            if cached is not None:
+                return cached
+        jws, claims, issuer = self._parse(token)
+        return _Job(digest, jws, claims, issuer)
 
     def _hit(self, digest: bytes) -> AccessToken | None:
         """The cached token under `digest` if it may still be used; a stale entry is dropped."""
@@ -489,8 +486,8 @@ class TokenVerifier:
         return self._hit(_sha256(token).digest())
 
     def _parse(self, token: str) -> tuple[CompactJWS, dict[str, Any], _Issuer]:
-        jws = parse_compact(token, max_bytes=self.settings.max_token_bytes,
-                            header_cache=self._headers, header_rules=self._check_header)
+        jws = parse_compact(token, max_bytes=self._max_token_bytes,
+                            header_cache=self._headers, header_rules=self._header_rules)
         try:
             claims = loads_json(jws.payload)
         except ValueError:
