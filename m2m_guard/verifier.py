@@ -22,7 +22,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Generator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import anyio.to_thread
@@ -109,17 +109,18 @@ _JOIN_FETCH = _Want("wait for the fetch in progress, if any")
 _SPAWN_REFRESH = _Want("start a background refresh")
 
 
-class _Job:
-    """A token past framing and issuer selection, on its way to key selection and claims."""
+class _Job(NamedTuple):
+    """A token past framing and issuer selection, on its way to key selection and claims.
 
-    __slots__ = ("claims", "digest", "issuer", "jws")
+    Immutable; built with `_new_job(_Job, (...))` on the hot path (no Python-level `__new__`)."""
 
-    def __init__(self, digest: bytes, jws: CompactJWS, claims: dict[str, Any],
-                 issuer: _Issuer) -> None:
-        self.digest = digest
-        self.jws = jws
-        self.claims = claims
-        self.issuer = issuer
+    digest: bytes
+    jws: CompactJWS
+    claims: dict[str, Any]
+    issuer: _Issuer
+
+
+_new_job = tuple.__new__
 
 
 # token, the key that verified it and the key set it was in, its issuer, and its validity window
@@ -448,7 +449,7 @@ class TokenVerifier:
             if cached is not None:
                 return cached
         jws, claims, issuer = self._parse(token)
-        return _Job(digest, jws, claims, issuer)
+        return _new_job(_Job, (digest, jws, claims, issuer))
 
     def _hit(self, digest: bytes) -> AccessToken | None:
         """The cached token under `digest` if it may still be used; a stale entry is dropped."""
