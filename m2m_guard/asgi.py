@@ -8,6 +8,9 @@ work. A refusal is answered per DESIGN §4; a refused websocket gets an HTTP den
 the server supports it, else a close with code 1008 before accept. A `GuardError` raised by the
 app (e.g. by `require_scopes`) is rendered the same way while the response has not started.
 
+A token already in the verified-token cache, sent as a plain ``Bearer <token>`` header, is served
+on a fast path (`TokenVerifier.cached_token`) with the same outcome as the full path.
+
 For `lifespan`: startup warms the key sets (a failure is logged, not fatal); shutdown stops the
 verifier's background work.
 """
