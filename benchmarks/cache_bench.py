@@ -5,13 +5,14 @@
   bound.
 - Cold start: N concurrent requests through the ASGI middleware on an empty cache, against an
   issuer whose key set takes a while to arrive: one key-set fetch, and all done within one fetch
-  time plus their verification.
+  time plus their verification (the same requests, as concurrent, with the keys already loaded).
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import statistics
 import time
 import tracemalloc
 from typing import Any
@@ -67,7 +68,9 @@ def run_memory(key: SigningKey, issuer: str, config: Config) -> list[Row]:
 
 
 def run_cold_start(key: SigningKey, config: Config, per_request_us: float) -> list[Row]:
-    """`per_request_us`: the in-process cost of one request with a full verification."""
+    """`per_request_us`: the in-process cost of one request with a full verification (shown
+    for reference). "Their verification" is measured: the same requests, just as concurrent,
+    against a verifier whose key set is already loaded (task scheduling included)."""
     delay = 0.05 if config.batch < 10 else 0.25 if config.quick else 0.5
     count = 20 if config.batch < 10 else 200 if config.quick else 1000
     section = f"cold start: {count:,} concurrent requests"
@@ -80,14 +83,19 @@ def run_cold_start(key: SigningKey, config: Config, per_request_us: float) -> li
         before = issuer.requests["/keys"]
         elapsed, statuses = asyncio.run(_concurrent(issuer.url, key, signed))
         fetches = issuer.requests["/keys"] - before
-    budget = fetch_time + count * per_request_us / 1e6
+        verification = statistics.median(
+            asyncio.run(_concurrent(issuer.url, key, signed, warm=True))[0] for _ in range(3))
+    budget = fetch_time + verification
     ok = statuses == {200}
     return [
         Row(section, "key-set fetches", fetches, "", target="= 1", met=fetches == 1 and ok,
             note="" if ok else f"statuses {sorted(statuses)}"),
         Row(section, "time to answer all", elapsed, "s",
-            target=f"≤ {budget:.3f} s (fetch {fetch_time:.3f} s + verification)",
-            met=elapsed <= budget and ok),
+            target=f"≤ {budget:.3f} s (fetch {fetch_time:.3f} s + verification "
+                   f"{verification:.3f} s)",
+            met=elapsed <= budget and ok,
+            note=f"verification: the same {count:,} concurrent requests, keys loaded "
+                 f"({count * per_request_us / 1e6:.3f} s one after another)"),
     ]
 
 
@@ -100,8 +108,11 @@ async def _one_fetch(issuer: str) -> float:
     return elapsed
 
 
-async def _concurrent(issuer: str, key: SigningKey, tokens: list[str]) -> tuple[float, set[int]]:
+async def _concurrent(issuer: str, key: SigningKey, tokens: list[str], *,
+                      warm: bool = False) -> tuple[float, set[int]]:
     verifier = TokenVerifier(guard_settings(issuer))
+    if warm:  # keys loaded first (outside the timing); the token cache stays empty
+        await verifier.warm_up()
     app: Any = build_asgi("m2m-unique", issuer=issuer, key=None, alg=key.alg, verifier=verifier)
     statuses: set[int] = set()
 

@@ -8,6 +8,9 @@ work. A refusal is answered per DESIGN §4; a refused websocket gets an HTTP den
 the server supports it, else a close with code 1008 before accept. A `GuardError` raised by the
 app (e.g. by `require_scopes`) is rendered the same way while the response has not started.
 
+A token already in the verified-token cache, sent as a plain ``Bearer <token>`` header, is served
+on a fast path (`TokenVerifier.cached_token`) with the same outcome as the full path.
+
 For `lifespan`: startup warms the key sets (a failure is logged, not fatal); shutdown stops the
 verifier's background work.
 """
@@ -20,8 +23,8 @@ from typing import Any
 
 from starlette.authentication import AuthCredentials, UnauthenticatedUser
 
-from .bearer import extract_bearer
-from .context import reset_current_token, set_current_token
+from .bearer import extract_bearer, query_has_access_token
+from .context import _CURRENT
 from .endpoints import OperationalEndpoints, render_refusal
 from .errors import GuardError, MissingToken
 from .health import EndpointResponse
@@ -42,6 +45,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 logger = logging.getLogger("m2m_guard")
 _SCOPE_KEY = "m2m_guard.token"
 _UNAUTHENTICATED = (AuthCredentials(), UnauthenticatedUser())
+_HANDLED = object()  # the request was answered (or passed on) before the app call
+# `set_current_token` / `reset_current_token` without the wrapper calls (hot path).
+_set_current = _CURRENT.set
+_reset_current = _CURRENT.reset
 
 
 # Credentials are shared per cached token; the memo keeps its tokens alive, so it stays small
@@ -61,6 +68,22 @@ class TokenCredentials(AuthCredentials):
     @property
     def scopes(self) -> tuple[str, ...]:  # type: ignore[override]
         return self._scopes
+
+
+class _ReceiveTracker:
+    """A websocket app's `receive`: notes whether the app consumed the connect event."""
+
+    __slots__ = ("connect_consumed", "receive")
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.connect_consumed = False
+
+    async def __call__(self) -> Message:
+        message = await self.receive()
+        if message.get("type") == "websocket.connect":
+            self.connect_consumed = True
+        return message
 
 
 class _SendTracker:
@@ -108,85 +131,146 @@ class M2MGuardMiddleware:
         self._paths = PathRules(tuple(self.settings.public_paths))
         # Health and RFC 9728 endpoints (None unless configured).
         self._endpoints = OperationalEndpoints.for_verifier(self.verifier)
-        self._auth_memo: dict[int, tuple[AccessToken, AuthCredentials]] = {}
+        self._auth_memo: dict[int, tuple[AccessToken, tuple[AuthCredentials, ClientUser]]] = {}
+        # The cache-hit fast path needs the verified-token cache and "Bearer" as the scheme
+        # (the header check compares bytes).
+        self._fast_path = self.settings.token_cache_size > 0
+        self._preflight = self.settings.allow_cors_preflight
+        self._has_public_paths = bool(self.settings.public_paths)
+        self._cached_token = self.verifier.cached_token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "http" or kind == "websocket":
-            await self._guard(scope, receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(scope, receive, send)
+        if kind != "http" and kind != "websocket":
+            if kind == "lifespan":
+                await self._lifespan(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        access: AccessToken | None = None
+        hit = False
+        if self._fast_path:
+            # A cached token in the one Authorization header, "Bearer <token>": the same
+            # outcome as the full path (a cached token is a canonical compact JWS, so it passes
+            # every rule of `extract_bearer`), with nothing parsed or decoded. Anything else (no
+            # or several headers, another spelling, a query string naming access_token, a path
+            # the guard answers or lets through) takes the full path; so does a miss.
+            found = None
+            for name, value in scope["headers"]:
+                if name == b"authorization":
+                    if found is not None:
+                        found = None
+                        break
+                    found = value
+            if (found is not None and found[:7] == b"Bearer "
+                    and not (self._has_public_paths and self._paths.is_public(scope["path"]))
+                    and not (scope.get("query_string")
+                             and query_has_access_token(scope["query_string"]))
+                    and (self._endpoints is None or kind == "websocket"
+                         or self._endpoints.answer(scope["path"], scope["method"]) is None)
+                    and not (scope.get("method") == "OPTIONS" and self._preflight
+                             and _is_preflight(scope))):
+                access = self._cached_token(found[7:])
+                hit = access is not None
+        if not hit:
+            outcome = await self._authenticate(scope, receive, send)
+            if outcome is _HANDLED:
+                return
+            access = outcome  # type: ignore[assignment]
+        scope[_SCOPE_KEY] = access
+        scope["m2m_guard.settings"] = self.settings
+        scope["m2m_guard.verifier"] = self.verifier  # for exception handlers inside the app
+        if access is None:
+            scope["auth"], scope["user"] = _UNAUTHENTICATED
+        elif hit:  # shared per cached token (memoised on hits only: a flood of new tokens
+            # would otherwise keep hundreds of principals alive for nothing)
+            memo = self._auth_memo
+            principal = memo.get(id(access))
+            if principal is None or principal[0] is not access:
+                if len(memo) >= _AUTH_MEMO_SIZE:
+                    memo.clear()
+                principal = memo[id(access)] = (access, self._principal(access))
+            scope["auth"], scope["user"] = principal[1]
         else:
-            await self.app(scope, receive, send)
+            scope["auth"], scope["user"] = self._principal(access)
+        if kind == "websocket":
+            await self._call_websocket(scope, receive, send, access)
+            return
+        marker = _set_current(access)
+        tracker = _SendTracker(send)
+        try:
+            await self.app(scope, receive, tracker)
+        except GuardError as exc:  # e.g. require_scopes: rendered while nothing was sent
+            if tracker.started:
+                raise
+            await self._refuse(scope, receive, send, exc)
+        finally:
+            _reset_current(marker)
 
-    async def _guard(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _authenticate(self, scope: Scope, receive: Receive,
+                            send: Send) -> AccessToken | object | None:
+        """The full path: operational endpoints, public paths and preflights (answered or
+        passed on here: `_HANDLED`), then the bearer token, verified; a refusal is sent here
+        (`_HANDLED`). Otherwise the `AccessToken`, or None (no token, not required)."""
         settings = self.settings
         if self._endpoints is not None and scope["type"] == "http":  # operational endpoints
             answer = self._endpoints.answer(scope["path"], scope["method"])
             if answer is not None:
                 await self._send_answer(send, answer, head=scope["method"] == "HEAD")
-                return
+                return _HANDLED
         if self._paths.is_public(scope["path"]) or (
             settings.allow_cors_preflight and _is_preflight(scope)
         ):
-            await self.app(scope, receive, send)
-            return
-        access: AccessToken | None = None
+            await self._pass_through(scope, receive, send)
+            return _HANDLED
         try:
             token = extract_bearer(_authorization_values(scope["headers"]),
                                    scope.get("query_string", b""),
                                    max_token_bytes=settings.max_token_bytes)
             if token is not None:
-                access = await self.verifier.verify(token)
-            elif settings.required:
+                return await self.verifier.verify(token)
+            if settings.required:
                 raise MissingToken()
         except GuardError as exc:
             await self._refuse(scope, receive, send, exc)
-            return
-        scope[_SCOPE_KEY] = access
-        scope["m2m_guard.settings"] = settings
-        scope["m2m_guard.verifier"] = self.verifier  # for exception handlers inside the app
-        if access is None:
-            scope["auth"], scope["user"] = _UNAUTHENTICATED
-        else:
-            scope["auth"] = self._credentials(access)
-            scope["user"] = ClientUser(access)
-        marker = set_current_token(access)
+            return _HANDLED
+        return None
+
+    async def _pass_through(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A public path or a preflight: the app runs with no token checked. A `GuardError` it
+        raises anyway (e.g. `require_scopes` on a route under a public prefix) is answered per
+        the contract while nothing was sent, never as a 500. The scope stays untouched."""
         tracker = _SendTracker(send)
-        connect_consumed = False
-
-        async def receive_tracking() -> Message:
-            nonlocal connect_consumed
-            message = await receive()
-            connect_consumed = connect_consumed or message.get("type") == "websocket.connect"
-            return message
-
+        receiver = _ReceiveTracker(receive) if scope["type"] == "websocket" else None
         try:
-            if scope["type"] == "http":
-                await self.app(scope, receive, tracker)
-            else:  # a websocket endpoint may read the connect event before refusing
-                await self.app(scope, receive_tracking, tracker)
+            await self.app(scope, receiver or receive, tracker)
         except GuardError as exc:
             if tracker.started:
                 raise
-            await self._refuse(scope, receive, send, exc, connect_consumed=connect_consumed)
-        finally:
-            reset_current_token(marker)
+            await self._refuse(scope, receive, send, exc, connect_consumed=receiver is not None
+                               and receiver.connect_consumed)
 
-    def _credentials(self, access: AccessToken) -> AuthCredentials:
-        """Starlette's `request.auth` for `access`, made once per token: a cached token comes
-        back as the same object, and its credentials are read-only, so they can be shared."""
-        found = self._auth_memo.get(id(access))
-        if found is not None and found[0] is access:  # the memo holds `access`: ids stay unique
-            return found[1]
-        credentials = TokenCredentials(access.scopes)
-        if self.settings.token_cache_size == 0:  # no token comes back as the same object
-            return credentials
-        memo = self._auth_memo
-        if len(memo) >= _AUTH_MEMO_SIZE:
-            memo.clear()
-        memo[id(access)] = (access, credentials)
-        return credentials
+    async def _call_websocket(self, scope: Scope, receive: Receive, send: Send,
+                              access: AccessToken | None) -> None:
+        marker = _set_current(access)
+        tracker = _SendTracker(send)
+        receiver = _ReceiveTracker(receive)  # the app may read the connect event, then refuse
+        try:
+            await self.app(scope, receiver, tracker)
+        except GuardError as exc:
+            if tracker.started:
+                raise
+            await self._refuse(scope, receive, send, exc,
+                               connect_consumed=receiver.connect_consumed)
+        finally:
+            _reset_current(marker)
+
+    @staticmethod
+    def _principal(access: AccessToken) -> tuple[AuthCredentials, ClientUser]:
+        """Starlette's `request.auth` and `request.user` for `access`. Both are read-only, so
+        the ones of a cached token are shared by its requests (`_auth_memo`, keyed by the
+        token object's id and holding that object, so the id cannot be reused meanwhile)."""
+        return TokenCredentials(access.scopes), ClientUser(access)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, exc: GuardError, *,
                       connect_consumed: bool = False) -> None:

@@ -13,11 +13,18 @@ are never used to find a key. Every failure raises `InvalidToken` with a `reason
 from __future__ import annotations
 
 import binascii
+import sys
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from .encoding import b64url_decode, is_b64url_framing, loads_json
+from .encoding import (
+    _LAST_CHARS_MOD2,
+    _LAST_CHARS_MOD3,
+    b64url_decode,
+    is_b64url_framing,
+    loads_json,
+)
 from .errors import InvalidToken
 from .keys import KeyRejected, VerificationKey, load_jwk
 from .settings import ASYMMETRIC_ALGORITHMS
@@ -34,6 +41,15 @@ _TO_STANDARD = bytes(
     {ord("-"): ord("+"), ord("_"): ord("/"), ord("."): ord(".")}.get(
         i, i if i in _B64URL else ord("!")) for i in range(256))
 _PADDING = (b"", b"", b"==", b"=")
+# By length modulo 4: the characters a canonical segment may end with (a multiple of 4 is not
+# looked up; a length of 1 modulo 4 is never canonical, so nothing is allowed).
+_LAST_CHARS: tuple[frozenset[str], ...] = (
+    frozenset(), frozenset(), _LAST_CHARS_MOD2, _LAST_CHARS_MOD3)
+# Python 3.11+: the strict decoder refuses "!" (any byte outside the alphabet) itself, faster
+# than a separate search; 3.10 searches first.
+_STRICT_A2B = sys.version_info >= (3, 11)
+_a2b = binascii.a2b_base64
+_new_jws = tuple.__new__
 
 
 class CompactJWS(NamedTuple):
@@ -100,7 +116,8 @@ def parse_compact(token: str, *, max_bytes: int = 16384,
     """
     if not isinstance(token, str):
         raise InvalidToken("The token must be a string.", reason="malformed")
-    check_token_size(token, max_bytes)
+    if len(token) > max_bytes:
+        check_token_size(token, max_bytes)
     parts = token.split(".")
     if len(parts) != 3:
         raise InvalidToken("The token is not a compact JWS (three dot-separated segments).",
@@ -108,13 +125,37 @@ def parse_compact(token: str, *, max_bytes: int = 16384,
     header_b64, payload_b64, signature_b64 = parts
     if not header_b64 or not signature_b64:
         raise InvalidToken("The token has an empty header or signature.", reason="malformed")
-    known = header_cache.get(header_b64) if header_cache is not None else None
-    decoded = _decode_segments(token, header_b64, payload_b64, signature_b64,
-                               with_header=known is None)
+    known = header_cache.entries.get(header_b64) if header_cache is not None else None
     signing_end = len(header_b64) + 1 + len(payload_b64)
     if known is not None:
+        # The usual case, inline: a known header and a token in the base64url alphabet only
+        # (one translate maps every other byte to "!"), the other segments canonical by their
+        # length and last character. Anything else takes `_decode_segments` for the exact error.
+        if token.isascii():
+            ascii_token = token.encode("ascii")
+            standard = ascii_token.translate(_TO_STANDARD)
+            payload_rem = len(payload_b64) & 3
+            signature_rem = len(signature_b64) & 3
+            if ((_STRICT_A2B or b"!" not in standard)
+                    and (not payload_rem or payload_b64[-1] in _LAST_CHARS[payload_rem])
+                    and (not signature_rem or signature_b64[-1] in _LAST_CHARS[signature_rem])):
+                payload_std = standard[len(header_b64) + 1:signing_end] + _PADDING[payload_rem]
+                signature_std = standard[signing_end + 1:] + _PADDING[signature_rem]
+                try:
+                    if _STRICT_A2B:
+                        payload = _a2b(payload_std, strict_mode=True)  # type: ignore[call-arg,unused-ignore]
+                        signature = _a2b(signature_std, strict_mode=True)  # type: ignore[call-arg,unused-ignore]
+                    else:
+                        payload, signature = _a2b(payload_std), _a2b(signature_std)
+                    return _new_jws(CompactJWS, (known[0], known[1], known[2],
+                                                 ascii_token[:signing_end], payload, signature))
+                except binascii.Error:  # a byte outside the alphabet ("!"): the exact error below
+                    pass
+        decoded = _decode_segments(token, header_b64, payload_b64, signature_b64,
+                                   with_header=False)
         return CompactJWS(known[0], known[1], known[2], decoded[3][:signing_end], decoded[1],
                           decoded[2])
+    decoded = _decode_segments(token, header_b64, payload_b64, signature_b64, with_header=True)
     raw_header, payload, signature, ascii_token = decoded
     try:
         header = loads_json(raw_header)

@@ -24,10 +24,21 @@ __all__ = ["ClientUser", "exception_handlers", "guard_error_response", "rendered
 
 
 class ClientUser(BaseUser):
-    """The calling client application, as Starlette's `request.user`."""
+    """The calling client application, as Starlette's `request.user`.
+
+    Read-only: the middleware shares one instance between the requests of one cached token.
+    """
 
     def __init__(self, token: AccessToken) -> None:
-        self.token = token
+        object.__setattr__(self, "token", token)
+
+    token: AccessToken
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("ClientUser is read-only (shared by the requests of one token)")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("ClientUser is read-only (shared by the requests of one token)")
 
     @property
     def is_authenticated(self) -> bool:

@@ -22,7 +22,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Generator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import anyio.to_thread
@@ -49,6 +49,10 @@ _TYPES = frozenset({"jwt", "at+jwt", "application/at+jwt"})
 _STRICT_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 _MAX_NUMERIC_DATE = 253402300799  # 9999-12-31T23:59:59Z: beyond it no datetime can hold it
 _STRING_CLAIMS = ("sub", "jti", "client_id", "azp", "oid")
+_ABSENT = object()  # not an int: an absent time claim goes to `_number`, which says None
+# Cached claim sets share strings (`_SharedStrings`) once the cache holds this many entries:
+# below it the saving is at most ~1.3 MB, not worth ~1.3 µs on every insertion.
+_SHARE_FROM = 1024
 
 
 class _Flight:
@@ -105,17 +109,18 @@ _JOIN_FETCH = _Want("wait for the fetch in progress, if any")
 _SPAWN_REFRESH = _Want("start a background refresh")
 
 
-class _Job:
-    """A token past framing and issuer selection, on its way to key selection and claims."""
+class _Job(NamedTuple):
+    """A token past framing and issuer selection, on its way to key selection and claims.
 
-    __slots__ = ("claims", "digest", "issuer", "jws")
+    Immutable; built with `_new_job(_Job, (...))` on the hot path (no Python-level `__new__`)."""
 
-    def __init__(self, digest: bytes, jws: CompactJWS, claims: dict[str, Any],
-                 issuer: _Issuer) -> None:
-        self.digest = digest
-        self.jws = jws
-        self.claims = claims
-        self.issuer = issuer
+    digest: bytes
+    jws: CompactJWS
+    claims: dict[str, Any]
+    issuer: _Issuer
+
+
+_new_job = tuple.__new__
 
 
 # token, the key that verified it and the key set it was in, its issuer, and its validity window
@@ -222,6 +227,7 @@ class TokenVerifier:
         self._leeway = self.settings.leeway
         self._max_token_bytes = self.settings.max_token_bytes
         self._headers = HeaderCache()
+        self._header_rules = self._check_header  # bound once, not once per token
         self._strings = _SharedStrings()
         self._tasks: set[asyncio.Task[None]] = set()
         self._threads: set[threading.Thread] = set()
@@ -433,37 +439,56 @@ class TokenVerifier:
     # -- the engine ----------------------------------------------------------------------
     def _begin(self, token: str) -> AccessToken | _Job:
         """A still-valid cached `AccessToken`, or the parsed token ready for key selection."""
-        cached, digest = self._cached(token)
-        if cached is not None:
-            return cached
-        jws, claims, issuer = self._parse(token)
-        return _Job(digest, jws, claims, issuer)
-
-    def _cached(self, token: str) -> tuple[AccessToken | None, bytes]:
         if not isinstance(token, str):
             raise InvalidToken("The token must be a string.", reason="malformed")
         if len(token) > self._max_token_bytes:
             check_token_size(token, self._max_token_bytes)  # before hashing it
         digest = _sha256(token.encode("utf-8", "surrogatepass")).digest()
+        if self._cache is not None:
+            cached = self._hit(digest)
+            if cached is not None:
+                return cached
+        jws, claims, issuer = self._parse(token)
+        return _new_job(_Job, (digest, jws, claims, issuer))
+
+    def _hit(self, digest: bytes) -> AccessToken | None:
+        """The cached token under `digest` if it may still be used; a stale entry is dropped."""
         cache = self._cache
-        if cache is None:
-            return None, digest
+        assert cache is not None
         entry = cache.get(digest)
         if entry is None:
-            return None, digest
+            return None
         access, key, key_set, issuer, not_after, not_before = entry
-        now_wall = self._wall()
-        if not_before <= now_wall < not_after and self._clock() < issuer.fast_until:
+        if not_before <= self._wall() < not_after and self._clock() < issuer.fast_until:
             keys = issuer.state.keys
             # The set that verified it, or a later one that still holds that very key object.
             if keys is key_set or (keys is not None and keys.contains(key)):
-                return access, digest
+                return access
         cache.discard(digest)
-        return None, digest
+        return None
+
+    def cached_token(self, token: str | bytes) -> AccessToken | None:
+        """The `AccessToken` of `token` when the verified-token cache holds it and a hit may be
+        used now (the same checks as in `verify`: `exp`/`nbf`, fresh key set, key still in it);
+        otherwise None, meaning "call `verify`". Never raises, never fetches, never logs.
+
+        For adapters' fast paths, `token` may be the raw header bytes after the scheme (an ASCII
+        token hashes the same as bytes or as str; other bytes never match a verified token).
+        None as well while events are subscribed (`verify` reports them), when the cache is off
+        or the token is over `max_token_bytes`.
+        """
+        if type(token) is not bytes:
+            if not isinstance(token, str) or not token.isascii():
+                return None
+            token = token.encode("ascii")
+        if self._cache is None or self._observer is not None \
+                or len(token) > self._max_token_bytes:
+            return None
+        return self._hit(_sha256(token).digest())
 
     def _parse(self, token: str) -> tuple[CompactJWS, dict[str, Any], _Issuer]:
-        jws = parse_compact(token, max_bytes=self.settings.max_token_bytes,
-                            header_cache=self._headers, header_rules=self._check_header)
+        jws = parse_compact(token, max_bytes=self._max_token_bytes,
+                            header_cache=self._headers, header_rules=self._header_rules)
         try:
             claims = loads_json(jws.payload)
         except ValueError:
@@ -582,18 +607,19 @@ class TokenVerifier:
         jws, claims, digest = job.jws, job.claims, job.digest
         check_signature(jws, key)
         not_after, not_before = self._check_claims(claims)
-        if self._cache is not None:
+        cache = self._cache
+        if cache is not None and len(cache) >= _SHARE_FROM:
             claims = self._strings.share(claims)
         access = AccessToken.from_claims(
             claims, self._read_scopes(claims), algorithm=jws.alg,
             key_id=jws.kid, fingerprint=digest[:8].hex(),
         )
-        if self._cache is not None:
+        if cache is not None:
             # Remember the current set only if it holds the key (a refresh may have replaced
             # the set the key came from); a hit then needs only an identity check.
             keys = job.issuer.state.keys
             key_set = keys if keys is not None and keys.contains(key) else None
-            self._cache.put(digest, (access, key, key_set, job.issuer, not_after, not_before),
+            cache.put(digest, (access, key, key_set, job.issuer, not_after, not_before),
                             len(jws.signing_input) + len(jws.signature))
         return access
 
@@ -608,21 +634,27 @@ class TokenVerifier:
                 raise InvalidToken(f"The token has no {name} claim.", reason=f"missing_{name}")
         now = self._wall()
         leeway = self._leeway
-        exp = _number(claims, "exp")
-        assert exp is not None  # required above
+        # Time claims: an int in range is the usual case, checked inline; `_number` does the rest.
+        exp = claims["exp"]  # required above
+        if type(exp) is not int or not 0 <= exp <= _MAX_NUMERIC_DATE:
+            exp = _number(claims, "exp")
         if now >= exp + leeway:
             raise InvalidToken("The token has expired.", reason="expired")
-        nbf = _number(claims, "nbf")
+        nbf = claims.get("nbf", _ABSENT)
+        if type(nbf) is not int or not 0 <= nbf <= _MAX_NUMERIC_DATE:
+            nbf = _number(claims, "nbf")
         not_before = -math.inf if nbf is None else nbf - leeway
         if now < not_before:
             raise InvalidToken("The token is not valid yet (nbf).", reason="not_yet_valid")
-        iat = _number(claims, "iat")
+        iat = claims.get("iat", _ABSENT)
+        if type(iat) is not int or not 0 <= iat <= _MAX_NUMERIC_DATE:
+            iat = _number(claims, "iat")
         if iat is not None and iat > now + leeway:
             raise InvalidToken("The token was issued in the future (iat).",
                                reason="issued_in_future")
         for name in _STRING_CLAIMS:
             value = claims.get(name)
-            if value is not None and not isinstance(value, str):
+            if value is not None and type(value) is not str and not isinstance(value, str):
                 raise InvalidToken(f"The {name} claim must be a string.", reason=f"invalid_{name}")
         if self.settings.verify_audience:
             aud = claims.get("aud")
@@ -645,12 +677,13 @@ class TokenVerifier:
         return exp + leeway, not_before
 
     # -- fetching --------------------------------------------------------------------------
-    def _start_flight(self, issuer: _Issuer, event: anyio.Event | None, *,
+    def _start_flight(self, issuer: _Issuer, *, async_owner: bool,
                       join_only: bool = False) -> tuple[_Flight | None, bool]:
         with issuer.lock:
             if issuer.flight is not None or join_only:
                 return issuer.flight, False
-            flight = issuer.flight = _Flight(event)
+            # The event is made by the owner only (a cold start has many joiners).
+            flight = issuer.flight = _Flight(anyio.Event() if async_owner else None)
             return flight, True
 
     def _store(self, issuer: _Issuer, result: FetchResult | None, error: str | None,
@@ -679,7 +712,7 @@ class TokenVerifier:
             self._observer.key_set(issuer.settings.issuer, result, error, before, after)
 
     async def _fetch_async(self, issuer: _Issuer, *, join_only: bool = False) -> None:
-        flight, owner = self._start_flight(issuer, anyio.Event(), join_only=join_only)
+        flight, owner = self._start_flight(issuer, async_owner=True, join_only=join_only)
         if flight is None:
             return
         timeout = self.settings.http_timeout * 2 + 1
@@ -707,7 +740,7 @@ class TokenVerifier:
             flight.finish()
 
     def _fetch_sync(self, issuer: _Issuer, *, join_only: bool = False) -> None:
-        flight, owner = self._start_flight(issuer, None, join_only=join_only)
+        flight, owner = self._start_flight(issuer, async_owner=False, join_only=join_only)
         if flight is None:
             return
         if not owner:

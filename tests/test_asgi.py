@@ -801,3 +801,31 @@ def test_plain_text_app_unaffected_for_valid_token(issuer: KeySetServer,
     assert response.text == "x" * 100_000
     assert response.headers["x-app"] == "1"
     assert "www-authenticate" not in response.headers
+
+
+def test_guard_error_raised_on_a_public_path_is_answered_not_a_500(
+        make_settings: Callable[..., GuardSettings]) -> None:
+    """A route under a public prefix that still demands scopes (a configuration slip) gets the
+    contract's 401 from the guard, over http and websocket, instead of the server's 500."""
+
+    @require_scopes("admin:platform")
+    async def admin(request: Request) -> JSONResponse:
+        return JSONResponse({"admin": True})
+
+    async def closed_room(websocket: WebSocket) -> None:
+        raise MissingToken()
+
+    app = Starlette(
+        routes=[Route("/open/admin", admin), WebSocketRoute("/open/room", closed_room)],
+        middleware=[Middleware(M2MGuardMiddleware,
+                               settings=make_settings(public_paths=("/open/*",)))],
+    )
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answer = client.get("/open/admin")
+        assert answer.status_code == 401
+        assert answer.headers["www-authenticate"] == 'Bearer realm="api"'
+        assert answer.json() == MISSING_BODY
+        with pytest.raises(WebSocketDenialResponse) as denied:
+            with client.websocket_connect("/open/room"):
+                pass
+        assert denied.value.status_code == 401

@@ -13,6 +13,7 @@ import time
 import pytest
 from starlette.testclient import TestClient
 
+import m2m_guard.verifier as verifier_module
 from m2m_guard import GuardSettings, InvalidToken, TokenVerifier
 from m2m_guard.local_issuer import KeySetServer, SigningKey
 from m2m_guard.token_cache import VerifiedTokenCache
@@ -246,9 +247,11 @@ def test_starlette_credentials_of_a_cached_token_are_read_only(issuer: KeySetSer
     assert answers[0] == answers[1] == {"scopes": ["deploy:applications", "read:deployments"]}
 
 
-def test_shared_claim_objects_never_change_a_value_or_its_type() -> None:
+def test_shared_claim_objects_never_change_a_value_or_its_type(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """Cached tokens of one shape share equal names and values; an equal-looking value of
     another type (1 and true, "1" and 1) is never swapped in."""
+    monkeypatch.setattr(verifier_module, "_SHARE_FROM", 0)  # share from the first entry on
     key = SigningKey.generate("EdDSA")
     with KeySetServer([key]) as issuer:
         verifier = TokenVerifier(_settings(issuer))
@@ -266,3 +269,17 @@ def test_shared_claim_objects_never_change_a_value_or_its_type() -> None:
         assert [name for name in second._raw] == [name for name in first._raw]
         assert all(a is b for a, b in zip(second._raw, first._raw))
         assert third.audience == ("deployment-api",) and third.scopes == first.scopes
+
+
+def test_claims_are_shared_only_once_the_cache_is_large(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(verifier_module, "_SHARE_FROM", 2)
+    key = SigningKey.generate("EdDSA")
+    with KeySetServer([key]) as issuer:
+        verifier = TokenVerifier(_settings(issuer))
+        first, second, third, fourth = (verifier.verify_sync(issuer.mint()) for _ in range(4))
+        assert second._raw["iss"] == first._raw["iss"]
+        assert second._raw["iss"] is not first._raw["iss"]  # under two entries: not shared
+        assert fourth._raw["iss"] is third._raw["iss"]  # the third became the template
+        unique = ("jti", "iat", "nbf", "exp")
+        assert {name: value for name, value in fourth.claims.items() if name not in unique} == \
+            {name: value for name, value in third.claims.items() if name not in unique}
