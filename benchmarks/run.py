@@ -17,7 +17,7 @@ from pathlib import Path
 
 from m2m_guard.local_issuer import KeySetServer, SigningKey, scalekit_claims
 
-from . import cache_bench, http_bench, inprocess_bench, verify_bench
+from . import bench_events, cache_bench, http_bench, inprocess_bench, verify_bench
 from .harness import Config
 from .report import Row, markdown, text_table
 
@@ -58,9 +58,25 @@ def run(config: Config, *, http: bool = True, log: bool = True) -> list[Row]:
         rows += http_bench.run(issuer.url, pools["RS256"], config, enabled=http)
         say("cache memory and bound ...")
         rows += cache_bench.run_memory(keys["EdDSA"], issuer.url, config)
+    say("events and metrics on and off ...")
+    rows += event_rows(bench_events.run(quick=config.quick))
     say("cold start ...")
     unique = next(row.value for row in asgi_rows if row.name == "m2m_guard, unique tokens")
     rows += cache_bench.run_cold_start(rs256, config, unique or 0.0)
+    return rows
+
+
+def event_rows(measured: list[dict[str, object]]) -> list[Row]:
+    """`bench_events.run`'s rows in the table: the cost of events and OpenTelemetry against
+    events off, on a cache hit and on a full verification (ES256)."""
+    rows = []
+    for row in measured:
+        value, ratio = row["median_us"], row["ratio"]
+        rows.append(Row("events and metrics (ES256)", str(row["name"]),
+                        float(value) if isinstance(value, (int, float)) else None, "µs",
+                        ratio=float(ratio) if isinstance(ratio, (int, float)) else None,
+                        baseline="events off",
+                        note="" if value is not None else "opentelemetry-sdk not installed"))
     return rows
 
 

@@ -46,6 +46,10 @@ def test_quick_run_prints_and_writes_the_whole_table(tmp_path: Path) -> None:
         assert "most entries" in text and "most token bytes held" in text
         assert "key-set fetches" in text and "time to answer all" in text
         assert "not run (--no-http)" in text
+        for mode in ("off", "noop", "otel", "otel+spans"):
+            for path in ("cached", "full"):
+                assert any("events and metrics" in line and f"events {mode} ({path})" in line
+                           for line in text.splitlines()), (mode, path)
     # The Markdown names the machine and the package versions, and no host name.
     for label in ("| CPU |", "| Cores |", "| Python |", "| OS |", "| cryptography |",
                   "| PyJWT |", "| joserfc |", "| Authlib |"):
