@@ -623,6 +623,13 @@ class TokenVerifier:
                             len(jws.signing_input) + len(jws.signature))
         return access
 
+    def check_claims(self, claims: Mapping[str, Any]) -> None:
+        """Apply this verifier's claim rules to claims whose signature and issuer were checked
+        elsewhere (e.g. by a server that holds its own keys): required claims, `exp` / `nbf` /
+        `iat` with the leeway (NumericDates must be numbers), claim types and the audience.
+        Raises `InvalidToken`."""
+        self._check_claims(claims if isinstance(claims, dict) else dict(claims))
+
     def _check_claims(self, claims: dict[str, Any]) -> tuple[float, float]:
         """Check time claims, audience, claim types and required claims.
 

@@ -60,3 +60,28 @@ def test_unexpected_warm_up_error_does_not_fail_startup(
                               headers={"Authorization": f"Bearer {issuer.mint()}"})
     assert response.status_code == 200
     assert "injected startup failure" in caplog.text
+
+
+def test_check_claims_applies_the_claim_rules_without_keys() -> None:
+    """`check_claims` is the verifier's claim stage alone (used by the local issuer for its
+    management tokens): time claims with the leeway, claim types and the audience."""
+    from m2m_guard import GuardSettings, InvalidToken, TokenVerifier
+
+    now = 1_800_000_000.0
+    verifier = TokenVerifier(GuardSettings(issuer="https://issuer.example", audience="api",
+                                           leeway=30), wall_clock=lambda: now)
+    good = {"iss": "https://issuer.example", "aud": ["api"], "exp": now + 60, "nbf": now}
+    verifier.check_claims(good)
+    verifier.check_claims({**good, "exp": now - 29})  # inside the leeway
+    refused = {
+        "expired": {**good, "exp": now - 31},
+        "not_yet_valid": {**good, "nbf": now + 31},
+        "missing_exp": {k: v for k, v in good.items() if k != "exp"},
+        "wrong_audience": {**good, "aud": ["other"]},
+        "invalid_exp": {**good, "exp": str(now + 60)},
+        "invalid_sub": {**good, "sub": 7},
+    }
+    for reason, claims in refused.items():
+        with pytest.raises(InvalidToken) as caught:
+            verifier.check_claims(claims)
+        assert caught.value.reason == reason, (reason, caught.value.reason)
