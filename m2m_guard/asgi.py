@@ -307,14 +307,7 @@ class M2MGuardMiddleware:
         async def receive_warming() -> Message:
             message = await receive()
             if message.get("type") == "lifespan.startup":
-                try:
-                    await self.verifier.warm_up()
-                except GuardError as exc:
-                    logger.warning("m2m_guard could not warm up key sets at startup "
-                                   "(requests will retry): %s", exc.description)
-                except Exception:
-                    # Startup must not fail because of the guard; requests will retry.
-                    logger.exception("m2m_guard unexpected error warming up key sets")
+                await self.verifier.warm_up_at_startup()
             return message
 
         async def send_closing(message: Message) -> None:

@@ -198,13 +198,7 @@ def _verifier_for(settings: GuardSettings) -> TokenVerifier:
 
 def _warm_up(verifier: TokenVerifier) -> None:
     """Load the key sets now, at startup; a failure is logged, never fatal (requests retry)."""
-    try:
-        verifier.warm_up_sync()
-    except GuardError as exc:
-        logger.warning("m2m_guard could not warm up key sets at startup "
-                       "(requests will retry): %s", exc.description)
-    except Exception:
-        logger.exception("m2m_guard unexpected error warming up key sets")
+    verifier.warm_up_at_startup_sync()
 
 
 def configured_guard() -> Guard:

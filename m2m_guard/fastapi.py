@@ -237,13 +237,7 @@ class M2MGuard:
         async def lifespan(app: Any) -> AsyncIterator[Any]:
             verifier = self.verifier
             if self._owns_verifier:  # the middleware warms its own verifier up
-                try:
-                    await verifier.warm_up()
-                except GuardError as exc:
-                    logger.warning("m2m_guard could not warm up key sets at startup "
-                                   "(requests will retry): %s", exc.description)
-                except Exception:  # startup must not fail because of the guard
-                    logger.exception("m2m_guard unexpected error warming up key sets")
+                await verifier.warm_up_at_startup()
             try:
                 async with inner(app) as state:
                     yield state

@@ -173,13 +173,7 @@ class M2MGuard:
         self._guards.add(state)
         self._single = state if self._single is None and len(self._guards) == 1 else None
         if self.warm_up:
-            try:
-                verifier.warm_up_sync()
-            except GuardError as exc:
-                logger.warning("m2m_guard could not warm up key sets at startup "
-                               "(requests will retry): %s", exc.description)
-            except Exception:
-                logger.exception("m2m_guard unexpected error warming up key sets")
+            verifier.warm_up_at_startup_sync()
 
     def verifier_for(self, app: Flask | None = None) -> TokenVerifier:
         """The `TokenVerifier` of `app` (default: the current app)."""

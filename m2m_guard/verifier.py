@@ -343,6 +343,25 @@ class TokenVerifier:
             self._fetch_sync(issuer)
         self._raise_if_cold()
 
+    async def warm_up_at_startup(self) -> bool:
+        """`warm_up` for an app's startup: True when every key set loaded. A failure is logged,
+        never raised: the app must start while its issuer is down (requests retry)."""
+        try:
+            await self.warm_up()
+        except Exception as exc:  # noqa: BLE001 - startup must not fail because of the guard
+            _log_warm_up_failure(exc)
+            return False
+        return True
+
+    def warm_up_at_startup_sync(self) -> bool:
+        """The blocking twin of `warm_up_at_startup`."""
+        try:
+            self.warm_up_sync()
+        except Exception as exc:  # noqa: BLE001 - startup must not fail because of the guard
+            _log_warm_up_failure(exc)
+            return False
+        return True
+
     def _raise_if_cold(self) -> None:
         failed = [f"{issuer.settings.issuer}: {issuer.state.last_error}"
                   for issuer in self._issuers.values() if issuer.state.keys is None]
@@ -820,3 +839,11 @@ def _fingerprint(token: object) -> str:
     if not isinstance(token, str):
         return "-"
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _log_warm_up_failure(exc: Exception) -> None:
+    if isinstance(exc, GuardError):
+        logger.warning("m2m_guard could not warm up key sets at startup (requests will retry): %s",
+                       exc.description)
+    else:
+        logger.error("m2m_guard unexpected error warming up key sets", exc_info=exc)

@@ -92,17 +92,7 @@ class M2MGuardWSGIMiddleware:
     def warm_up(self) -> bool:
         """Load every issuer's key set now; True on success. Failures are logged, not raised:
         the app must be able to start while the issuer is down (requests retry)."""
-        try:
-            self.verifier.warm_up_sync()
-        except GuardError as exc:
-            logger.warning("m2m_guard could not warm up key sets at startup "
-                           "(requests will retry): %s", exc.description)
-            return False
-        except Exception:
-            # Startup must not fail because of the guard; requests will retry.
-            logger.exception("m2m_guard unexpected error warming up key sets")
-            return False
-        return True
+        return self.verifier.warm_up_at_startup_sync()
 
     def close(self) -> None:
         """Stop the verifier's background refreshes (unless the verifier was given)."""

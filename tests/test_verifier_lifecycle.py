@@ -155,3 +155,24 @@ async def test_unexpected_fetch_error_is_recorded_not_raised(
         assert state["last_error"] == "unexpected error: RuntimeError"
         assert "injected fetch bug" in caplog.text
         await verifier.aclose()
+
+
+@pytest.mark.anyio
+async def test_warm_up_at_startup_reports_and_logs_instead_of_raising(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """What every adapter calls at startup: True once the keys are loaded; with the issuer down
+    a WARNING and False (never an exception: the app must start, requests retry)."""
+    with KeySetServer([SigningKey.generate("ES256")]) as server:
+        settings = GuardSettings(issuer=server.url, audience="api", http_timeout=1.0)
+        async with TokenVerifier(settings) as up:
+            assert await up.warm_up_at_startup() is True
+        with TokenVerifier(settings) as up_sync:
+            assert up_sync.warm_up_at_startup_sync() is True
+        server.set_fault("500")
+        caplog.set_level("WARNING", logger="m2m_guard")
+        async with TokenVerifier(settings) as down:
+            assert await down.warm_up_at_startup() is False
+        with TokenVerifier(settings) as down_sync:
+            assert down_sync.warm_up_at_startup_sync() is False
+    warnings = [r for r in caplog.records if "could not warm up" in r.getMessage()]
+    assert len(warnings) == 2 and all(r.levelname == "WARNING" for r in warnings)
