@@ -335,6 +335,13 @@ def _authorization_values(request: HttpRequest) -> list[str]:
     return authorization_from_environ(request.META)
 
 
+class _Unchecked:
+    """The marker of a request that passes without a token check."""
+
+
+_UNCHECKED = _Unchecked()
+
+
 class M2MGuardMiddleware:
     """Django middleware (sync and async capable); see the module documentation.
 
@@ -357,19 +364,14 @@ class M2MGuardMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self._async:
             return self._acall(request)
-        guard = self.guard
-        if guard.endpoints is not None:
-            answer = guard.answer(request)
-            if answer is not None:
-                return answer
-        if guard.passes_unchecked(request):
-            request.m2m_token = None  # type: ignore[attr-defined]
-            return self.get_response(request)
+        early = self._before_token(request)
+        if early is not None:
+            return self.get_response(request) if isinstance(early, _Unchecked) else early
         try:
             raw = self._bearer(request)
             token = None if raw is None else self.verifier.verify_sync(raw)
         except GuardError as exc:
-            return guard.refuse(exc)
+            return self.guard.refuse(exc)
         request.m2m_token = token  # type: ignore[attr-defined]
         marker = set_current_token(token)
         try:
@@ -379,6 +381,25 @@ class M2MGuardMiddleware:
 
     async def _acall(self, request: HttpRequest) -> HttpResponseBase:
         get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]] = self.get_response
+        early = self._before_token(request)
+        if early is not None:
+            return await get_response(request) if isinstance(early, _Unchecked) else early
+        try:
+            raw = self._bearer(request)
+            token = None if raw is None else await self.verifier.verify(raw)
+        except GuardError as exc:
+            return self.guard.refuse(exc)
+        request.m2m_token = token  # type: ignore[attr-defined]
+        marker = set_current_token(token)
+        try:
+            return await get_response(request)
+        finally:
+            reset_current_token(marker)
+
+    def _before_token(self, request: HttpRequest) -> HttpResponseBase | _Unchecked | None:
+        """What is decided before a token is read (the same for sync and async chains): an
+        operational endpoint's answer, `_UNCHECKED` for a public path or a preflight (the view
+        runs with `request.m2m_token = None`), or None: the token decides."""
         guard = self.guard
         if guard.endpoints is not None:
             answer = guard.answer(request)
@@ -386,18 +407,8 @@ class M2MGuardMiddleware:
                 return answer
         if guard.passes_unchecked(request):
             request.m2m_token = None  # type: ignore[attr-defined]
-            return await get_response(request)
-        try:
-            raw = self._bearer(request)
-            token = None if raw is None else await self.verifier.verify(raw)
-        except GuardError as exc:
-            return guard.refuse(exc)
-        request.m2m_token = token  # type: ignore[attr-defined]
-        marker = set_current_token(token)
-        try:
-            return await get_response(request)
-        finally:
-            reset_current_token(marker)
+            return _UNCHECKED
+        return None
 
     def process_exception(self, request: HttpRequest,
                           exception: Exception) -> HttpResponse | None:
