@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics import MeterProvider, ObservableCounter
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    InMemoryMetricReader,
+    Sum,
+)
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 from starlette.testclient import TestClient
 
-from m2m_guard import GuardError, GuardSettings, TokenVerifier
+from m2m_guard import GuardError, GuardSettings, TokenVerifier, otel
 from m2m_guard.local_issuer import KeySetServer, SigningKey
 from m2m_guard.otel import instrument
 
@@ -26,8 +31,8 @@ from .conftest import deployment_app
 
 
 class Telemetry:
-    def __init__(self) -> None:
-        self.reader = InMemoryMetricReader()
+    def __init__(self, reader: InMemoryMetricReader | None = None) -> None:
+        self.reader = reader or InMemoryMetricReader()
         self.meters = MeterProvider(metric_readers=[self.reader])
         self.spans = InMemorySpanExporter()
         self.tracers = TracerProvider()
@@ -51,6 +56,12 @@ class Telemetry:
                         value = getattr(point, "value", point)
                         found.append((dict(point.attributes or {}), value))
         return found
+
+    def metrics(self) -> dict[str, Any]:
+        """Every exported metric by name (one collection)."""
+        data = self.reader.get_metrics_data()
+        return {metric.name: metric for resource in (data.resource_metrics if data else ())
+                for scope in resource.scope_metrics for metric in scope.metrics}
 
     def value(self, name: str, **attributes: Any) -> Any:
         """The summed value of the points of `name` whose attributes include `attributes`."""
@@ -228,8 +239,13 @@ def test_stop_and_no_traces(issuer: KeySetServer, settings: GuardSettings,
     stop()
     assert verifier._observer is None
     verifier.verify_sync(token)
+    # Counters keep reporting the total reached (cumulative, never back to zero); the key-set
+    # gauges of a stopped verifier go quiet.
     assert telemetry.value("m2m_guard.decisions") == 1
-    assert telemetry.points("m2m_guard.jwks.keys") == []  # the gauges went quiet
+    assert telemetry.value("m2m_guard.token_cache.lookups", result="miss") == 1
+    assert telemetry.points("m2m_guard.jwks.keys") == []
+    stop()  # stopping twice is harmless
+    assert telemetry.value("m2m_guard.decisions") == 1
 
 
 def test_global_providers_are_the_default(issuer: KeySetServer, settings: GuardSettings) -> None:
@@ -247,3 +263,180 @@ def test_import_m2m_guard_does_not_import_opentelemetry() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True, timeout=60)
     assert result.stdout.strip() == "False"
+
+
+COUNTERS = {
+    "m2m_guard.decisions": "{decision}",
+    "m2m_guard.token_cache.lookups": "{lookup}",
+    "m2m_guard.jwks.fetches": "{fetch}",
+    "m2m_guard.jwks.refreshes": "{refresh}",
+    "m2m_guard.jwks.unknown_kids": "{token}",
+    "m2m_guard.jwks.cooldown_hits": "{token}",
+    "m2m_guard.jwks.changes": "{change}",
+}
+
+
+def test_counters_are_cumulative_monotonic_sums_with_their_units(
+        issuer: KeySetServer, make_settings: Callable[..., GuardSettings],
+        rotation_keys: dict[str, SigningKey], telemetry: Telemetry) -> None:
+    """Counted in Python and observed at collection: still a monotonic cumulative Sum per
+    counter, with its unit and description, and the histogram as before."""
+    verifier = TokenVerifier(make_settings(jwks_cache_ttl=100))
+    telemetry.instrument(verifier)
+    token = issuer.mint()
+    verifier.verify_sync(token)
+    verifier.verify_sync(token)
+    for _ in range(2):  # a key id the set lacks: a refetch, then a cooldown hit
+        with pytest.raises(GuardError):
+            verifier.verify_sync(issuer.mint(rotation_keys["old"]))
+    found = telemetry.metrics()
+    assert set(COUNTERS) - {"m2m_guard.jwks.refreshes"} <= set(found)
+    for name, metric in found.items():
+        if name in COUNTERS:
+            assert metric.unit == COUNTERS[name] and metric.description
+            assert isinstance(metric.data, Sum) and metric.data.is_monotonic
+            assert metric.data.aggregation_temporality is AggregationTemporality.CUMULATIVE
+    duration = found["m2m_guard.verification.duration"]
+    assert duration.unit == "s" and list(duration.data.data_points[0].explicit_bounds) == list(
+        otel.DURATION_BUCKETS)
+    assert telemetry.value("m2m_guard.decisions", outcome="allowed") == 2
+    verifier.verify_sync(token)  # a second collection reads the new total
+    assert telemetry.value("m2m_guard.decisions", outcome="allowed") == 3
+    assert telemetry.value("m2m_guard.jwks.unknown_kids", issuer=issuer.url) == 2
+    assert telemetry.value("m2m_guard.jwks.cooldown_hits", issuer=issuer.url) == 1
+
+
+def test_delta_reader_gets_increments(issuer: KeySetServer, settings: GuardSettings) -> None:
+    """A reader preferring delta temporality gets the increments between collections."""
+    reader = InMemoryMetricReader(
+        preferred_temporality={ObservableCounter: AggregationTemporality.DELTA})
+    tel = Telemetry(reader)
+    try:
+        verifier = TokenVerifier(settings)
+        tel.instrument(verifier, traces=False)
+        token = issuer.mint()
+        verifier.verify_sync(token)
+        assert tel.value("m2m_guard.decisions", outcome="allowed") == 1
+        for _ in range(3):
+            verifier.verify_sync(token)
+        found = tel.metrics()  # one collection: each collection resets the deltas
+        decisions = found["m2m_guard.decisions"].data
+        lookups = found["m2m_guard.token_cache.lookups"].data
+        assert decisions.aggregation_temporality is AggregationTemporality.DELTA
+        assert [point.value for point in decisions.data_points] == [3]
+        assert {point.attributes["result"]: point.value for point in lookups.data_points} == {
+            "hit": 3, "miss": 0}
+    finally:
+        tel.meters.shutdown()
+        tel.tracers.shutdown()
+
+
+def test_counts_are_exact_across_threads(issuer: KeySetServer, settings: GuardSettings,
+                                         telemetry: Telemetry) -> None:
+    """Several threads verifying at once (cache hits, full verifications, refusals) while
+    metrics are collected: every count is exact."""
+    verifier = TokenVerifier(settings)
+    telemetry.instrument(verifier)
+    token = issuer.mint()
+    verifier.verify_sync(token)  # the one cache miss
+    threads_count, rounds = 6, 400
+    barrier = threading.Barrier(threads_count + 1)
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            barrier.wait(timeout=10)
+            for index in range(rounds):
+                verifier.verify_sync(token)
+                if index % 10 == 0:
+                    with pytest.raises(GuardError):
+                        verifier.verify_sync("garbage")
+        except BaseException as exc:  # reported below, in the test's thread
+            failures.append(exc)
+
+    workers = [threading.Thread(target=work) for _ in range(threads_count)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show up
+    try:
+        for worker in workers:
+            worker.start()
+        barrier.wait(timeout=10)
+        for _ in range(20):  # collections racing with the updates must not disturb them
+            telemetry.reader.get_metrics_data()
+        for worker in workers:
+            worker.join(timeout=60)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not failures and not any(worker.is_alive() for worker in workers)
+
+    hits = threads_count * rounds
+    refused = threads_count * (rounds // 10)
+    assert telemetry.value("m2m_guard.decisions", outcome="allowed") == hits + 1
+    assert telemetry.value("m2m_guard.decisions", outcome="refused",
+                           reason="malformed") == refused
+    assert telemetry.value("m2m_guard.token_cache.lookups", result="hit") == hits
+    assert telemetry.value("m2m_guard.token_cache.lookups", result="miss") == 1
+    durations = telemetry.points("m2m_guard.verification.duration")
+    assert sum(point.count for _, point in durations) == hits + 1 + refused
+    assert len(telemetry.spans.get_finished_spans()) == hits + 1 + refused
+
+
+def test_instrumenting_twice_is_refused(issuer: KeySetServer, settings: GuardSettings,
+                                        telemetry: Telemetry) -> None:
+    verifier = TokenVerifier(settings)
+    stop = telemetry.instrument(verifier)
+    with pytest.raises(RuntimeError, match="already instrumented"):
+        telemetry.instrument(verifier)
+    with pytest.raises(RuntimeError, match="already instrumented"):
+        instrument(verifier, meter_provider=MeterProvider())  # other providers too
+    token = issuer.mint()
+    verifier.verify_sync(token)
+    assert telemetry.value("m2m_guard.decisions") == 1  # counted once
+    assert len(telemetry.spans.get_finished_spans()) == 1
+    # After stop(), instrumenting again is allowed and continues the cumulative counts.
+    stop()
+    verifier.verify_sync(token)
+    telemetry.instrument(verifier)
+    verifier.verify_sync(token)
+    assert telemetry.value("m2m_guard.decisions") == 2
+    assert telemetry.value("m2m_guard.token_cache.lookups", result="hit") == 1
+    assert len(telemetry.spans.get_finished_spans()) == 2
+
+
+def test_two_verifiers_on_one_provider(issuer: KeySetServer, settings: GuardSettings,
+                                       rotation_keys: dict[str, SigningKey],
+                                       make_settings: Callable[..., GuardSettings],
+                                       telemetry: Telemetry) -> None:
+    """Both verifiers' counts and key-set gauges reach the one provider (the SDK keeps the
+    first observable instrument of a name, so the counts are shared, not per verifier)."""
+    with KeySetServer([rotation_keys["new"]]) as other:
+        first = TokenVerifier(settings)
+        second = TokenVerifier(make_settings(issuer=other.url))
+        telemetry.instrument(first)
+        stop_second = telemetry.instrument(second)
+        first.verify_sync(issuer.mint())
+        second.verify_sync(other.mint(rotation_keys["new"]))
+        second.verify_sync(other.mint(rotation_keys["new"]))
+        assert telemetry.value("m2m_guard.decisions", issuer=issuer.url) == 1
+        assert telemetry.value("m2m_guard.decisions", issuer=other.url) == 2
+        assert sorted(telemetry.points("m2m_guard.jwks.keys"), key=repr) == sorted(
+            [({"issuer": issuer.url}, 4), ({"issuer": other.url}, 1)], key=repr)
+        stop_second()
+        assert telemetry.points("m2m_guard.jwks.keys") == [({"issuer": issuer.url}, 4)]
+        assert telemetry.value("m2m_guard.decisions", issuer=other.url) == 2
+
+
+def test_counter_series_are_bounded(issuer: KeySetServer,
+                                    make_settings: Callable[..., GuardSettings],
+                                    telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the series limit (client ids are unbounded) counts go to the overflow attribute
+    set the SDK uses at its own limit, and the total stays exact."""
+    monkeypatch.setattr(otel, "_MAX_SERIES", 3)
+    verifier = TokenVerifier(make_settings(events_client_id=True))
+    telemetry.instrument(verifier, traces=False)
+    for index in range(7):
+        verifier.verify_sync(issuer.mint(client_id=f"m2morg_{index}"))
+    points = telemetry.points("m2m_guard.decisions")
+    assert len(points) == 4
+    assert telemetry.value("m2m_guard.decisions") == 7
+    assert telemetry.value("m2m_guard.decisions", **{"otel.metric.overflow": True}) == 4
