@@ -120,7 +120,9 @@ class M2MGuardWSGIMiddleware:
                 environ.get("REQUEST_METHOD", ""), "HTTP_ORIGIN" in environ,
                 "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ)
         ):
-            return self.app(environ, start_response)
+            # The environ stays untouched; a GuardError the app raises anyway (e.g.
+            # `require_scopes` under a public prefix) is still answered per the contract.
+            return self._run(environ, start_response, None)
         access: AccessToken | None = None
         try:
             token = extract_bearer(authorization_from_environ(environ),
@@ -134,6 +136,12 @@ class M2MGuardWSGIMiddleware:
             return self._refuse(start_response, exc)
         environ[ENVIRON_KEY] = access
         environ["m2m_guard.settings"] = settings
+        return self._run(environ, start_response, access)
+
+    def _run(self, environ: WSGIEnvironment, start_response: StartResponse,
+             access: AccessToken | None) -> Iterable[bytes]:
+        """Call the app with `access` as the current token; a `GuardError` it raises, or raises
+        while its body is produced, is rendered (PEP 3333 `exc_info` once it started)."""
         exchange = _Exchange(start_response)
         marker = set_current_token(access)
         try:

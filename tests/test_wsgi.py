@@ -17,7 +17,13 @@ from starlette.testclient import TestClient
 from werkzeug.test import Client
 
 from examples.wsgi_app import create_app
-from m2m_guard import GuardSettings, InsufficientScope, TokenVerifier, current_token
+from m2m_guard import (
+    GuardSettings,
+    InsufficientScope,
+    TokenVerifier,
+    current_token,
+    require_scopes,
+)
 from m2m_guard.bearer import authorization_from_environ, split_credentials
 from m2m_guard.local_issuer import KeySetServer
 from m2m_guard.wsgi import M2MGuardWSGIMiddleware, token_from_environ
@@ -378,3 +384,28 @@ def test_docs_snippet_runs(issuer: KeySetServer, monkeypatch: pytest.MonkeyPatch
         assert client.get("/deployments").status_code == 401
         narrow = issuer.mint(scopes=["deploy:applications"])
         assert client.get("/deployments", headers=bearer(narrow)).status_code == 403
+
+
+def test_guard_error_raised_on_a_public_path_is_answered_not_a_500(
+        make_settings: Callable[..., GuardSettings]) -> None:
+    """As in the ASGI middleware: a view under a public prefix that still demands scopes gets
+    the contract's 401, and the environ is left untouched."""
+    seen: list[bool] = []
+
+    @require_scopes("admin:platform")
+    def admin(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        raise AssertionError("require_scopes lets no request without a token through")
+
+    def probe(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        seen.append("m2m_guard.token" in environ)
+        return admin(environ, start_response)
+
+    guarded = M2MGuardWSGIMiddleware(probe, make_settings(public_paths=("/open/*",)))
+    try:
+        answer = Client(guarded).get("/open/admin")
+    finally:
+        guarded.close()
+    assert answer.status_code == 401
+    assert answer.headers["WWW-Authenticate"] == 'Bearer realm="api"'
+    assert answer.get_json()["error"] == "missing_token"
+    assert seen == [False]
