@@ -119,3 +119,21 @@ def test_rsa_keys_over_8192_bits_are_rejected() -> None:
     numbers = real.public_numbers()
     ok = {"kty": "RSA", "n": b64url_encode(numbers.n.to_bytes(256, "big")), "e": "AQAB"}
     assert load_jwk(ok).size == 2048
+
+
+@pytest.mark.parametrize("opener, closer", [(b"[", b"]"), (b'{"a":', b"}")])
+def test_json_nesting_limit_is_the_same_on_every_python(opener: bytes, closer: bytes) -> None:
+    """A fixed depth (MAX_JSON_DEPTH), not the interpreter's recursion limit, decides: 3.11
+    refused ~1,000 levels by RecursionError while 3.13 parses 8,000."""
+    from m2m_guard.encoding import MAX_JSON_DEPTH, loads_json
+
+    def nested(levels: int) -> bytes:
+        inner = b"1" if opener != b"[" else b""
+        return opener * levels + inner + closer * levels
+
+    assert loads_json(nested(MAX_JSON_DEPTH)) is not None
+    for levels in (MAX_JSON_DEPTH + 1, 900, 5000):
+        with pytest.raises(ValueError, match="nested"):
+            loads_json(nested(levels))
+    # Brackets inside strings are not nesting.
+    assert loads_json(b'{"a": "' + b"{[" * 100 + b'"}') == {"a": "{[" * 100}
