@@ -12,7 +12,7 @@ For each fault (a row of `FAULTS`) three situations are played, each with three 
 Each situation checks the status of every request (never 500), a latency bound (twice the HTTP
 timeout, for discovery plus key set, plus one second of slack: a contract, not a benchmark), the
 number of fetch attempts (no fetch storms), and that the event loop never stalls (asyncio's debug
-mode reports any step that holds the loop for 100 ms or more; a ticker task on the same loop
+mode reports any step that holds the loop for 300 ms or more; a ticker task on the same loop
 also records the longest gap between its wake-ups). The cache runs on a fake
 monotonic clock, so "the TTL ran out" and "backoff still running" are exact, while HTTP timing
 is real.
@@ -51,7 +51,10 @@ OIDC = "/.well-known/openid-configuration"
 HTTP_TIMEOUT = 0.5
 TTL = 60.0
 LATENCY_BOUND = 2 * HTTP_TIMEOUT + 1.0  # discovery and key set share one deadline, plus slack
-MAX_LOOP_STEP = 0.1  # no single step of the event loop may take this long
+# No single step of the event loop may take this long. A step is timed by the wall clock, so a
+# loaded 2-core machine preempting the process has shown steps of ~150 ms with nothing wrong;
+# a blocking fetch would hold the loop for a whole HTTP timeout (0.5 s).
+MAX_LOOP_STEP = 0.3
 MAX_LOOP_GAP = 0.45  # ticker gap bound: below one HTTP timeout, above a busy machine's jitter
 REQUESTS = 3
 CASES = ("known", "unknown", "cold")
@@ -273,10 +276,11 @@ class LoopWatch:
     """Watches the running event loop while the requests run.
 
     asyncio's debug mode reports every single step (a callback, or a task's run between two
-    awaits) that holds the loop for `MAX_LOOP_STEP` or more: that is a stall, whatever else the
-    machine is doing. A ticker task also records the longest gap between its 10 ms wake-ups; that
-    gap includes time the OS gave to other processes, so it is bounded loosely (a blocking fetch
-    would hold the loop for the whole HTTP timeout).
+    awaits) that holds the loop for `MAX_LOOP_STEP` or more (wall-clock time, so the bound leaves
+    room for the OS preempting the process on a busy machine). A ticker task also records the
+    longest gap between its 10 ms wake-ups; that gap includes time the OS gave to other
+    processes, so it is bounded loosely (a blocking fetch would hold the loop for the whole HTTP
+    timeout).
     """
 
     def __init__(self) -> None:
