@@ -167,7 +167,7 @@ class M2MGuardMiddleware:
                     and not (scope.get("query_string")
                              and query_has_access_token(scope["query_string"]))
                     and (self._endpoints is None or kind == "websocket"
-                         or self._endpoints.answer(scope["path"], scope["method"]) is None)
+                         or not self._endpoints.serves(scope["path"]))
                     and not (scope.get("method") == "OPTIONS" and self._preflight
                              and _is_preflight(scope))):
                 access = self._cached_token(found[7:])

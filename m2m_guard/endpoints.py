@@ -82,6 +82,10 @@ class OperationalEndpoints:
         endpoints = cls(verifier)
         return endpoints if endpoints.handlers else None
 
+    def serves(self, path: str) -> bool:
+        """True when `path` is one of ours (a dictionary lookup: nothing is computed)."""
+        return path in self.handlers
+
     @property
     def paths(self) -> frozenset[str]:
         return frozenset(self.handlers)

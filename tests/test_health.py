@@ -171,3 +171,27 @@ def test_endpoints_under_uvicorn(issuer: KeySetServer,
         assert refused.headers["www-authenticate"] == (
             'Bearer realm="api", resource_metadata='
             '"http://127.0.0.1/.well-known/oauth-protected-resource/api"')
+
+
+def test_health_document_is_built_once_per_request_with_a_cached_token(
+        issuer: KeySetServer, make_settings: Callable[..., GuardSettings],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A probe that sends a (cached) bearer token takes the full path, where the endpoint is
+    answered; the fast path only looks the path up and never builds the document itself."""
+    from m2m_guard import endpoints
+
+    built: list[int] = []
+    real = endpoints.health_response
+
+    def counting(verifier: TokenVerifier) -> object:
+        built.append(1)
+        return real(verifier)
+
+    monkeypatch.setattr(endpoints, "health_response", counting)
+    token = issuer.mint()
+    with TestClient(deployment_app(make_settings(health_path=PATH))) as client:
+        headers = {"Authorization": f"Bearer {token}"}
+        assert client.get("/deployments", headers=headers).status_code == 200  # cached now
+        for _ in range(3):
+            assert client.get(PATH, headers=headers).status_code == 200
+    assert len(built) == 3
