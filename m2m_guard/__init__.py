@@ -4,7 +4,7 @@ Public names (DESIGN §3). Framework adapters live in their own modules (`m2m_gu
 `m2m_guard.starlette`, ...) and import their framework only there.
 """
 
-from .context import current_token, require_any_scope, require_scopes
+from ._core.context import current_token, require_any_scope, require_scopes
 from .errors import (
     ConfigurationError,
     GuardError,

@@ -23,12 +23,12 @@ from typing import Any
 
 from starlette.authentication import AuthCredentials, UnauthenticatedUser
 
-from .bearer import extract_bearer, query_has_access_token
-from .context import _CURRENT
-from .endpoints import OperationalEndpoints, render_refusal
+from ._core.bearer import extract_bearer, query_has_access_token
+from ._core.context import _CURRENT
+from ._core.endpoints import OperationalEndpoints, render_refusal
+from ._core.rules import PathRules, is_cors_preflight
 from .errors import GuardError, MissingToken
 from .health import EndpointResponse
-from .rules import PathRules, is_cors_preflight
 from .settings import GuardSettings
 from .starlette import ClientUser
 from .token import AccessToken

@@ -37,15 +37,17 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.urls import URLPattern, re_path
 from django.views.decorators.csrf import csrf_exempt
 
-from .bearer import authorization_from_environ, extract_bearer, split_credentials
-from .context import (
+from ._core.bearer import authorization_from_environ, extract_bearer, split_credentials
+from ._core.context import (
     current_token,
     require_any_scope,
     require_scopes,
     reset_current_token,
     set_current_token,
 )
-from .endpoints import OperationalEndpoints, health_answer, render_refusal
+from ._core.endpoints import OperationalEndpoints, health_answer, render_refusal
+from ._core.rules import PathRules, is_cors_preflight
+from ._core.scopes import ScopeRequirement, validate_scopes
 from .errors import (
     ConfigurationError,
     GuardError,
@@ -55,8 +57,6 @@ from .errors import (
     render_error,
 )
 from .health import EndpointResponse
-from .rules import PathRules, is_cors_preflight
-from .scopes import ScopeRequirement, validate_scopes
 from .settings import ENV_PREFIX, GuardSettings, _public_fields, _unknown_message
 from .token import AccessToken
 from .verifier import TokenVerifier

@@ -34,6 +34,7 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
+from ._core.resource_metadata import challenge_url
 from .django import (
     Guard,
     _response,
@@ -42,7 +43,6 @@ from .django import (
     request_token,
 )
 from .errors import GuardError, MissingToken, RenderedError, render_error
-from .resource_metadata import challenge_url
 from .token import AccessToken
 
 if TYPE_CHECKING:

@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, ParamSpec
 from .errors import GuardError, IssuerUnavailable
 
 if TYPE_CHECKING:
-    from .fetch import FetchResult
-    from .keys import KeySet
+    from ._core.fetch import FetchResult
+    from ._core.keys import KeySet
     from .settings import GuardSettings
     from .token import AccessToken
     from .verifier import TokenVerifier, _Job

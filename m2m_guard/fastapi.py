@@ -49,13 +49,13 @@ from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
+from ._core.bearer import extract_bearer
+from ._core.context import scope_requirements, set_current_token
+from ._core.endpoints import OperationalEndpoints, render_refusal
+from ._core.logs import report_refusal
+from ._core.scopes import ScopeRequirement, validate_scopes
 from .asgi import M2MGuardMiddleware, PathRules, Receive, Scope, Send
-from .bearer import extract_bearer
-from .context import scope_requirements, set_current_token
-from .endpoints import OperationalEndpoints, render_refusal
 from .errors import GuardError, MissingToken
-from .logs import report_refusal
-from .scopes import ScopeRequirement, validate_scopes
 from .settings import GuardSettings
 from .starlette import ClientUser, rendered_response
 from .token import AccessToken

@@ -27,18 +27,18 @@ from typing import Any, TypeVar
 from flask import Flask, current_app, g, request
 from werkzeug.wrappers import Response
 
-from .bearer import authorization_from_environ, extract_bearer
-from .context import (
+from ._core.bearer import authorization_from_environ, extract_bearer
+from ._core.context import (
     current_token,
     require_any_scope,
     require_scopes,
     reset_current_token,
     set_current_token,
 )
-from .endpoints import OperationalEndpoints, render_refusal
+from ._core.endpoints import OperationalEndpoints, render_refusal
+from ._core.rules import PathRules, is_cors_preflight
 from .errors import ConfigurationError, GuardError, MissingToken, RenderedError, render_error
 from .health import EndpointResponse
-from .rules import PathRules, is_cors_preflight
 from .settings import ENV_PREFIX, GuardSettings, _unknown_message
 from .verifier import TokenVerifier
 

@@ -19,10 +19,9 @@ route call ``health_response(verifier)`` or just read ``verifier.health()["ready
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._core.answers import EndpointResponse, json_response
 
 if TYPE_CHECKING:
     from .verifier import TokenVerifier
@@ -30,35 +29,6 @@ if TYPE_CHECKING:
 __all__ = ["EndpointResponse", "SUGGESTED_HEALTH_PATH", "health_response", "request_refresh"]
 
 SUGGESTED_HEALTH_PATH = "/.well-known/m2m-guard/health"
-
-
-@dataclass(frozen=True, slots=True)
-class EndpointResponse:
-    """An answer an adapter sends as is: status, headers (name, value) and body bytes."""
-
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-
-
-def _finite(value: Any) -> Any:
-    """JSON-safe: non-finite floats become None (JSON has no Infinity)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_finite(item) for item in value]
-    return value
-
-
-def json_response(status: int, document: dict[str, Any], *,
-                  content_type: str = "application/json",
-                  cache_control: str = "no-store") -> EndpointResponse:
-    body = json.dumps(_finite(document), separators=(",", ":"), allow_nan=False).encode("utf-8")
-    return EndpointResponse(status, (("content-type", content_type),
-                                     ("cache-control", cache_control),
-                                     ("content-length", str(len(body)))), body)
 
 
 def request_refresh(verifier: TokenVerifier) -> int:

@@ -15,7 +15,7 @@ from starlette.authentication import BaseUser
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .endpoints import render_refusal
+from ._core.endpoints import render_refusal
 from .errors import GuardError, RenderedError, render_error
 from .token import AccessToken
 from .verifier import TokenVerifier

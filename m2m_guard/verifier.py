@@ -27,18 +27,18 @@ from typing import Any, NamedTuple
 import anyio
 import anyio.to_thread
 
-from .encoding import loads_json
+from ._core.encoding import loads_json
+from ._core.fetch import FetchError, FetchResult, fetch_key_set_async, fetch_key_set_sync
+from ._core.jwks import CachePolicy, Fetch, KeySetState
+from ._core.jws import CompactJWS, HeaderCache, check_signature, check_token_size, parse_compact
+from ._core.keys import KeySet, VerificationKey
+from ._core.logs import log_key_set, log_refusal
+from ._core.scopes import ScopeReader, scopes_from_claims
+from ._core.token_cache import VerifiedTokenCache
 from .errors import GuardError, InvalidToken, IssuerUnavailable
 from .events import EventStream, Subscriber, subscribe
-from .fetch import FetchError, FetchResult, fetch_key_set_async, fetch_key_set_sync
-from .jwks import CachePolicy, Fetch, KeySetState
-from .jws import CompactJWS, HeaderCache, check_signature, check_token_size, parse_compact
-from .keys import KeySet, VerificationKey
-from .logs import log_key_set, log_refusal
-from .scopes import ScopeReader, scopes_from_claims
 from .settings import GuardSettings, IssuerSettings
 from .token import AccessToken
-from .token_cache import VerifiedTokenCache
 
 __all__ = ["TokenVerifier"]
 

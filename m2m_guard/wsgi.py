@@ -30,12 +30,12 @@ from http import HTTPStatus
 from types import TracebackType
 from typing import Any
 
-from .bearer import authorization_from_environ, extract_bearer
-from .context import reset_current_token, set_current_token
-from .endpoints import OperationalEndpoints, render_refusal
+from ._core.bearer import authorization_from_environ, extract_bearer
+from ._core.context import reset_current_token, set_current_token
+from ._core.endpoints import OperationalEndpoints, render_refusal
+from ._core.rules import PathRules, is_cors_preflight
 from .errors import GuardError, MissingToken
 from .health import EndpointResponse
-from .rules import PathRules, is_cors_preflight
 from .settings import GuardSettings
 from .token import AccessToken
 from .verifier import TokenVerifier

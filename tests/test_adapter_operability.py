@@ -31,8 +31,8 @@ from m2m_guard import (
     TokenVerifier,
     require_scopes,
 )
+from m2m_guard._core.endpoints import health_answer, render_refusal
 from m2m_guard.asgi import M2MGuardMiddleware
-from m2m_guard.endpoints import health_answer, render_refusal
 from m2m_guard.events import Event
 from m2m_guard.fastapi import M2MGuard, RequireScopes
 from m2m_guard.local_issuer import KeySetServer

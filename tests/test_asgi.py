@@ -380,7 +380,7 @@ def test_decorator_without_guard_raises_missing_token() -> None:
 @pytest.mark.anyio
 async def test_decorator_reads_the_context_token(issuer: KeySetServer,
                                                  settings: GuardSettings) -> None:
-    from m2m_guard.context import reset_current_token, set_current_token
+    from m2m_guard._core.context import reset_current_token, set_current_token
 
     verifier = TokenVerifier(settings)
     try:

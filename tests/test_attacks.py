@@ -36,7 +36,7 @@ from cryptography.x509.oid import NameOID
 from starlette.testclient import TestClient
 
 from m2m_guard import ConfigurationError, GuardSettings
-from m2m_guard.encoding import b64url_encode
+from m2m_guard._core.encoding import b64url_encode
 from m2m_guard.local_issuer import KeySetServer, SigningKey, scalekit_claims
 
 from .conftest import AUDIENCE, deployment_app

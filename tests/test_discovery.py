@@ -14,7 +14,7 @@ import anyio.to_thread
 import pytest
 
 from m2m_guard import GuardSettings, IssuerUnavailable, TokenVerifier
-from m2m_guard.fetch import discovery_urls
+from m2m_guard._core.fetch import discovery_urls
 from m2m_guard.local_issuer import KeySetServer, SigningKey
 
 OIDC = "/.well-known/openid-configuration"

@@ -11,7 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from m2m_guard import ConfigurationError, GuardSettings, TokenVerifier
-from m2m_guard.endpoints import OperationalEndpoints
+from m2m_guard._core.endpoints import OperationalEndpoints
 from m2m_guard.health import SUGGESTED_HEALTH_PATH, health_response, request_refresh
 from m2m_guard.local_issuer import KeySetServer
 
@@ -178,7 +178,7 @@ def test_health_document_is_built_once_per_request_with_a_cached_token(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A probe that sends a (cached) bearer token takes the full path, where the endpoint is
     answered; the fast path only looks the path up and never builds the document itself."""
-    from m2m_guard import endpoints
+    from m2m_guard._core import endpoints
 
     built: list[int] = []
     real = endpoints.health_response

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from m2m_guard import GuardSettings, InvalidToken, TokenVerifier
+from m2m_guard._core.token_cache import VerifiedTokenCache
 from m2m_guard.local_issuer import KeySetServer, SigningKey
-from m2m_guard.token_cache import VerifiedTokenCache
 
 
 def test_bounded_by_entries_oldest_first() -> None:
@@ -123,8 +123,8 @@ def test_claims_are_read_only_all_the_way_down() -> None:
 
 
 def test_header_cache_is_bounded_and_holds_only_valid_headers() -> None:
-    from m2m_guard.encoding import b64url_encode
-    from m2m_guard.jws import HeaderCache, parse_compact
+    from m2m_guard._core.encoding import b64url_encode
+    from m2m_guard._core.jws import HeaderCache, parse_compact
 
     cache = HeaderCache(size=4)
     key = SigningKey.generate("ES256")

@@ -15,8 +15,8 @@ from starlette.testclient import TestClient
 
 import m2m_guard.verifier as verifier_module
 from m2m_guard import GuardSettings, InvalidToken, TokenVerifier
+from m2m_guard._core.token_cache import VerifiedTokenCache
 from m2m_guard.local_issuer import KeySetServer, SigningKey
-from m2m_guard.token_cache import VerifiedTokenCache
 
 from .conftest import AUDIENCE, deployment_app
 

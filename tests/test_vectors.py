@@ -49,9 +49,9 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from m2m_guard import GuardSettings, InvalidToken, TokenVerifier, current_token
+from m2m_guard._core.jws import check_signature, parse_compact, verify_compact
+from m2m_guard._core.keys import KeyRejected, KeySet, load_jwk, parse_jwks
 from m2m_guard.asgi import M2MGuardMiddleware
-from m2m_guard.jws import check_signature, parse_compact, verify_compact
-from m2m_guard.keys import KeyRejected, KeySet, load_jwk, parse_jwks
 from m2m_guard.local_issuer import KeySetServer, SigningKey
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"

@@ -24,7 +24,7 @@ from m2m_guard import (
     current_token,
     require_scopes,
 )
-from m2m_guard.bearer import authorization_from_environ, split_credentials
+from m2m_guard._core.bearer import authorization_from_environ, split_credentials
 from m2m_guard.local_issuer import KeySetServer
 from m2m_guard.wsgi import M2MGuardWSGIMiddleware, token_from_environ
 

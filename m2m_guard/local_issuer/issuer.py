@@ -23,10 +23,10 @@ from typing import Any
 
 from starlette.applications import Starlette
 
-from ..encoding import loads_json
+from .._core.encoding import loads_json
+from .._core.jws import check_signature, parse_compact
+from .._core.keys import KeyRejected, VerificationKey, load_jwk
 from ..errors import ConfigurationError, InvalidToken
-from ..jws import check_signature, parse_compact
-from ..keys import KeyRejected, VerificationKey, load_jwk
 from ..settings import GuardSettings
 from ..verifier import TokenVerifier
 from .clients import ClientRecord, Clients

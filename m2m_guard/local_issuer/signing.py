@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from ..encoding import b64url_encode
+from .._core.encoding import b64url_encode
 
 __all__ = ["SigningKey", "scalekit_claims"]
 

@@ -13,9 +13,9 @@ from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from typing import Any, TypeVar, cast
 
-from .errors import MissingToken
+from ..errors import MissingToken
+from ..token import AccessToken
 from .scopes import ScopeRequirement, validate_scopes
-from .token import AccessToken
 
 __all__ = ["current_token", "require_any_scope", "require_scopes", "scope_requirements",
            "set_current_token"]

@@ -24,8 +24,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
 
+from ..settings import DEFAULT_JWKS_TTL, GuardSettings
 from .keys import KeySet
-from .settings import DEFAULT_JWKS_TTL, GuardSettings
 
 __all__ = [
     "CachePolicy",

@@ -21,14 +21,14 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from .events import key_ids, never_raises, safe_text, token_fingerprint
+from ..events import key_ids, never_raises, safe_text, token_fingerprint
 
 if TYPE_CHECKING:
-    from .errors import GuardError
+    from ..errors import GuardError
+    from ..token import AccessToken
+    from ..verifier import TokenVerifier, _Job
     from .fetch import FetchResult
     from .keys import KeySet
-    from .token import AccessToken
-    from .verifier import TokenVerifier, _Job
 
 __all__ = ["format_fields", "log_key_set", "log_refusal", "logger", "report_refusal"]
 

@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from ..settings import ASYMMETRIC_ALGORITHMS
 from .encoding import b64url_decode, loads_json
-from .settings import ASYMMETRIC_ALGORITHMS
 
 __all__ = ["KeyRejected", "KeySet", "VerificationKey", "load_jwk", "parse_jwks"]
 

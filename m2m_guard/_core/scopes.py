@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import InsufficientScope
+from ..errors import InsufficientScope
 
 if TYPE_CHECKING:
-    from .token import AccessToken
+    from ..token import AccessToken
 
 __all__ = ["ScopeReader", "ScopeRequirement", "scopes_from_claims", "validate_scopes"]
 
