@@ -1,4 +1,4 @@
-"""RFC 6750 credential framing (`split_credentials`, `authorization_from_environ`, `extract_bearer`).
+"""RFC 6750 credential framing: `split_credentials`, `authorization_from_environ`, and more.
 
 A stable import path for names the documentation shows; the implementation is private
 (`m2m_guard._core.bearer`, see docs/architecture.md).

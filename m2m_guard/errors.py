@@ -54,10 +54,6 @@ class GuardError(Exception):
     error_code: ClassVar[str | None] = None
     body_error: ClassVar[str] = "invalid_token"
     default_description: ClassVar[str] = "The request was refused."
-    # Set once the refusal has been logged and sent to the event stream (by the verifier), so
-    # an adapter rendering it does not report it twice.
-    _reported: bool = False
-
     def __init__(self, description: str | None = None, *, reason: str | None = None) -> None:
         self.description = safe_description(description or self.default_description)
         self.reason = reason or self.body_error

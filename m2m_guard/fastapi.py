@@ -52,7 +52,6 @@ from starlette.websockets import WebSocket
 from ._core.bearer import extract_bearer
 from ._core.context import scope_requirements, set_current_token
 from ._core.endpoints import OperationalEndpoints, render_refusal
-from ._core.logs import report_refusal
 from ._core.scopes import ScopeRequirement, validate_scopes
 from .asgi import M2MGuardMiddleware, PathRules, Receive, Scope, Send
 from .errors import GuardError, MissingToken
@@ -309,7 +308,7 @@ class M2MGuard:
         if isinstance(connection, WebSocket):
             # Starlette sends nothing for a websocket handler: deny before accepting, as the
             # middleware does where the server has no denial-response extension.
-            report_refusal(verifier, exc, access)
+            verifier.report_refusal(exc, access)
             await connection.close(code=1008, reason=exc.body_error)
             return None
         return rendered_response(render_refusal(verifier, exc, access))

@@ -37,20 +37,7 @@ def request_refresh(verifier: TokenVerifier) -> int:
 
     Safe from any thread: on an asyncio event loop the fetch is a task, elsewhere a thread.
     """
-    started = 0
-    if verifier._closed:
-        return started
-    now = verifier._clock()
-    policy = verifier.policy
-    for issuer in verifier._issuers.values():
-        with issuer.lock:
-            state = issuer.state
-            usable = state.keys is not None and now < policy.usable_until(state)
-            due = now >= policy.retry_at(state) and issuer.flight is None
-        if not usable and due:
-            verifier._spawn_async(issuer)
-            started += 1
-    return started
+    return verifier.key_store.request_refresh()
 
 
 def health_response(verifier: TokenVerifier, *, refresh: bool = True) -> EndpointResponse:

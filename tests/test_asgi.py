@@ -634,8 +634,8 @@ def test_shutdown_closes_owned_verifier_only(issuer: KeySetServer,
     guard = M2MGuardMiddleware(inner, settings=settings)
     with TestClient(guard) as client:
         assert client.get("/whoami", headers=bearer(issuer.mint())).status_code == 200
-        assert guard.verifier._closed is False
-    assert guard.verifier._closed is True
+        assert guard.verifier.key_store.closed is False
+    assert guard.verifier.key_store.closed is True
 
     shared = TokenVerifier(settings)
     guard = M2MGuardMiddleware(inner, verifier=shared)

@@ -281,7 +281,7 @@ def test_verifier_closed_when_the_app_goes_away(settings: GuardSettings) -> None
     guard = M2MGuard(settings=settings)
     app = build_app(guard)
     verifier = guard.verifier_for(app)
-    assert not verifier._closed
+    assert not verifier.key_store.closed
     del app
     gc.collect()
-    assert verifier._closed
+    assert verifier.key_store.closed

@@ -68,7 +68,7 @@ def test_refresh_respects_the_failure_backoff(issuer: KeySetServer,
     now = [1000.0]
     verifier = TokenVerifier(settings, clock=lambda: now[0])
     assert health_response(verifier).status == 503
-    wait_for(lambda: verifier._issuers[issuer.url].flight is None
+    wait_for(lambda: verifier.key_store.issuers[issuer.url].flight is None
              and verifier.health()["issuers"][issuer.url]["fetches"] == 1)
     # The fetch failed: the backoff (1 s after a first failure) holds further probes back ...
     assert request_refresh(verifier) == 0

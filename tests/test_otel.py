@@ -104,8 +104,8 @@ def test_decisions_latency_cache_and_spans(issuer: KeySetServer, settings: Guard
           ("reason", "expired")), 1),
         ((("outcome", "refused"), ("reason", "malformed")), 1),
     ]
-    assert telemetry.value("m2m_guard._core.token_cache.lookups", result="hit") == 1
-    assert telemetry.value("m2m_guard._core.token_cache.lookups", result="miss") == 2
+    assert telemetry.value("m2m_guard.token_cache.lookups", result="hit") == 1
+    assert telemetry.value("m2m_guard.token_cache.lookups", result="miss") == 2
     durations = telemetry.points("m2m_guard.verification.duration")
     assert sum(point.count for _, point in durations) == 4
     hit = [p for a, p in durations if a.get("cache") == "hit"]
@@ -143,17 +143,17 @@ def test_jwks_fetches_changes_and_gauges(issuer: KeySetServer,
     verifier = TokenVerifier(make_settings(jwks_cache_ttl=1, jwks_refetch_cooldown=1))
     telemetry.instrument(verifier)
     verifier.warm_up_sync()
-    assert telemetry.value("m2m_guard._core.jwks.fetches", issuer=issuer.url, result="ok") == 1
-    assert telemetry.value("m2m_guard._core.jwks.changes", issuer=issuer.url) == 1
-    assert telemetry.points("m2m_guard._core.jwks.keys") == [({"issuer": issuer.url}, 4)]
-    assert telemetry.points("m2m_guard._core.jwks.usable") == [({"issuer": issuer.url}, 1)]
+    assert telemetry.value("m2m_guard.jwks.fetches", issuer=issuer.url, result="ok") == 1
+    assert telemetry.value("m2m_guard.jwks.changes", issuer=issuer.url) == 1
+    assert telemetry.points("m2m_guard.jwks.keys") == [({"issuer": issuer.url}, 4)]
+    assert telemetry.points("m2m_guard.jwks.usable") == [({"issuer": issuer.url}, 1)]
     verifier.warm_up_sync()  # conditional request: 304
-    assert telemetry.value("m2m_guard._core.jwks.fetches", result="not_modified") == 1
-    assert telemetry.value("m2m_guard._core.jwks.changes") == 1
+    assert telemetry.value("m2m_guard.jwks.fetches", result="not_modified") == 1
+    assert telemetry.value("m2m_guard.jwks.changes") == 1
     issuer.set_fault("500")
     verifier.warm_up_sync()  # fails, but the last good set is kept: no error raised
-    assert telemetry.value("m2m_guard._core.jwks.fetches", result="error") == 1
-    assert telemetry.points("m2m_guard._core.jwks.keys") == [({"issuer": issuer.url}, 4)]
+    assert telemetry.value("m2m_guard.jwks.fetches", result="error") == 1
+    assert telemetry.points("m2m_guard.jwks.keys") == [({"issuer": issuer.url}, 4)]
 
 
 def test_issuer_unavailable_span_is_an_error(issuer: KeySetServer, settings: GuardSettings,
@@ -166,8 +166,8 @@ def test_issuer_unavailable_span_is_an_error(issuer: KeySetServer, settings: Gua
         verifier.verify_sync(token)
     assert telemetry.value("m2m_guard.decisions", outcome="issuer_unavailable",
                            reason="issuer_unavailable", issuer=issuer.url) == 1
-    assert telemetry.value("m2m_guard._core.jwks.fetches", result="error") == 1
-    assert telemetry.points("m2m_guard._core.jwks.usable") == [({"issuer": issuer.url}, 0)]
+    assert telemetry.value("m2m_guard.jwks.fetches", result="error") == 1
+    assert telemetry.points("m2m_guard.jwks.usable") == [({"issuer": issuer.url}, 0)]
     [span] = telemetry.spans.get_finished_spans()
     assert span.status.status_code is StatusCode.ERROR
     assert span.status.description == "issuer_unavailable"
@@ -185,9 +185,9 @@ def test_unknown_kids_cooldown_and_refresh(rotation_keys: dict[str, SigningKey],
         verifier.verify_sync(server.mint(new))
         with pytest.raises(GuardError):
             verifier.verify_sync(server.mint(old))  # left the set; inside the cooldown
-        assert telemetry.value("m2m_guard._core.jwks.unknown_kids", issuer=server.url) == 2
-        assert telemetry.value("m2m_guard._core.jwks.cooldown_hits", issuer=server.url) == 1
-        assert telemetry.value("m2m_guard._core.jwks.changes", issuer=server.url) == 2
+        assert telemetry.value("m2m_guard.jwks.unknown_kids", issuer=server.url) == 2
+        assert telemetry.value("m2m_guard.jwks.cooldown_hits", issuer=server.url) == 1
+        assert telemetry.value("m2m_guard.jwks.changes", issuer=server.url) == 2
         assert telemetry.value("m2m_guard.decisions", outcome="refused",
                                reason="unknown_kid") == 1
 
@@ -201,11 +201,11 @@ def test_refreshes_counter(issuer: KeySetServer, make_settings: Callable[..., Gu
     now[0] += 95
     verifier.verify_sync(issuer.mint())
     deadline = time.monotonic() + 5
-    while telemetry.value("m2m_guard._core.jwks.fetches", result="not_modified") < 1:
+    while telemetry.value("m2m_guard.jwks.fetches", result="not_modified") < 1:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     verifier.close()
-    assert telemetry.value("m2m_guard._core.jwks.refreshes", issuer=issuer.url) == 1
+    assert telemetry.value("m2m_guard.jwks.refreshes", issuer=issuer.url) == 1
 
 
 def test_adapter_refusals_are_counted_without_duration(issuer: KeySetServer,
@@ -237,13 +237,13 @@ def test_stop_and_no_traces(issuer: KeySetServer, settings: GuardSettings,
     assert telemetry.value("m2m_guard.decisions") == 1
     assert telemetry.spans.get_finished_spans() == ()
     stop()
-    assert verifier._observer is None
+    assert not verifier.subscribed
     verifier.verify_sync(token)
     # Counters keep reporting the total reached (cumulative, never back to zero); the key-set
     # gauges of a stopped verifier go quiet.
     assert telemetry.value("m2m_guard.decisions") == 1
-    assert telemetry.value("m2m_guard._core.token_cache.lookups", result="miss") == 1
-    assert telemetry.points("m2m_guard._core.jwks.keys") == []
+    assert telemetry.value("m2m_guard.token_cache.lookups", result="miss") == 1
+    assert telemetry.points("m2m_guard.jwks.keys") == []
     stop()  # stopping twice is harmless
     assert telemetry.value("m2m_guard.decisions") == 1
 
@@ -267,12 +267,12 @@ def test_import_m2m_guard_does_not_import_opentelemetry() -> None:
 
 COUNTERS = {
     "m2m_guard.decisions": "{decision}",
-    "m2m_guard._core.token_cache.lookups": "{lookup}",
-    "m2m_guard._core.jwks.fetches": "{fetch}",
-    "m2m_guard._core.jwks.refreshes": "{refresh}",
-    "m2m_guard._core.jwks.unknown_kids": "{token}",
-    "m2m_guard._core.jwks.cooldown_hits": "{token}",
-    "m2m_guard._core.jwks.changes": "{change}",
+    "m2m_guard.token_cache.lookups": "{lookup}",
+    "m2m_guard.jwks.fetches": "{fetch}",
+    "m2m_guard.jwks.refreshes": "{refresh}",
+    "m2m_guard.jwks.unknown_kids": "{token}",
+    "m2m_guard.jwks.cooldown_hits": "{token}",
+    "m2m_guard.jwks.changes": "{change}",
 }
 
 
@@ -290,7 +290,7 @@ def test_counters_are_cumulative_monotonic_sums_with_their_units(
         with pytest.raises(GuardError):
             verifier.verify_sync(issuer.mint(rotation_keys["old"]))
     found = telemetry.metrics()
-    assert set(COUNTERS) - {"m2m_guard._core.jwks.refreshes"} <= set(found)
+    assert set(COUNTERS) - {"m2m_guard.jwks.refreshes"} <= set(found)
     for name, metric in found.items():
         if name in COUNTERS:
             assert metric.unit == COUNTERS[name] and metric.description
@@ -302,8 +302,8 @@ def test_counters_are_cumulative_monotonic_sums_with_their_units(
     assert telemetry.value("m2m_guard.decisions", outcome="allowed") == 2
     verifier.verify_sync(token)  # a second collection reads the new total
     assert telemetry.value("m2m_guard.decisions", outcome="allowed") == 3
-    assert telemetry.value("m2m_guard._core.jwks.unknown_kids", issuer=issuer.url) == 2
-    assert telemetry.value("m2m_guard._core.jwks.cooldown_hits", issuer=issuer.url) == 1
+    assert telemetry.value("m2m_guard.jwks.unknown_kids", issuer=issuer.url) == 2
+    assert telemetry.value("m2m_guard.jwks.cooldown_hits", issuer=issuer.url) == 1
 
 
 def test_delta_reader_gets_increments(issuer: KeySetServer, settings: GuardSettings) -> None:
@@ -321,7 +321,7 @@ def test_delta_reader_gets_increments(issuer: KeySetServer, settings: GuardSetti
             verifier.verify_sync(token)
         found = tel.metrics()  # one collection: each collection resets the deltas
         decisions = found["m2m_guard.decisions"].data
-        lookups = found["m2m_guard._core.token_cache.lookups"].data
+        lookups = found["m2m_guard.token_cache.lookups"].data
         assert decisions.aggregation_temporality is AggregationTemporality.DELTA
         assert [point.value for point in decisions.data_points] == [3]
         assert {point.attributes["result"]: point.value for point in lookups.data_points} == {
@@ -374,8 +374,8 @@ def test_counts_are_exact_across_threads(issuer: KeySetServer, settings: GuardSe
     assert telemetry.value("m2m_guard.decisions", outcome="allowed") == hits + 1
     assert telemetry.value("m2m_guard.decisions", outcome="refused",
                            reason="malformed") == refused
-    assert telemetry.value("m2m_guard._core.token_cache.lookups", result="hit") == hits
-    assert telemetry.value("m2m_guard._core.token_cache.lookups", result="miss") == 1
+    assert telemetry.value("m2m_guard.token_cache.lookups", result="hit") == hits
+    assert telemetry.value("m2m_guard.token_cache.lookups", result="miss") == 1
     durations = telemetry.points("m2m_guard.verification.duration")
     assert sum(point.count for _, point in durations) == hits + 1 + refused
     assert len(telemetry.spans.get_finished_spans()) == hits + 1 + refused
@@ -399,7 +399,7 @@ def test_instrumenting_twice_is_refused(issuer: KeySetServer, settings: GuardSet
     telemetry.instrument(verifier)
     verifier.verify_sync(token)
     assert telemetry.value("m2m_guard.decisions") == 2
-    assert telemetry.value("m2m_guard._core.token_cache.lookups", result="hit") == 1
+    assert telemetry.value("m2m_guard.token_cache.lookups", result="hit") == 1
     assert len(telemetry.spans.get_finished_spans()) == 2
 
 
@@ -419,10 +419,10 @@ def test_two_verifiers_on_one_provider(issuer: KeySetServer, settings: GuardSett
         second.verify_sync(other.mint(rotation_keys["new"]))
         assert telemetry.value("m2m_guard.decisions", issuer=issuer.url) == 1
         assert telemetry.value("m2m_guard.decisions", issuer=other.url) == 2
-        assert sorted(telemetry.points("m2m_guard._core.jwks.keys"), key=repr) == sorted(
+        assert sorted(telemetry.points("m2m_guard.jwks.keys"), key=repr) == sorted(
             [({"issuer": issuer.url}, 4), ({"issuer": other.url}, 1)], key=repr)
         stop_second()
-        assert telemetry.points("m2m_guard._core.jwks.keys") == [({"issuer": issuer.url}, 4)]
+        assert telemetry.points("m2m_guard.jwks.keys") == [({"issuer": issuer.url}, 4)]
         assert telemetry.value("m2m_guard.decisions", issuer=other.url) == 2
 
 

@@ -224,7 +224,7 @@ def test_guard_error_after_the_first_chunk_propagates(settings: GuardSettings,
 def test_close_stops_an_owned_verifier_only(settings: GuardSettings) -> None:
     owned = M2MGuardWSGIMiddleware(json_app, settings)
     owned.close()
-    assert owned.verifier._closed
+    assert owned.verifier.key_store.closed
     shared = TokenVerifier(settings)
     with M2MGuardWSGIMiddleware(json_app, verifier=shared):
         pass

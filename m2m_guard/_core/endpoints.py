@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 from ..errors import GuardError, RenderedError, render_error
 from ..health import health_response
 from .answers import EndpointResponse, json_response
-from .logs import report_refusal
 from .resource_metadata import challenge_url, metadata_path, resource_metadata_response
 
 if TYPE_CHECKING:
@@ -36,13 +35,13 @@ def render_refusal(verifier: TokenVerifier, error: GuardError,
                    access: AccessToken | None = None) -> RenderedError:
     """The answer to a refused request, as every adapter sends it.
 
-    Reports `error` through `logs.report_refusal` (one INFO line and one event, unless the
+    Reports `error` through `TokenVerifier.report_refusal` (one INFO line and one event, unless the
     verifier already reported it) and renders it per DESIGN §4 with ``verifier.settings``'
     realm and, when configured, the ``resource_metadata`` challenge parameter
     (`resource_metadata.challenge_url`). `access` is the request's verified token, if any
     (a token refused later, for its scopes).
     """
-    report_refusal(verifier, error, access)
+    verifier.report_refusal(error, access)
     settings = verifier.settings
     return render_error(error, realm=settings.realm, resource_metadata=challenge_url(settings))
 
