@@ -642,7 +642,7 @@ def test_shutdown_closes_owned_verifier_only(issuer: KeySetServer,
     assert guard.settings is settings
     with TestClient(guard) as client:
         assert client.get("/whoami", headers=bearer(issuer.mint())).status_code == 200
-    assert shared._closed is False  # not ours to close
+    assert shared.key_store.closed is False  # not ours to close
     shared.close()
 
 

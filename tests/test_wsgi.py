@@ -228,7 +228,7 @@ def test_close_stops_an_owned_verifier_only(settings: GuardSettings) -> None:
     shared = TokenVerifier(settings)
     with M2MGuardWSGIMiddleware(json_app, verifier=shared):
         pass
-    assert not shared._closed
+    assert not shared.key_store.closed
     shared.close()
     with pytest.raises(ValueError, match="either settings or a verifier"):
         M2MGuardWSGIMiddleware(json_app, settings.replace(realm="other"), verifier=shared)
