@@ -34,12 +34,13 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
+from ._adapters.django_config import request_view
 from ._core.resource_metadata import challenge_url
 from .django import (
     Guard,
-    _response,
     configured_guard,
     enforce_view_scopes,
+    rendered_response,
     request_token,
 )
 from .errors import GuardError, MissingToken, RenderedError, render_error
@@ -149,17 +150,18 @@ class M2MGuardAuthentication(BaseAuthentication):
         token = request_token(django_request)
         if token is None:
             guard = configured_guard()
-            if guard.passes_unchecked(django_request):
+            view = request_view(django_request)
+            if guard.decisions.passes(view):
                 return None
             try:
-                raw = guard.bearer(django_request)
-                if raw is None:
-                    return None
                 # DRF views are sync: under ASGI Django runs them in a worker thread, never on
-                # the event loop, so the blocking front is the right one.
-                token = guard.verifier.verify_sync(raw)
+                # the event loop, so the blocking path is the right one. Without credentials
+                # other authentication classes may still run: not required here.
+                token = guard.decisions.authenticate_sync(view, required=False)
             except GuardError as exc:
                 raise _refused(guard, exc) from None
+            if token is None:
+                return None
             django_request.m2m_token = token  # type: ignore[attr-defined]
         return ClientPrincipal(token), token
 
@@ -209,7 +211,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponseBa
     DRF's default handler. Each is reported once (log line, event).
     """
     if isinstance(exc, GuardAPIException):
-        return _response(exc.rendered)
+        return rendered_response(exc.rendered)
     if isinstance(exc, GuardError):
         # The token the authentication verified, read without running DRF's authentication.
         inner = getattr(context.get("request"), "_request", None)
