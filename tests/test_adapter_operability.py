@@ -164,7 +164,7 @@ def test_fastapi_with_middleware_and_guard(issuer: KeySetServer,
     guard = M2MGuard(app)
     with FastAPIClient(app) as client:
         assert client.get(HEALTH).status_code == 200  # the middleware warmed up and answers
-        assert guard._operational_endpoints() is None  # ... so the guard's own stays out
+        assert guard.operational_endpoints() is None  # ... so the guard's own stays out
         forbidden = client.get("/admin", headers={"Authorization": f"Bearer {issuer.mint()}"})
         assert forbidden.status_code == 403
         assert forbidden.headers["www-authenticate"].endswith(f'resource_metadata="{DOC_URL}"')
