@@ -9,7 +9,7 @@ never built per request), shared with `m2m_guard.drf`.
 The middleware works in sync and async chains (``await verifier.verify`` under ASGI,
 ``verify_sync`` under WSGI). For a protected request it verifies the bearer token and puts the
 `AccessToken` on ``request.m2m_token`` and in `current_token()`; a refusal is answered per
-DESIGN §4 by the one renderer. Public paths (matched against ``request.path_info``, the path your
+the contract by the one renderer. Public paths (matched against ``request.path_info``, the path your
 URLconf sees) and, when allowed, CORS preflight requests pass through untouched, with
 ``request.m2m_token = None``. A `GuardError` raised by a view (``@require_scopes``, the
 `ScopesRequiredMixin`, your own code) is rendered the same way by ``process_exception``. Every
@@ -94,7 +94,7 @@ rendered_response = response
 
 def guard_error_response(error: GuardError, realm: str = "api", *,
                          resource_metadata: str | None = None) -> HttpResponse:
-    """A Django `HttpResponse` for `error`, rendered by the one renderer (DESIGN §4).
+    """A Django `HttpResponse` for `error`, rendered by the one renderer (docs/architecture.md).
 
     It only renders; the middleware and `m2m_guard.drf` also report the refusal
     (`Guard.refuse`).
@@ -190,7 +190,7 @@ class M2MGuardMiddleware:
         view = request_view(request)
         decision = self._decide(request, view)
         if decision is not AUTHENTICATE:
-            return await get_response(request) if decision is PASS else decision  # type: ignore[return-value]
+            return await get_response(request) if decision is PASS else decision
         try:
             token = await self.gate.authenticate(view)
         except GuardError as exc:

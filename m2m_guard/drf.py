@@ -12,7 +12,7 @@ from the view, either lists or per-method mappings (``{"GET": [...], "POST": [..
 Refusals are raised as `GuardAPIException`, which DRF's own exception handler already renders
 with the right status, ``WWW-Authenticate`` / ``Retry-After`` header and JSON body.
 ``REST_FRAMEWORK["EXCEPTION_HANDLER"] = "m2m_guard.drf.exception_handler"`` makes the answers
-byte-for-byte those of every other m2m_guard adapter (DESIGN §4, with ``Cache-Control:
+byte-for-byte those of every other m2m_guard adapter (the behaviour contract, with ``Cache-Control:
 no-store``), also for DRF's own "not authenticated" refusal and for a `GuardError` raised in a
 view.
 
@@ -103,7 +103,7 @@ class ClientPrincipal:
 
 
 class GuardAPIException(exceptions.APIException):
-    """A `GuardError` as DRF sees it: status, detail (the JSON body of DESIGN §4),
+    """A `GuardError` as DRF sees it: status, detail (the JSON body of the contract),
     ``auth_header`` (``WWW-Authenticate``) and ``wait`` (``Retry-After``) all from the one
     renderer, so DRF's default exception handler already answers correctly.
 
@@ -204,7 +204,7 @@ def _guard_challenges(context: dict[str, Any]) -> bool:
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponseBase | None:
-    """``REST_FRAMEWORK["EXCEPTION_HANDLER"]``: m2m_guard refusals rendered per DESIGN §4.
+    """``REST_FRAMEWORK["EXCEPTION_HANDLER"]``: m2m_guard refusals rendered per the contract.
 
     Handles `GuardAPIException`, a `GuardError` raised in a view (e.g. by ``@require_scopes``)
     and DRF's `NotAuthenticated` when m2m_guard issues the challenge; everything else goes to

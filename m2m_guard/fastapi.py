@@ -11,7 +11,7 @@ either (or both) of two ways:
   kept, so FastAPI's path, query and body parameters still work).
 
 `M2MGuard(app)` installs what both need: an exception handler so every refusal is answered per
-the behaviour contract by `errors.render_error` (never FastAPI's ``{"detail": ...}``), one `TokenVerifier`
+the contract by `errors.render_error` (never FastAPI's ``{"detail": ...}``), one `TokenVerifier`
 per app for the dependencies (the middleware's own when the app has one, else created at startup
 or on first use, warmed up at startup and closed at shutdown by the app's lifespan), and the
 OpenAPI security scheme: an OAuth 2.0 client-credentials flow named `SCHEME_NAME`, whose token
@@ -87,7 +87,7 @@ async def m2m_token(
 
     Use it as ``Security(m2m_token, scopes=[...])`` (or through `RequireScopes`), on HTTP and
     websocket routes. Raises `MissingToken`, `InvalidRequest`, `InvalidToken`,
-    `IssuerUnavailable` or `InsufficientScope`, answered per the behaviour contract by the handler `M2MGuard`
+    `IssuerUnavailable` or `InsufficientScope`, answered per the contract by the handler `M2MGuard`
     installs (or by the middleware). A `RuntimeError` says the app is not connected: no
     `M2MGuard(app)` and no middleware that verified this request.
     """

@@ -4,7 +4,7 @@ Every request to the app (blueprints included) is guarded before its view runs, 
 is in `public_paths`, its endpoint is public (``@guard.public``, ``public_endpoints=``) or it is
 an allowed CORS preflight. The verified `AccessToken` is on ``flask.g.m2m_token`` and in
 `current_token()`; ``require_scopes`` / ``require_any_scope`` (re-exported here) work on views. A
-refusal, or a `GuardError` raised in a view, is answered per DESIGN §4 by an error handler the
+refusal, or a `GuardError` raised in a view, is answered per the contract by an error handler the
 extension registers: the same status, headers and JSON body as every other adapter, and reported
 once (log line, event). When configured (`health_path`, `resource`), the health endpoint and the
 RFC 9728 metadata document are answered before anything else, without a token.
@@ -97,7 +97,7 @@ def settings_from_config(config: Mapping[str, Any],
 
 def guard_error_response(error: GuardError, realm: str = "api", *,
                          resource_metadata: str | None = None) -> Response:
-    """A Flask response for `error`, rendered by the one renderer (DESIGN §4).
+    """A Flask response for `error`, rendered by the one renderer (docs/architecture.md).
 
     It only renders; the extension's error handler also reports the refusal
     (`endpoints.render_refusal`).

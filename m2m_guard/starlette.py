@@ -83,7 +83,7 @@ UNAUTHENTICATED = (AuthCredentials(), UnauthenticatedUser())
 
 def guard_error_response(error: GuardError, realm: str = "api", *,
                          resource_metadata: str | None = None) -> Response:
-    """A Starlette `Response` for `error`, rendered by the one renderer (DESIGN §4).
+    """A Starlette `Response` for `error`, rendered by the one renderer (docs/architecture.md).
 
     It only renders; the middleware and `exception_handlers` also report the refusal
     (`endpoints.render_refusal`).

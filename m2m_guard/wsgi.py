@@ -6,7 +6,7 @@ extracted (RFC 6750, with repeated `Authorization` headers recognised although t
 them), verified with the blocking engine (`TokenVerifier.verify_sync`: sync HTTP driver, one key
 set fetch per issuer across all threads), and the `AccessToken` placed in
 ``environ["m2m_guard.token"]`` and in `current_token()` while the app runs and while its response
-body is iterated and closed. A refusal is answered per the behaviour contract (docs/architecture.md) with exactly the status, headers
+body is iterated and closed. A refusal is answered per the contract with exactly the status, headers
 and body the ASGI middleware sends, and reported once (log line, event).
 
 When configured (`health_path`, `resource`), the health endpoint and the RFC 9728 metadata

@@ -208,7 +208,7 @@ async def public_probe(request: Request) -> JSONResponse:
 
 
 def test_public_path_is_passed_untouched(settings: GuardSettings, issuer: KeySetServer) -> None:
-    """DESIGN §4: public paths pass through untouched: nothing is added to the scope, even when
+    """The contract: public paths pass through untouched: nothing is added to the scope, even when
     a valid token is sent (the guard does not look at it)."""
     app = Starlette(routes=[Route("/public", public_probe)], middleware=[
         Middleware(M2MGuardMiddleware, settings=settings.replace(public_paths=("/public",)))])
@@ -713,7 +713,7 @@ def test_fastapi_path_operations(issuer: KeySetServer, settings: GuardSettings) 
         invalid = client.get("/deployments/api-v1?limit=many", headers=bearer(token))
         assert invalid.status_code == 422
         assert invalid.json()["detail"][0]["loc"] == ["query", "limit"]
-        # the guard and the decorators answer per DESIGN §4
+        # the guard and the decorators answer per the contract
         assert client.get("/deployments/api-v1").status_code == 401
         denied = client.get("/admin/7", headers=bearer(token))
         assert denied.status_code == 403

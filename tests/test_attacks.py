@@ -1,4 +1,4 @@
-"""Attack tests by category (DESIGN §8), all through a real Starlette app and a real key set.
+"""Attack tests by category, all through a real Starlette app and a real key set.
 
 Every attack goes through `deployment_app` (tests.conftest) driven by Starlette's TestClient, with
 the issuer's keys served over loopback HTTP. Each test asserts the exact status, the exact
@@ -10,7 +10,7 @@ confusion, duplicate names, ...), the token is signed over exactly the bytes sen
 implementation would accept it: the test can fail.
 
 An autouse fixture checks, after every test, that no raw token sent in that test (nor any long
-segment of one) appears in any log record of the `m2m_guard` logger (DESIGN §4).
+segment of one) appears in any log record of the `m2m_guard` logger (docs/architecture.md).
 """
 
 from __future__ import annotations

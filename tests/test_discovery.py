@@ -1,4 +1,4 @@
-"""Finding and fetching the key set (DESIGN §5): OpenID Connect discovery, then RFC 8414; the
+"""Finding and fetching the key set: OpenID Connect discovery, then RFC 8414; the
 discovery document's issuer must match; no foreign jwks_uri or cross-host redirects; size and
 key-count limits; an explicit jwks_url skips discovery. Every case runs through both fetch
 drivers (async front, and sync front on a worker thread) against a real `KeySetServer`."""

@@ -191,7 +191,8 @@ def test_one_verifier_per_app_in_factories(make_settings: Callable[..., GuardSet
     with pytest.raises(RuntimeError, match="not initialised"):
         guard.verifier_for(Flask(__name__))
     guard.close()
-    assert guard.verifier_for(first).key_store.closed and guard.verifier_for(second).key_store.closed
+    assert guard.verifier_for(first).key_store.closed
+    assert guard.verifier_for(second).key_store.closed
 
 
 def test_warm_up_at_init(settings: GuardSettings, issuer: KeySetServer,

@@ -1,4 +1,4 @@
-"""The key-set cache policy (DESIGN §5) as pure functions of state and a fake clock (plain floats),
+"""The key-set cache policy as pure functions of state and a fake clock (plain floats),
 and the filtering `parse_jwks` applies when a key set is loaded."""
 
 from __future__ import annotations

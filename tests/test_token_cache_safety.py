@@ -1,4 +1,4 @@
-"""The verified-token cache never answers differently from a full verification (DESIGN §7).
+"""The verified-token cache never answers differently from a full verification.
 
 A hit re-checks `exp` and `nbf` (leeway included) against the clock and that the key which
 verified the token is still in its issuer's current key set; the cache stays within its bounds

@@ -337,7 +337,7 @@ def test_wycheproof_refused_through_middleware(
 
 # tcId -> (kids that load, reasons the others are dropped for, does the token verify, what the
 # case asserts). Wycheproof's own expectations are whole-set refusals for "MixedKeySet" and
-# "DuplicateKid"; DESIGN §5 drops unusable keys from a set instead, so we assert the keys are
+# "DuplicateKid"; the key loader drops unusable keys from a set instead, so we assert the keys are
 # dropped and that the token is refused.
 JWK_CASES: dict[int, tuple[list[str], list[str], bool, str]] = {
     1: (["kid-ec-sign"], ["symmetric (oct) keys are never accepted"], False,

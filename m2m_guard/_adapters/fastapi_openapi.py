@@ -56,7 +56,8 @@ client_credentials = ClientCredentials()
 
 
 def complete_schema(schema: dict[str, Any], routes: Iterable[Any], public: PathRules | None,
-                    token_url: Callable[[], str], descriptions: Mapping[str, str]) -> dict[str, Any]:
+                    token_url: Callable[[], str],
+                    descriptions: Mapping[str, str]) -> dict[str, Any]:
     """Complete FastAPI's `schema` in place: security requirements of `routes` (guarded by the
     middleware unless `public` says otherwise; `public` None: no middleware) and of their
     `require_scopes` decorators, and the scheme with `token_url()` and the scopes in use."""

@@ -36,7 +36,7 @@ def render_refusal(verifier: TokenVerifier, error: GuardError,
     """The answer to a refused request, as every adapter sends it.
 
     Reports `error` through `TokenVerifier.report_refusal` (one INFO line and one event, unless the
-    verifier already reported it) and renders it per DESIGN §4 with ``verifier.settings``'
+    verifier already reported it) and renders it per the contract with ``verifier.settings``'
     realm and, when configured, the ``resource_metadata`` challenge parameter
     (`resource_metadata.challenge_url`). `access` is the request's verified token, if any
     (a token refused later, for its scopes).

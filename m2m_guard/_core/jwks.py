@@ -1,4 +1,6 @@
-"""The key-set cache policy, sans-IO: plain functions of a `KeySetState` and a clock (DESIGN §5).
+"""The key-set cache policy, sans-IO: plain functions of a `KeySetState` and a clock.
+
+The numbers and rules are listed in docs/architecture.md ("Where each rule lives").
 
 Nothing here does I/O or reads the time; the verifier passes `now` (monotonic seconds) and
 performs what a `Plan` asks for. The rules:
@@ -93,7 +95,7 @@ class KeySetState:
 
 @dataclass(frozen=True, slots=True)
 class CachePolicy:
-    """The numbers of DESIGN §5 and the decisions made with them."""
+    """The key-set numbers (docs/architecture.md) and the decisions made with them."""
 
     ttl: float | None = None
     min_ttl: float = 60.0

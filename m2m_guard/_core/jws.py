@@ -1,4 +1,4 @@
-"""Strict compact JWS: framing, header rules and the signature check (DESIGN §6).
+"""Strict compact JWS: framing, header rules and the signature check (docs/architecture.md).
 
 `parse_compact` accepts only the compact serialization: exactly three canonical base64url
 segments (header, payload, non-empty signature), a header that is a strict JSON object with an

@@ -42,7 +42,7 @@ _ADMIN_LEEWAY = 30.0
 
 
 class LocalIssuer:
-    """A local authorization server that speaks Scalekit's API (DESIGN §6a).
+    """A local authorization server that speaks Scalekit's API (docs/local-issuer.md).
 
     - `db`: SQLite file name (created with its schema on first use) or ``":memory:"``.
     - `issuer_url`: the `iss` of its tokens and the base of its discovery document; None means
