@@ -22,10 +22,20 @@ is installed.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._core.asgi_io import ASGIApp, Message, Receive, Scope, Send, send_answer, send_refusal
+from ._core.asgi_io import (
+    ASGIApp,
+    Message,
+    Receive,
+    ReceiveTracker,
+    Scope,
+    Send,
+    SendTracker,
+    send_answer,
+    send_refusal,
+)
 from ._core.bearer import query_has_access_token
 from ._core.context import reset_current, set_current
 from ._core.gate import Gate
@@ -43,9 +53,6 @@ if TYPE_CHECKING:
 __all__ = ["M2MGuardMiddleware", "PathRules", "TokenCredentials"]
 
 _HANDLED = object()  # the request was answered (or passed on) before the app call
-# Principals are shared per cached token; the memo keeps its tokens alive, so it stays small
-# (machine clients are few, and each presents one token for its lifetime).
-_AUTH_MEMO_SIZE = 256
 
 
 def __getattr__(name: str) -> Any:
@@ -56,44 +63,13 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _principals() -> tuple[Callable[[AccessToken], tuple[Any, Any]] | None, tuple[Any, Any]]:
-    """Starlette's `request.auth` / `request.user` makers, or (None, ...) without Starlette."""
+def _principals() -> Callable[[AccessToken | None, bool], tuple[Any, Any]] | None:
+    """Starlette's `request.auth` / `request.user` maker, or None without Starlette."""
     try:
-        from .starlette import UNAUTHENTICATED, principal
+        from .starlette import Principals
     except ImportError:  # a plain ASGI app: nothing reads scope["auth"]
-        return None, (None, None)
-    return principal, UNAUTHENTICATED
-
-
-class _ReceiveTracker:
-    """A websocket app's `receive`: notes whether the app consumed the connect event."""
-
-    __slots__ = ("connect_consumed", "receive")
-
-    def __init__(self, receive: Receive) -> None:
-        self.receive = receive
-        self.connect_consumed = False
-
-    async def __call__(self) -> Message:
-        message = await self.receive()
-        if message.get("type") == "websocket.connect":
-            self.connect_consumed = True
-        return message
-
-
-class _SendTracker:
-    """The app's `send`: notes that the response started and hands the message on (a plain call
-    returning the server's awaitable: no extra coroutine per message)."""
-
-    __slots__ = ("send", "started")
-
-    def __init__(self, send: Send) -> None:
-        self.send = send
-        self.started = False
-
-    def __call__(self, message: Message) -> Awaitable[None]:
-        self.started = True
-        return self.send(message)
+        return None
+    return Principals()
 
 
 class M2MGuardMiddleware:
@@ -112,8 +88,7 @@ class M2MGuardMiddleware:
         self.settings = self.verifier.settings
         self._owns_verifier = verifier is None
         self.gate = Gate(self.verifier)
-        self._principal, self._unauthenticated = _principals()
-        self._auth_memo: dict[int, tuple[AccessToken, tuple[Any, Any]]] = {}
+        self._principals = _principals()
         self._announced = False
         self._fast_path = self.gate.fast_path
         self._preflight = self.settings.allow_cors_preflight
@@ -164,8 +139,8 @@ class M2MGuardMiddleware:
         scope[TOKEN_KEY] = access
         scope[SETTINGS_KEY] = self.settings
         scope[VERIFIER_KEY] = self.verifier  # for exception handlers inside the app
-        if self._principal is not None:
-            scope["auth"], scope["user"] = self._principal_of(access, hit)
+        if self._principals is not None:
+            scope["auth"], scope["user"] = self._principals(access, hit)
         await self._call_app(scope, receive, send, access)
 
     def _announce(self, scope: Scope) -> None:
@@ -175,24 +150,6 @@ class M2MGuardMiddleware:
         attach = getattr(guard, "attach_middleware", None)
         if callable(attach):
             attach(self)
-
-    def _principal_of(self, access: AccessToken | None, hit: bool) -> tuple[Any, Any]:
-        """Starlette's `request.auth` and `request.user`. Both are read-only, so those of a
-        cached token are shared by its requests (memoised on hits only, by the token object's
-        id and holding that object, so the id cannot be reused meanwhile: a flood of new
-        tokens would otherwise keep hundreds of principals alive for nothing)."""
-        assert self._principal is not None
-        if access is None:
-            return self._unauthenticated
-        if not hit:
-            return self._principal(access)
-        memo = self._auth_memo
-        principal = memo.get(id(access))
-        if principal is None or principal[0] is not access:
-            if len(memo) >= _AUTH_MEMO_SIZE:
-                memo.clear()
-            principal = memo[id(access)] = (access, self._principal(access))
-        return principal[1]
 
     async def _authenticate(self, scope: Scope, receive: Receive,
                             send: Send) -> AccessToken | object | None:
@@ -221,8 +178,8 @@ class M2MGuardMiddleware:
         contract while nothing was sent, never as a 500 (also on a public path, e.g.
         `require_scopes` under a public prefix; the scope stays untouched there)."""
         marker = None if untouched else set_current(access)
-        tracker = _SendTracker(send)
-        receiver = _ReceiveTracker(receive) if scope["type"] == "websocket" else None
+        tracker = SendTracker(send)
+        receiver = ReceiveTracker(receive) if scope["type"] == "websocket" else None
         try:
             await self.app(scope, receiver or receive, tracker)
         except GuardError as exc:

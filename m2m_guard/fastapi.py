@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
@@ -45,12 +44,14 @@ from starlette.websockets import WebSocket
 
 from ._adapters.fastapi_openapi import (
     SCHEME_NAME,
-    UNSET_TOKEN_URL,
     ClientCredentials,
+    announced_token_url,
     client_credentials,
     complete_schema,
+    declared_middleware,
+    declared_settings,
 )
-from ._core.asgi_io import Receive, Scope, Send, send_answer
+from ._core.asgi_io import EndpointsMiddleware
 from ._core.context import set_current_token
 from ._core.endpoints import OperationalEndpoints
 from ._core.gate import Gate
@@ -68,7 +69,6 @@ from .verifier import TokenVerifier
 __all__ = ["SCHEME_NAME", "ClientCredentials", "M2MGuard", "M2MToken", "RequireScopes",
            "m2m_token"]
 
-logger = logging.getLogger("m2m_guard")
 _STATE_KEY = "m2m_guard"  # app.state.m2m_guard: the app's guard, and the middleware's link
 
 
@@ -156,8 +156,8 @@ class M2MGuard:
         self._token_url = token_url
         self.scope_descriptions = dict(scopes or {})
         self.app: FastAPI | None = None
-        self._warned_token_url = False
         self._middleware: M2MGuardMiddleware | None = None
+        self._warned: set[str] = set()  # the unknown token endpoint is logged once
         self._gate: Gate | None = None  # of the guard's verifier (dependencies, endpoints)
         self._middleware_serves: bool | None = None
         if app is not None:
@@ -173,7 +173,7 @@ class M2MGuard:
         self.app = app
         setattr(app.state, _STATE_KEY, self)
         app.add_exception_handler(GuardError, self._handle_error)  # type: ignore[arg-type]
-        app.add_middleware(_OperationalEndpointsMiddleware, guard=self)
+        app.add_middleware(EndpointsMiddleware, endpoints=self.operational_endpoints)
         app.router.lifespan_context = self._lifespan(app.router.lifespan_context)
         base_openapi = app.openapi
 
@@ -236,26 +236,12 @@ class M2MGuard:
         return lifespan
 
     def _middleware_entry(self) -> Any:
-        """The app's declared `M2MGuardMiddleware` (``app.user_middleware``), known before the
-        middleware instance exists."""
-        app = self.app
-        for entry in (app.user_middleware if app is not None else ()):
-            if getattr(entry, "cls", None) is M2MGuardMiddleware:
-                return entry
-        return None
+        return declared_middleware(self.app, M2MGuardMiddleware)
 
     def _middleware_settings(self) -> GuardSettings | None:
         if self._middleware is not None:
             return self._middleware.settings
-        entry = self._middleware_entry()
-        if entry is None:
-            return None
-        kwargs = getattr(entry, "kwargs", None) or getattr(entry, "options", None) or {}
-        # (Starlette before 0.35 kept a middleware's keyword arguments in `options`)
-        settings = kwargs.get("settings")
-        if settings is None and kwargs.get("verifier") is not None:
-            settings = kwargs["verifier"].settings
-        return settings if isinstance(settings, GuardSettings) else None
+        return declared_settings(self._middleware_entry())
 
     def operational_endpoints(self) -> OperationalEndpoints | None:
         """The endpoints to answer for a dependency-only app: None when none is configured or
@@ -311,20 +297,10 @@ class M2MGuard:
     @property
     def token_url(self) -> str:
         """The token endpoint the OpenAPI document announces (see the class doc)."""
-        url = self._token_url or self.settings.token_url
-        if url is None:
-            verifier = self._verifier or (
-                self._middleware.verifier if self._middleware is not None else None)
-            url = verifier.token_endpoint() if verifier is not None else None
-        if url is None:
-            url = self.settings.issuers[0].issuer.rstrip("/") + UNSET_TOKEN_URL
-            if not self._warned_token_url:
-                self._warned_token_url = True
-                logger.warning(
-                    "m2m_guard does not know the token endpoint yet (discovery has not run or "
-                    "named none); the OpenAPI document shows %s. Set M2M_GUARD_TOKEN_URL "
-                    "(token_url) to the issuer's token endpoint.", url)
-        return url
+        verifier = self._verifier or (
+            self._middleware.verifier if self._middleware is not None else None)
+        return announced_token_url(self._token_url or self.settings.token_url, self.settings,
+                                   verifier, self._warned)
 
     def openapi(self, schema: dict[str, Any]) -> dict[str, Any]:
         """Complete FastAPI's `schema` in place: security requirements of the routes guarded by
@@ -334,22 +310,3 @@ class M2MGuard:
             public = PathRules(tuple((self._middleware_settings() or self.settings).public_paths))
         return complete_schema(schema, self.app.routes if self.app is not None else (), public,
                                lambda: self.token_url, self.scope_descriptions)
-
-
-class _OperationalEndpointsMiddleware:
-    """Added by `M2MGuard`: answers the health endpoint and the RFC 9728 document before any
-    route, as `M2MGuardMiddleware` does, in apps that use the dependencies only."""
-
-    def __init__(self, app: Any, guard: M2MGuard) -> None:
-        self.app = app
-        self.guard = guard
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            endpoints = self.guard.operational_endpoints()
-            if endpoints is not None:
-                answer = endpoints.answer(scope["path"], scope["method"])
-                if answer is not None:
-                    await send_answer(send, answer, head=scope["method"] == "HEAD")
-                    return
-        await self.app(scope, receive, send)

@@ -21,7 +21,7 @@ from .errors import GuardError, RenderedError, render_error
 from .token import AccessToken
 from .verifier import TokenVerifier
 
-__all__ = ["UNAUTHENTICATED", "ClientUser", "TokenCredentials", "exception_handlers",
+__all__ = ["UNAUTHENTICATED", "ClientUser", "Principals", "TokenCredentials", "exception_handlers",
            "guard_error_response", "principal", "rendered_response"]
 
 
@@ -79,6 +79,34 @@ def principal(access: AccessToken) -> tuple[TokenCredentials, ClientUser]:
 
 #: `request.auth` and `request.user` of a request without a token.
 UNAUTHENTICATED = (AuthCredentials(), UnauthenticatedUser())
+# Principals are shared per cached token; the memo keeps its tokens alive, so it stays small
+# (machine clients are few, and each presents one token for its lifetime).
+_MEMO_SIZE = 256
+
+
+class Principals:
+    """`request.auth` and `request.user` for the ASGI middleware. Both are read-only, so those
+    of a cached token are shared by its requests (memoised on cache hits only, by the token
+    object's id and holding that object, so the id cannot be reused meanwhile: a flood of new
+    tokens would otherwise keep hundreds of principals alive for nothing)."""
+
+    __slots__ = ("_memo",)
+
+    def __init__(self) -> None:
+        self._memo: dict[int, tuple[AccessToken, tuple[TokenCredentials, ClientUser]]] = {}
+
+    def __call__(self, access: AccessToken | None, hit: bool) -> tuple[Any, Any]:
+        if access is None:
+            return UNAUTHENTICATED
+        if not hit:
+            return principal(access)
+        memo = self._memo
+        found = memo.get(id(access))
+        if found is None or found[0] is not access:
+            if len(memo) >= _MEMO_SIZE:
+                memo.clear()
+            found = memo[id(access)] = (access, principal(access))
+        return found[1]
 
 
 def guard_error_response(error: GuardError, realm: str = "api", *,

@@ -6,8 +6,9 @@ operation the middleware guards (a valid token), and the scopes `require_scopes`
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fastapi.routing
 from fastapi.encoders import jsonable_encoder
@@ -19,9 +20,15 @@ from starlette.requests import HTTPConnection
 from .._core.context import scope_requirements
 from .._core.rules import PathRules
 from .._core.scopes import ScopeRequirement
+from ..settings import GuardSettings
 
-__all__ = ["SCHEME_NAME", "UNSET_TOKEN_URL", "ClientCredentials", "client_credentials",
-           "complete_schema"]
+if TYPE_CHECKING:
+    from ..verifier import TokenVerifier
+
+__all__ = ["SCHEME_NAME", "UNSET_TOKEN_URL", "ClientCredentials", "announced_token_url",
+           "client_credentials", "complete_schema", "declared_middleware", "declared_settings"]
+
+logger = logging.getLogger("m2m_guard")
 
 SCHEME_NAME = "OAuth2ClientCredentials"
 """The name of the security scheme in ``components.securitySchemes`` (and in `/docs`)."""
@@ -53,6 +60,47 @@ class ClientCredentials(OAuth2):
 
 
 client_credentials = ClientCredentials()
+
+
+def announced_token_url(configured: str | None, settings: GuardSettings,
+                        verifier: TokenVerifier | None, warned: set[str]) -> str:
+    """The token endpoint the document announces: `configured` (``token_url``), else the one
+    discovery found, else a guess under the issuer (logged once per issuer in `warned`, with
+    what to set)."""
+    url = configured
+    if url is None and verifier is not None:
+        url = verifier.token_endpoint()
+    if url is None:
+        issuer = settings.issuers[0].issuer
+        url = issuer.rstrip("/") + UNSET_TOKEN_URL
+        if issuer not in warned:
+            warned.add(issuer)
+            logger.warning(
+                "m2m_guard does not know the token endpoint yet (discovery has not run or "
+                "named none); the OpenAPI document shows %s. Set M2M_GUARD_TOKEN_URL "
+                "(token_url) to the issuer's token endpoint.", url)
+    return url
+
+
+def declared_middleware(app: Any, cls: type) -> Any:
+    """The app's declared middleware of class `cls` (``app.user_middleware``), or None: known
+    before the middleware instance exists."""
+    for entry in (getattr(app, "user_middleware", None) or ()):
+        if getattr(entry, "cls", None) is cls:
+            return entry
+    return None
+
+
+def declared_settings(entry: Any) -> GuardSettings | None:
+    """The `GuardSettings` a declared middleware entry was given (directly or by its verifier)."""
+    if entry is None:
+        return None
+    kwargs = getattr(entry, "kwargs", None) or getattr(entry, "options", None) or {}
+    # (Starlette before 0.35 kept a middleware's keyword arguments in `options`)
+    settings = kwargs.get("settings")
+    if settings is None and kwargs.get("verifier") is not None:
+        settings = kwargs["verifier"].settings
+    return settings if isinstance(settings, GuardSettings) else None
 
 
 def complete_schema(schema: dict[str, Any], routes: Iterable[Any], public: PathRules | None,

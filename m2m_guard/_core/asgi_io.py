@@ -3,18 +3,53 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RenderedError
 from .answers import EndpointResponse
 
-__all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send", "send_answer", "send_refusal"]
+if TYPE_CHECKING:
+    from .endpoints import OperationalEndpoints
+
+__all__ = ["ASGIApp", "Message", "Receive", "ReceiveTracker", "Scope", "Send", "SendTracker",
+           "EndpointsMiddleware", "send_answer", "send_refusal"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class ReceiveTracker:
+    """A websocket app's `receive`: notes whether the app consumed the connect event."""
+
+    __slots__ = ("connect_consumed", "receive")
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.connect_consumed = False
+
+    async def __call__(self) -> Message:
+        message = await self.receive()
+        if message.get("type") == "websocket.connect":
+            self.connect_consumed = True
+        return message
+
+
+class SendTracker:
+    """The app's `send`: notes that the response started and hands the message on (a plain call
+    returning the server's awaitable: no extra coroutine per message)."""
+
+    __slots__ = ("send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    def __call__(self, message: Message) -> Awaitable[None]:
+        self.started = True
+        return self.send(message)
 
 
 def _raw(headers: tuple[tuple[str, str], ...]) -> list[tuple[bytes, bytes]]:
@@ -49,3 +84,23 @@ async def send_refusal(scope: Scope, receive: Receive, send: Send, rendered: Ren
         await send({"type": "websocket.http.response.body", "body": rendered.body})
     else:
         await send({"type": "websocket.close", "code": 1008, "reason": body_error})
+
+
+class EndpointsMiddleware:
+    """Answers the guard's operational endpoints (health, RFC 9728) before the app, for apps
+    guarded without `M2MGuardMiddleware` (FastAPI dependencies). `endpoints()` is asked per
+    request: None means "nothing to answer here"."""
+
+    def __init__(self, app: ASGIApp, endpoints: Callable[[], OperationalEndpoints | None]) -> None:
+        self.app = app
+        self.endpoints = endpoints
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            endpoints = self.endpoints()
+            if endpoints is not None:
+                answer = endpoints.answer(scope["path"], scope["method"])
+                if answer is not None:
+                    await send_answer(send, answer, head=scope["method"] == "HEAD")
+                    return
+        await self.app(scope, receive, send)
