@@ -64,6 +64,20 @@ class _Job(NamedTuple):
 _new_job = tuple.__new__
 
 
+# The pipeline: yields what it needs, is sent the exception satisfying it raised (or None).
+_Flow = Generator[Need, "Exception | None", AccessToken]
+
+
+def _resume(flow: _Flow | None, error: Exception | None) -> Need | AccessToken:
+    """Run `flow` to its next `Need` or its result, raising `error` inside it if given."""
+    assert flow is not None
+    try:
+        return flow.throw(error) if error is not None else flow.send(None)
+    except StopIteration as done:
+        access: AccessToken = done.value
+        return access
+
+
 # token, the key that verified it and the key set it was in, its issuer, and its validity window
 # (not_after, not_before)
 _CacheEntry = tuple[AccessToken, VerificationKey, KeySet | None, IssuerKeys, float, float]
@@ -117,44 +131,20 @@ class TokenVerifier:
     # -- public fronts: they only drive the pipeline ----------------------------------------
     async def verify(self, token: str) -> AccessToken:
         """Verify `token` (the bearer string) and return its `AccessToken`; raise `GuardError`."""
-        flow = self._start(token)
-        if isinstance(flow, AccessToken):
-            return flow
-        keys = self._keys
-        try:
-            need = next(flow)
-            while True:
-                try:
-                    await keys.satisfy_async(need)
-                except Exception as exc:  # noqa: BLE001 - the pipeline turns it into a refusal
-                    need = flow.throw(exc)
-                else:
-                    need = next(flow)
-        except StopIteration as done:
-            access: AccessToken = done.value
-            return access
+        flow, step = self._start(token)
+        while type(step) is Need:
+            step = _resume(flow, await self._keys.satisfy_async(step))
+        return step  # type: ignore[return-value]
 
     def verify_sync(self, token: str) -> AccessToken:
         """The blocking twin of `verify` (sync HTTP driver; safe from many threads).
 
         Do not call it on an event loop's thread: use `await verify(...)` there.
         """
-        flow = self._start(token)
-        if isinstance(flow, AccessToken):
-            return flow
-        keys = self._keys
-        try:
-            need = next(flow)
-            while True:
-                try:
-                    keys.satisfy_sync(need)
-                except Exception as exc:  # noqa: BLE001 - the pipeline turns it into a refusal
-                    need = flow.throw(exc)
-                else:
-                    need = next(flow)
-        except StopIteration as done:
-            access: AccessToken = done.value
-            return access
+        flow, step = self._start(token)
+        while type(step) is Need:
+            step = _resume(flow, self._keys.satisfy_sync(step))
+        return step  # type: ignore[return-value]
 
     async def warm_up(self) -> None:
         """Load every issuer's key set now (issuers in parallel).
@@ -286,19 +276,22 @@ class TokenVerifier:
         self.close()
 
     # -- the pipeline ------------------------------------------------------------------------
-    def _start(self, token: str) -> AccessToken | Generator[Need, None, AccessToken]:
-        """A usable cached token when nothing needs reporting, else the pipeline to drive."""
+    def _start(self, token: str) -> tuple[_Flow | None, Need | AccessToken]:
+        """A usable cached token when nothing needs reporting, else the pipeline started: its
+        first `Need`, or its result."""
         if self._observer is not None or type(token) is not str \
                 or len(token) > self._max_token_bytes:
-            return self._flow(token, None)
+            flow = self._flow(token, None)
+            return flow, _resume(flow, None)
         digest = _sha256(token.encode("utf-8", "surrogatepass")).digest()
         if self._cache is not None:
             cached = self._hit(digest)
             if cached is not None:
-                return cached
-        return self._flow(token, digest)
+                return None, cached
+        flow = self._flow(token, digest)
+        return flow, _resume(flow, None)
 
-    def _flow(self, token: str, digest: bytes | None) -> Generator[Need, None, AccessToken]:
+    def _flow(self, token: str, digest: bytes | None) -> _Flow:
         """The whole verification (see the module doc). `digest` is given when `_start` has
         hashed the token and already looked it up in the cache."""
         observer = self._observer  # events hook: None unless someone subscribed
