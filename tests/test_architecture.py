@@ -168,3 +168,40 @@ def test_public_modules_import_no_private_module_of_an_adapter_but_their_own() -
             if target.startswith("m2m_guard._adapters."):
                 adapter = target.rsplit(".", 1)[1].split("_")[0]
                 assert module.rsplit(".", 1)[1] in (adapter, "drf"), (module, line, target)
+
+
+def test_the_asgi_middleware_runs_without_starlette() -> None:
+    """`m2m_guard.asgi` is for any ASGI app: with Starlette not importable it still guards."""
+    import subprocess
+    import sys
+    import textwrap
+
+    program = textwrap.dedent("""
+        import asyncio, sys
+        sys.modules["starlette"] = None  # any import of starlette now fails
+        from m2m_guard import GuardSettings
+        from m2m_guard.asgi import M2MGuardMiddleware
+
+        sent = []
+        async def app(scope, receive, send):
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+        async def receive():
+            return {"type": "http.request"}
+        async def send(message):
+            sent.append(message)
+        guard = M2MGuardMiddleware(app, GuardSettings(
+            issuer="https://issuer.example", audience="api", public_paths=["/health"]))
+        def scope(path):
+            return {"type": "http", "method": "GET", "path": path, "query_string": b"",
+                    "headers": []}
+        asyncio.run(guard(scope("/health"), receive, send))
+        asyncio.run(guard(scope("/api"), receive, send))
+        print([m["status"] for m in sent if m["type"] == "http.response.start"])
+        print("starlette" in [name.split(".")[0] for name in sys.modules
+                              if sys.modules[name] is not None])
+    """)
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[200,", "401]", "False"]
