@@ -269,18 +269,23 @@ class KeyStore:
                 "etag": issuer.state.etag if issuer.state.keys is not None else None}
 
     @contextlib.contextmanager
-    def _owning(self, issuer: IssuerKeys, flight: _Flight) -> Iterator[None]:
-        """The owner's fetch: a failure becomes the issuer's state (never raised), and the
-        flight lands whatever happens, waking its waiters."""
+    def _owning(self, issuer: IssuerKeys, flight: _Flight) -> Iterator[list[FetchResult]]:
+        """The owner's fetch, which puts its result in the list it is given: a failed fetch
+        becomes the issuer's state (never raised), a result is stored, and the flight lands
+        whatever happens, waking its waiters."""
+        fetched: list[FetchResult] = []
         try:
-            yield
-        except Exception as exc:
-            if isinstance(exc, FetchError):
-                self._store(issuer, None, str(exc), exc.retry_after)
+            try:
+                yield fetched
+            except Exception as exc:  # a failed fetch is state, not an error
+                if isinstance(exc, FetchError):
+                    self._store(issuer, None, str(exc), exc.retry_after)
+                else:
+                    logger.error("m2m_guard unexpected error fetching keys of %s",
+                                 issuer.settings.issuer, exc_info=exc)
+                    self._store(issuer, None, f"unexpected error: {type(exc).__name__}")
             else:
-                logger.error("m2m_guard unexpected error fetching keys of %s",
-                             issuer.settings.issuer, exc_info=exc)
-                self._store(issuer, None, f"unexpected error: {type(exc).__name__}")
+                self._store(issuer, fetched[0], None)
         finally:
             with issuer.lock:
                 issuer.flight = None
@@ -292,9 +297,9 @@ class KeyStore:
         if flight is not None and not owner:
             await flight.wait_async(self._wait)
         elif flight is not None:
-            with self._owning(issuer, flight):
-                result = await self.fetcher.fetch_async(issuer.settings, **self._conditions(issuer))
-                self._store(issuer, result, None)
+            with self._owning(issuer, flight) as fetched:
+                fetched.append(await self.fetcher.fetch_async(issuer.settings,
+                                                              **self._conditions(issuer)))
 
     def fetch_sync(self, issuer: IssuerKeys, *, join_only: bool = False) -> None:
         """The blocking `fetch_async`."""
@@ -302,9 +307,9 @@ class KeyStore:
         if flight is not None and not owner:
             flight.done.wait(self._wait)
         elif flight is not None:
-            with self._owning(issuer, flight):
-                self._store(issuer, self.fetcher.fetch_sync(issuer.settings,
-                                                            **self._conditions(issuer)), None)
+            with self._owning(issuer, flight) as fetched:
+                fetched.append(self.fetcher.fetch_sync(issuer.settings,
+                                                       **self._conditions(issuer)))
 
     def _store(self, issuer: IssuerKeys, result: FetchResult | None, error: str | None,
                retry_after: float | None = None) -> None:
