@@ -205,3 +205,28 @@ def test_the_asgi_middleware_runs_without_starlette() -> None:
                             timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["[200,", "401]", "False"]
+
+
+def test_documented_import_paths_still_work() -> None:
+    """Every module path users import today, and the names the docs show from the re-exporting
+    ones (the implementation moved into the private core)."""
+    import importlib
+
+    public = ["m2m_guard", "m2m_guard.asgi", "m2m_guard.wsgi", "m2m_guard.starlette",
+              "m2m_guard.fastapi", "m2m_guard.flask", "m2m_guard.django", "m2m_guard.drf",
+              "m2m_guard.otel", "m2m_guard.health", "m2m_guard.events", "m2m_guard.testing",
+              "m2m_guard.local_issuer", "m2m_guard.cli", "m2m_guard.settings",
+              "m2m_guard.errors", "m2m_guard.token", "m2m_guard.verifier"]
+    for name in public:
+        assert not _is_private(name) and importlib.import_module(name)
+    shown = {"jws": ["verify_compact"],
+             "bearer": ["split_credentials", "authorization_from_environ", "extract_bearer"],
+             "rules": ["PathRules", "is_cors_preflight"],
+             "endpoints": ["render_refusal", "health_answer", "OperationalEndpoints"],
+             "encoding": ["MAX_JSON_DEPTH"], "resource_metadata": ["resource_metadata"],
+             "asgi": ["M2MGuardMiddleware", "TokenCredentials", "PathRules"]}
+    for module, names in shown.items():
+        loaded = importlib.import_module(f"m2m_guard.{module}")
+        for name in names:
+            assert getattr(loaded, name) is not None, f"m2m_guard.{module}.{name}"
+            assert name in loaded.__all__
