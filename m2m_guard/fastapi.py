@@ -10,6 +10,9 @@ either (or both) of two ways:
   `require_scopes` under the route decorator (sync and async path operations; the signature is
   kept, so FastAPI's path, query and body parameters still work).
 
+`require_scopes`, `require_any_scope` and `current_token` are re-exported here (the same objects
+as `m2m_guard.require_scopes` and friends), so a FastAPI app imports everything from one module.
+
 `M2MGuard(app)` installs what both need: an exception handler so every refusal is answered per
 DESIGN §4 by `errors.render_error` (never FastAPI's ``{"detail": ...}``), one `TokenVerifier`
 per app for the dependencies (the middleware's own when the app has one, else created at startup
@@ -51,7 +54,13 @@ from starlette.websockets import WebSocket
 
 from .asgi import M2MGuardMiddleware, PathRules, Receive, Scope, Send
 from .bearer import extract_bearer
-from .context import scope_requirements, set_current_token
+from .context import (
+    current_token,
+    require_any_scope,
+    require_scopes,
+    scope_requirements,
+    set_current_token,
+)
 from .endpoints import OperationalEndpoints, render_refusal
 from .errors import GuardError, MissingToken
 from .logs import report_refusal
@@ -62,7 +71,7 @@ from .token import AccessToken
 from .verifier import TokenVerifier
 
 __all__ = ["SCHEME_NAME", "ClientCredentials", "M2MGuard", "M2MToken", "RequireScopes",
-           "m2m_token"]
+           "current_token", "m2m_token", "require_any_scope", "require_scopes"]
 
 logger = logging.getLogger("m2m_guard")
 

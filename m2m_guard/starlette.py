@@ -1,7 +1,10 @@
 """Starlette helpers: the authenticated client principal and a `GuardError` exception handler.
 
 `M2MGuardMiddleware` (in `m2m_guard.asgi`) sets `request.user` to a `ClientUser` and
-`request.auth` to the token's scopes, so Starlette's own `requires("scope")` works. Use
+`request.auth` to the token's scopes, so Starlette's own `requires("scope")` works.
+`require_scopes`, `require_any_scope` and `current_token` are re-exported here (the same objects
+as `m2m_guard.require_scopes` and friends), so a Starlette app imports everything from one
+module. Use
 `exception_handlers` when the middleware wraps the app from outside (``M2MGuardMiddleware(app)``)
 rather than being listed in ``middleware=[...]``: Starlette's error middleware would otherwise see
 a `GuardError` raised by an endpoint first.
@@ -15,12 +18,14 @@ from starlette.authentication import BaseUser
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .context import current_token, require_any_scope, require_scopes
 from .endpoints import render_refusal
 from .errors import GuardError, RenderedError, render_error
 from .token import AccessToken
 from .verifier import TokenVerifier
 
-__all__ = ["ClientUser", "exception_handlers", "guard_error_response", "rendered_response"]
+__all__ = ["ClientUser", "current_token", "exception_handlers", "guard_error_response",
+           "rendered_response", "require_any_scope", "require_scopes"]
 
 
 class ClientUser(BaseUser):
