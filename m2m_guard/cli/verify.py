@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from_stdin = args.token == "-"  # noqa: S105 - the "read it from stdin" marker
     raw = read_stdin_value("a token") if from_stdin else args.token.strip()
     # The value an API would receive in its Authorization header.
-    credential = raw if raw.partition(" ")[0].lower() == "bearer" else "Bearer " + raw
+    scheme = raw.split(maxsplit=1)[0] if raw else ""
+    credential = raw if scheme.lower() == "bearer" else "Bearer " + raw
     try:
         requirement = ScopeRequirement(all_of=validate_scopes(split_scopes(args.scope))) \
             if args.scope else None
