@@ -70,12 +70,14 @@ class MissingToken(GuardError):
 
 
 class InvalidRequest(GuardError):
-    """The credentials are framed wrongly: malformed or repeated header, or token in the query."""
+    """The credentials are ambiguous: two `Authorization` headers, or a token in the query.
+
+    (A malformed Bearer credential is an `InvalidToken`, RFC 6750 §3.1.)"""
 
     status_code = 400
     error_code = "invalid_request"
     body_error = "invalid_request"
-    default_description = "The Authorization header is malformed."
+    default_description = "The request's credentials are ambiguous."
 
 
 class InvalidToken(GuardError):

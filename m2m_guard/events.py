@@ -95,9 +95,11 @@ KINDS = DECISION_KINDS | {KEYS_FETCHED, KEYS_NOT_MODIFIED, KEYS_FETCH_FAILED, KE
 # Every `GuardError.reason` the library raises: stable, low-cardinality codes (safe as metric
 # attributes). docs/operations.md explains each and how to fix it; a test keeps both in step.
 REASONS: frozenset[str] = frozenset({
-    # request framing (400 invalid_request) and missing credentials (401, no error code)
+    # ambiguous credentials (400 invalid_request) and missing credentials (401, no error code)
     "missing_token", "multiple_authorization_headers", "token_in_query",
-    "token_in_header_and_query", "malformed_authorization",
+    "token_in_header_and_query",
+    # a Bearer credential that is not a well-formed token (401 invalid_token)
+    "malformed_authorization",
     # token format (401 invalid_token)
     "token_too_large", "malformed", "malformed_header", "malformed_claims", "invalid_kid",
     "algorithm_refused", "crit_refused", "b64_refused", "zip_refused", "type_refused",

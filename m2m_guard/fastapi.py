@@ -10,6 +10,9 @@ either (or both) of two ways:
   `require_scopes` under the route decorator (sync and async path operations; the signature is
   kept, so FastAPI's path, query and body parameters still work).
 
+`require_scopes`, `require_any_scope` and `current_token` are re-exported here (the same objects
+as `m2m_guard.require_scopes` and friends), so a FastAPI app imports everything from one module.
+
 `M2MGuard(app)` installs what both need: an exception handler so every refusal is answered per
 the contract by `errors.render_error` (never FastAPI's ``{"detail": ...}``), one `TokenVerifier`
 per app for the dependencies (the middleware's own when the app has one, else created at startup
@@ -52,7 +55,7 @@ from ._adapters.fastapi_openapi import (
     declared_settings,
 )
 from ._core.asgi_io import EndpointsMiddleware
-from ._core.context import set_current_token
+from ._core.context import current_token, require_any_scope, require_scopes, set_current_token
 from ._core.endpoints import OperationalEndpoints
 from ._core.gate import Gate
 from ._core.request import AsgiRequest
@@ -67,7 +70,7 @@ from .token import AccessToken
 from .verifier import TokenVerifier
 
 __all__ = ["SCHEME_NAME", "ClientCredentials", "M2MGuard", "M2MToken", "RequireScopes",
-           "m2m_token"]
+           "current_token", "m2m_token", "require_any_scope", "require_scopes"]
 
 _STATE_KEY = "m2m_guard"  # app.state.m2m_guard: the app's guard, and the middleware's link
 

@@ -265,7 +265,8 @@ def test_optional_guard_lets_tokenless_requests_through(settings: GuardSettings,
             'Bearer realm="api", error="invalid_token", '
             'error_description="The token is not meant for this audience."')
         malformed = client.get("/whoami", headers={"Authorization": "Bearer"})
-        assert malformed.status_code == 400
+        assert malformed.status_code == 401
+        assert malformed.json()["error"] == "invalid_token"
         good = client.get("/whoami", headers=bearer(issuer.mint()))
         assert good.json()["client_id"] == CLIENT_ID
         # a decorated endpoint still demands a token: 401 missing_token from the decorator
@@ -444,10 +445,10 @@ def test_websocket_with_valid_token_connects_and_echoes(client: TestClient,
 
 @pytest.mark.parametrize(("headers", "status", "challenge", "error"), [
     ({}, 401, 'Bearer realm="api"', "missing_token"),
-    ({"Authorization": "Bearer"}, 400,
-     'Bearer realm="api", error="invalid_request", '
-     'error_description="The Authorization header has the Bearer scheme but no token."',
-     "invalid_request"),
+    ({"Authorization": "Bearer"}, 401,
+     'Bearer realm="api", error="invalid_token", error_description="The access token is '
+     'malformed: the Authorization header has the Bearer scheme but no token."',
+     "invalid_token"),
     ({"Authorization": "Bearer a.b.c"}, 401,
      'Bearer realm="api", error="invalid_token", '
      'error_description="The token header is not canonical base64url."', "invalid_token"),

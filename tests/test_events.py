@@ -328,7 +328,7 @@ def test_adapter_refusals_are_events_once_each(issuer: KeySetServer,
         recorder.clear()
         cases = [
             ({}, "missing_token", 401),
-            ({"Authorization": "Bearer"}, "malformed_authorization", 400),
+            ({"Authorization": "Bearer"}, "malformed_authorization", 401),
             ({"Authorization": f"Bearer {issuer.mint(exp=int(time.time()) - 3600)}"},
              "expired", 401),
             ({"Authorization": f"Bearer {narrow}"}, "insufficient_scope", 403),

@@ -270,9 +270,9 @@ def test_render_invalid_request() -> None:
     assert status == 400
     assert headers["www-authenticate"] == (
         'Bearer realm="deployments", error="invalid_request", '
-        'error_description="The Authorization header is malformed."')
+        "error_description=\"The request's credentials are ambiguous.\"")
     assert body == {"error": "invalid_request",
-                    "error_description": "The Authorization header is malformed."}
+                    "error_description": "The request's credentials are ambiguous."}
 
 
 def test_render_invalid_token() -> None:

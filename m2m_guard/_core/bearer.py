@@ -2,12 +2,16 @@
 
 Only the `Authorization: Bearer <b64token>` header is accepted. The rules, in order:
 
-- two or more `Authorization` headers: `InvalidRequest` (which one would the app see?);
-- an `access_token` query parameter: `InvalidRequest`, alone (tokens in URLs end up in logs) or
-  with a header (RFC 6750 §2: one method per request);
+- two or more `Authorization` headers: `InvalidRequest` (400: which one would the app see?);
+- an `access_token` query parameter: `InvalidRequest` (400), alone (tokens in URLs end up in
+  logs) or with a header (RFC 6750 §2: one method per request);
 - no header, or a scheme other than Bearer: no credentials (None);
-- `Bearer` followed by anything but spaces and one b64token: `InvalidRequest`;
-- a token longer than `max_token_bytes`: `InvalidToken`, checked before any further parsing.
+- a token longer than `max_token_bytes`: `InvalidToken`, checked before any further parsing;
+- anything else under the Bearer scheme that is not one b64token (nothing after `Bearer`, a tab
+  instead of the space, inner spaces, a JSON-serialized JWS, characters outside `b64token`):
+  `InvalidToken` (401 `invalid_token`). RFC 6750 §3.1 calls a malformed token `invalid_token`,
+  and OAuth clients fetch a new token on that answer (they give up on 400). The description
+  names the defect and never repeats the input.
 
 WSGI servers (and Django, under WSGI or ASGI) join repeated request headers into one value with
 commas before the application sees them; `split_credentials` undoes that, so "two Authorization
@@ -21,14 +25,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, InvalidToken
 from .jws import check_token_size
 
-__all__ = ["authorization_from_environ", "extract_bearer", "is_b64token", "query_has_access_token",
-           "split_credentials"]
+__all__ = ["MALFORMED", "authorization_from_environ", "extract_bearer", "is_b64token",
+           "query_has_access_token", "split_credentials"]
 
 _B64TOKEN_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/"
 _OWS = " \t"
+#: The start of every description of a malformed bearer credential.
+MALFORMED = "The access token is malformed: "
 # The start of a credential (RFC 7235 §2.1): an auth-scheme, spaces, then a token68 or an
 # auth-param (not "=", which would make the scheme an auth-param name: ``b = 2``).
 _CREDENTIAL_START = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ +[^ =]")
@@ -62,8 +68,9 @@ def extract_bearer(
     """Return the bearer token of a request, or None when it carries no bearer credentials.
 
     `authorization` holds every `Authorization` header value of the request (latin-1 decoded).
-    Raises `InvalidRequest` for malformed or ambiguous credentials and `InvalidToken` for a token
-    over `max_token_bytes`.
+    Raises `InvalidRequest` for ambiguous credentials (two headers, a token in the query),
+    `InvalidToken` for a Bearer credential that is not one well-formed b64token (reason
+    ``malformed_authorization``) and for a token over `max_token_bytes`.
     """
     if len(authorization) > 1:
         raise InvalidRequest("The request has more than one Authorization header.",
@@ -80,18 +87,33 @@ def extract_bearer(
     scheme, _, rest = value.partition(" ")
     if scheme.lower() != "bearer":
         if "\t" in scheme and scheme.split("\t", 1)[0].lower() == "bearer":
-            raise InvalidRequest("The Authorization header must separate Bearer and the token "
-                                 "with a space.", reason="malformed_authorization")
+            raise _malformed("Bearer and the token must be separated by a space, not a tab.")
         return None
     token = rest.lstrip(" ")
     if not token:
-        raise InvalidRequest("The Authorization header has the Bearer scheme but no token.",
-                             reason="malformed_authorization")
+        raise _malformed("the Authorization header has the Bearer scheme but no token.")
     check_token_size(token, max_token_bytes)
     if not is_b64token(token):
-        raise InvalidRequest("The bearer token contains characters RFC 6750 does not allow.",
-                             reason="malformed_authorization")
+        raise _malformed(_defect(token))
     return token
+
+
+def _malformed(defect: str) -> InvalidToken:
+    return InvalidToken(MALFORMED + defect, reason="malformed_authorization")
+
+
+def _defect(token: str) -> str:
+    """What is wrong with a credential that is not a b64token, without quoting any of it."""
+    if token.startswith("{"):
+        return ("it is JSON (a JSON-serialized JWS?); send the compact form "
+                "header.payload.signature.")
+    if " " in token or "\t" in token:
+        return "it contains whitespace; send exactly one token after Bearer."
+    if token.startswith('"') or token.endswith('"'):
+        return "it is quoted; send the token without quotes."
+    if "=" in token.rstrip("="):
+        return "it has '=' inside; padding may only end a token."
+    return "it contains characters a bearer token cannot contain (RFC 6750 b64token)."
 
 
 def _list_elements(value: str) -> list[str]:

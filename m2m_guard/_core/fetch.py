@@ -6,6 +6,11 @@ limits: `http_timeout` for the whole exchange, at most `jwks_max_bytes` per docu
 streaming), redirects followed only within the same origin (at most 3), decoded size counted (so a
 compressed bomb stops at the limit). httpx's environment handling (proxies, CA bundle) applies.
 Every failure raises `FetchError` with a message fit for logs and `health()`.
+
+The async driver never parses on the event loop what could hold it: a document larger than
+`OFF_LOOP_BYTES` (64 KiB, the default `jwks_max_bytes`) is parsed, and its keys loaded, on a
+worker thread (`anyio.to_thread`), so no size the settings allow stalls the loop. Smaller ones
+(a few milliseconds of work at most) are parsed in place, sparing the thread hop.
 """
 
 from __future__ import annotations
@@ -15,10 +20,10 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import anyio
@@ -32,6 +37,7 @@ from .jwks import parse_max_age
 from .keys import KeySet, parse_jwks
 
 __all__ = [
+    "OFF_LOOP_BYTES",
     "FetchError",
     "FetchResult",
     "discovery_urls",
@@ -47,10 +53,13 @@ __all__ = [
     "redirect_target",
 ]
 
+_T = TypeVar("_T")
 _MAX_REDIRECTS = 3
 # httpx's is_redirect also counts 304 Not Modified, which is an answer here, not a redirect.
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _USER_AGENT = "m2m-guard"
+#: Documents larger than this are parsed off the event loop by the async driver.
+OFF_LOOP_BYTES = 64 * 1024
 
 
 class FetchError(Exception):
@@ -108,17 +117,16 @@ class FetchedDocument:
     body: bytes
 
 
-def _discovery(issuer: IssuerSettings) -> Generator[str, FetchedDocument, tuple[str, str | None]]:
-    """Discovery, sans-IO: yields each URL to GET and is sent its document; returns the
-    `jwks_uri` and the token endpoint. OpenID Connect first; a 404 moves on to RFC 8414."""
+def _discovery(issuer: IssuerSettings) -> Generator[str, FetchedDocument, FetchedDocument]:
+    """Discovery, sans-IO: yields each URL to GET and is sent its document; returns the first
+    that is not a 404 (for `read_discovery`). OpenID Connect first, then RFC 8414."""
     errors = []
     for url in discovery_urls(issuer.issuer):
         response = yield url
         if response.status == 404:
             errors.append(f"{url} answered 404")
             continue
-        return _read_discovery(issuer, response.url, response.status, response.body,
-                               response.headers)
+        return response
     raise FetchError("no discovery document: " + "; ".join(errors))
 
 
@@ -269,6 +277,13 @@ async def _get_async(client: httpx.AsyncClient, url: str, settings: GuardSetting
     raise FetchError(f"{url}: too many redirects")
 
 
+async def _off_loop_if_large(body: bytes, parse: Callable[..., _T], *args: Any) -> _T:
+    """`parse(*args)`, on a worker thread when `body` is larger than `OFF_LOOP_BYTES`."""
+    if len(body) > OFF_LOOP_BYTES:
+        return await anyio.to_thread.run_sync(parse, *args)
+    return parse(*args)
+
+
 async def fetch_key_set_async(issuer: IssuerSettings, settings: GuardSettings, *,
                               jwks_url: str | None, etag: str | None) -> FetchResult:
     """Discover (when `jwks_url` is None) and fetch the issuer's key set, within the timeout."""
@@ -286,8 +301,8 @@ async def fetch_key_set_async(issuer: IssuerSettings, settings: GuardSettings, *
     except TimeoutError:
         raise FetchError(f"fetching the key set of {issuer.issuer} timed out "
                          f"after {settings.http_timeout:g} s") from None
-    result = read_key_set(response.url, response.status, response.headers, response.body,
-                          settings)
+    result = await _off_loop_if_large(response.body, read_key_set, response.url,
+                                      response.status, response.headers, response.body, settings)
     return dataclasses.replace(result, token_endpoint=token_endpoint) if token_endpoint \
         else result
 
@@ -300,8 +315,9 @@ async def _discover_async(client: httpx.AsyncClient, issuer: IssuerSettings,
         while True:
             url = steps.send(await _get_async(client, url, settings))
     except StopIteration as done:
-        found: tuple[str, str | None] = done.value
-        return found
+        response: FetchedDocument = done.value
+    return await _off_loop_if_large(response.body, _read_discovery, issuer, response.url,
+                                    response.status, response.body, response.headers)
 
 
 # -- sync driver -----------------------------------------------------------------------------
@@ -403,7 +419,9 @@ def fetch_key_set_sync(issuer: IssuerSettings, settings: GuardSettings, *,
                     url = steps.send(_get_sync(client, url, settings, deadline,
                                                watchdog=watchdog))
             except StopIteration as done:
-                jwks_url, token_endpoint = done.value
+                found: FetchedDocument = done.value
+            jwks_url, token_endpoint = _read_discovery(issuer, found.url, found.status,
+                                                       found.body, found.headers)
             etag = None
         response = _get_sync(client, jwks_url, settings, deadline, etag, watchdog)
     result = read_key_set(response.url, response.status, response.headers, response.body,

@@ -38,13 +38,20 @@ D_NBF = "The token is not valid yet (nbf)."
 D_IAT = "The token was issued in the future (iat)."
 D_NO_EXP = "The token has no exp claim."
 D_TOO_LARGE = "The token is larger than 16384 bytes."
-R_ILLEGAL = "The bearer token contains characters RFC 6750 does not allow."
-R_NO_TOKEN = "The Authorization header has the Bearer scheme but no token."
+R_MALFORMED = "The access token is malformed: "
+R_ILLEGAL = R_MALFORMED + ("it contains characters a bearer token cannot contain "
+                           "(RFC 6750 b64token).")
+R_NO_TOKEN = R_MALFORMED + "the Authorization header has the Bearer scheme but no token."
+R_WHITESPACE = R_MALFORMED + "it contains whitespace; send exactly one token after Bearer."
+R_INNER_PADDING = R_MALFORMED + "it has '=' inside; padding may only end a token."
+R_QUOTED = R_MALFORMED + "it is quoted; send the token without quotes."
+R_JSON = R_MALFORMED + ("it is JSON (a JSON-serialized JWS?); send the compact form "
+                        "header.payload.signature.")
 R_TWO_HEADERS = "The request has more than one Authorization header."
 R_HEADER_AND_QUERY = "The token is sent both in the header and in the query string."
 R_QUERY = ("Tokens in the query string are not accepted; send them in the Authorization "
            "header.")
-R_TAB = "The Authorization header must separate Bearer and the token with a space."
+R_TAB = R_MALFORMED + "Bearer and the token must be separated by a space, not a tab."
 INSUFFICIENT_READ = "The access token lacks the scope: read:deployments"
 
 

@@ -20,9 +20,9 @@ from .kit import (
     D_FRAMING,
     D_HEADER,
     D_HEADER_OBJECT,
-    R_ILLEGAL,
+    R_INNER_PADDING,
+    R_WHITESPACE,
     URLSAFE,
-    assert_invalid_request,
     assert_invalid_token,
     assert_ok,
     claims_of,
@@ -174,8 +174,8 @@ def test_non_canonical_base64url(client: TestClient, issuer_server: KeySetServer
         forged = signed(rs, header_segment, payload_segment)
     response = send(client, forged)
     if trick == "padding" and part != "signature":
-        # '=' inside the token is not an RFC 6750 b64token: refused as a malformed request.
-        assert_invalid_request(response, R_ILLEGAL)
+        # '=' inside the token is not an RFC 6750 b64token: a malformed token (401).
+        assert_invalid_token(response, R_INNER_PADDING)
     else:
         assert_invalid_token(response, d_b64url(part))
 
@@ -190,7 +190,7 @@ def test_whitespace_inside_token(client: TestClient, issuer_server: KeySetServer
               "space-in-signature": f"{h}.{p}.{s[:9]} {s[9:]}",
               "tab-in-payload": f"{h}.{p[:7]}\t{p[7:]}.{s}",
               "space-after-dot": f"{h}. {p}.{s}"}[where]
-    assert_invalid_request(send(client, forged), R_ILLEGAL)
+    assert_invalid_token(send(client, forged), R_WHITESPACE)
 
 
 def test_surrounding_spaces_are_optional_whitespace(client: TestClient,

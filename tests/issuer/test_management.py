@@ -336,6 +336,11 @@ def test_the_management_api_needs_the_environment_client(shared_rig: Rig, org: s
     good = http.get(shared_rig.clients_path(org), headers=_bearer(issuer.sign(admin_claims)))
     assert good.status_code == 200
     assert shared_rig.api.get(shared_rig.clients_path(org)).json()["total_size"] == 1
-    # Malformed Authorization is a 400, as anywhere m2m_guard guards a route.
+    # A malformed Bearer credential is a 401 invalid_token, as anywhere m2m_guard guards a
+    # route; two Authorization headers stay a 400.
     bad = http.get(shared_rig.clients_path(org), headers={"Authorization": "Bearer a b"})
-    assert bad.status_code == 400 and bad.json()["code"] == "INVALID_ARGUMENT"
+    assert bad.status_code == 401 and bad.json()["code"] == "UNAUTHENTICATED"
+    assert 'error="invalid_token"' in bad.headers["www-authenticate"]
+    two = http.get(shared_rig.clients_path(org), headers=[("Authorization", "Bearer a"),
+                                                         ("Authorization", "Bearer b")])
+    assert two.status_code == 400 and two.json()["code"] == "INVALID_ARGUMENT"
