@@ -31,6 +31,8 @@ from .store import Store
 
 __all__ = ["KeyRing", "KeyState"]
 
+_MAX_EXP = 253402300799  # 9999-12-31T23:59:59Z
+
 
 @dataclass(frozen=True)
 class KeyState:
@@ -121,7 +123,10 @@ class KeyRing:
         with self._lock:
             key = self.signing_key()
             exp = claims.get("exp")
-            if isinstance(exp, (int, float)) and not isinstance(exp, bool):
+            # Only a NumericDate a verifier could accept extends the key's life (a test may sign
+            # `exp: 10**400` on purpose, which no float holds).
+            if (isinstance(exp, (int, float)) and not isinstance(exp, bool)
+                    and 0 <= exp <= _MAX_EXP):
                 with self.store.transaction() as cur:
                     cur.execute("UPDATE signing_keys SET max_exp = MAX(max_exp, ?) WHERE kid = ?",
                                 (float(exp), key.kid))
