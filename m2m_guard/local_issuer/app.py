@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..bearer import extract_bearer
 from ..encoding import loads_json
 from ..errors import GuardError, MissingToken, render_error
-from .clients import ApiError, bad_request, rfc3339
+from .clients import ApiError, bad_request, check_text, rfc3339
 
 if TYPE_CHECKING:
     from .issuer import LocalIssuer
@@ -90,7 +90,9 @@ async def _read_form(request: Request) -> dict[str, str]:
 
 async def _read_body(request: Request, limit: int) -> bytes | None:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    # ASCII digits only ("²".isdigit() is True, int("²") raises); the stream is bounded anyway.
+    if (declared is not None and declared.isascii() and declared.isdigit()
+            and (len(declared) > 19 or int(declared) > limit)):
         return None
     chunks: list[bytes] = []
     size = 0
@@ -246,9 +248,11 @@ def build_app(issuer: LocalIssuer) -> Starlette:
         if not body.strip() and optional:
             return {}
         try:
-            return loads_json(body)
+            value = loads_json(body)
         except ValueError:
             raise bad_request("body", "is not valid JSON (UTF-8, no duplicate members)") from None
+        check_text(value)  # the edge: no lone surrogate reaches validation, SQLite or a reply
+        return value
 
     def path(request: Request, name: str) -> str:
         return str(request.path_params[name])

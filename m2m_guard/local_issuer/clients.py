@@ -95,6 +95,50 @@ def check_id(pattern: re.Pattern[str], value: object, field: str, prefix: str) -
 
 
 # -- field validation ---------------------------------------------------------------------------
+_ASCII_DIGITS = re.compile(r"[0-9]+")  # str.isdigit() also says yes to "³", "３", "٣"
+MAX_PAGE_TOKEN = 64
+_MAX_SEQ = 2**63 - 1  # SQLite's INTEGER
+
+
+def ascii_integer(text: str, max_digits: int) -> int | None:
+    """`text` as an int when it is 1 to `max_digits` ASCII digits, else None (superscripts,
+    fullwidth or Arabic-Indic digits, signs, spaces and longer strings are not numbers here)."""
+    if len(text) > max_digits or _ASCII_DIGITS.fullmatch(text) is None:
+        return None
+    return int(text)
+
+
+def check_text(value: Any, field: str = "body") -> None:
+    """400 naming the field when any string in the decoded JSON `value`, member names included,
+    is not valid Unicode (a lone surrogate such as ``"\\ud800"``, which JSON can express but
+    UTF-8, SQLite and every JSON response cannot). Iterative: JSON depth is bounded by the
+    parser, and no recursion is needed anyway."""
+    stack: list[tuple[Any, str]] = [(value, field)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if not _valid_unicode(item):
+                raise bad_request(where, "is not valid Unicode text (it holds a lone surrogate)")
+        elif isinstance(item, dict):
+            for name, member in item.items():
+                if not _valid_unicode(name):
+                    raise bad_request(where, "has a member whose name is not valid Unicode text "
+                                             "(it holds a lone surrogate)")
+                stack.append((member, name if where == "body" else f"{where}.{name}"))
+        elif isinstance(item, list):
+            stack.extend((member, f"{where}[{index}]") for index, member in enumerate(item))
+
+
+def _valid_unicode(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _text(value: Any, field: str, limit: int, *, required: bool) -> str:
     if not isinstance(value, str):
         raise bad_request(field, f"must be a string, got {_kind(value)}")
@@ -170,9 +214,13 @@ def _custom_claims(value: Any) -> list[dict[str, str]]:
 
 
 def _expiry(value: Any) -> int:
-    # Scalekit's JSON (proto3) also accepts 64-bit integers written as strings.
-    if isinstance(value, str) and value.isdigit() and len(value) <= 10:
-        value = int(value)
+    # Scalekit's JSON (proto3) also accepts 64-bit integers written as strings: ASCII digits.
+    if isinstance(value, str):
+        number = ascii_integer(value, 10)
+        if number is None:
+            raise bad_request("expiry", "must be an integer number of seconds (ASCII digits), "
+                                        f"got {value[:20]!r}")
+        value = number
     if isinstance(value, bool) or not isinstance(value, int):
         raise bad_request("expiry", f"must be an integer number of seconds, got {_kind(value)}")
     if not MIN_EXPIRY <= value <= MAX_EXPIRY:
@@ -185,6 +233,7 @@ def validate_fields(body: Any, *, creating: bool) -> dict[str, Any]:
     """The validated fields of a create (`creating`) or update request body."""
     if not isinstance(body, dict):
         raise bad_request("body", f"must be a JSON object, got {_kind(body)}")
+    check_text(body)  # the Python API's edge (the HTTP API checked it on reading the body)
     unknown = sorted(set(body) - set(_FIELDS))
     if unknown:
         raise bad_request(unknown[0], "is not a field of a client that can be set; known fields: "
@@ -294,10 +343,11 @@ class Clients:
         size = DEFAULT_PAGE_SIZE
         if page_size not in (None, ""):
             text = str(page_size)
-            if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE_SIZE:
-                raise bad_request("page_size", f"must be an integer from 1 to {MAX_PAGE_SIZE}, "
-                                               f"got {text[:20]!r}")
-            size = int(text)
+            number = ascii_integer(text, 3)
+            if number is None or not 1 <= number <= MAX_PAGE_SIZE:
+                raise bad_request("page_size", f"must be an integer from 1 to {MAX_PAGE_SIZE} "
+                                               f"(ASCII digits), got {text[:20]!r}")
+            size = number
         after = 0
         if page_token not in (None, ""):
             after = _read_page_token(str(page_token))
@@ -482,11 +532,16 @@ def _page_token(seq: int) -> str:
 
 
 def _read_page_token(token: str) -> int:
+    """The `seq` a page token names; 400 for anything `_page_token` cannot have made (too long,
+    not base64url, not ``after:<ASCII digits>``, past SQLite's integers)."""
     try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
-        prefix, _, number = text.partition(":")
-        if prefix != "after" or not number.isdigit():
+        if len(token) > MAX_PAGE_TOKEN or not token.isascii():
             raise ValueError(token)
-        return int(number)
-    except ValueError:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
+        prefix, _, digits = text.partition(":")
+        number = ascii_integer(digits, 19)
+        if prefix != "after" or number is None or number > _MAX_SEQ:
+            raise ValueError(token)
+        return number
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
         raise bad_request("page_token", "is not a token from a previous list response") from None
