@@ -31,6 +31,7 @@ from ..bearer import extract_bearer
 from ..encoding import loads_json
 from ..errors import GuardError, MissingToken, render_error
 from .clients import ApiError, bad_request, check_text, rfc3339
+from .keyring import RotationRefused
 
 if TYPE_CHECKING:
     from .issuer import LocalIssuer
@@ -309,13 +310,22 @@ def build_app(issuer: LocalIssuer) -> Starlette:
     @api
     async def rotate(request: Request) -> Response:
         body = await json_body(request, optional=True)
-        if not isinstance(body, dict) or set(body) - {"publish_delay"}:
-            raise bad_request("body", "may only hold publish_delay (seconds)")
+        if not isinstance(body, dict) or set(body) - {"publish_delay", "force"}:
+            raise bad_request("body", "may only hold publish_delay (seconds) and force")
         delay = body.get("publish_delay")
         if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float))
                                   or not 0 <= delay <= 86400):
             raise bad_request("publish_delay", "must be a number of seconds from 0 to 86400")
-        kid = await blocking(issuer.rotate_keys, delay)
+        force = body.get("force", False)
+        if not isinstance(force, bool):
+            raise bad_request("force", "must be true or false")
+        try:
+            kid = await blocking(lambda: issuer.rotate_keys(delay, force=force))
+        except RotationRefused as exc:
+            raise ApiError(409, "FAILED_PRECONDITION", exc.message, [
+                {"field": "kid", "description": exc.kid},
+                {"field": "signs_from" if exc.reason == "pending" else "remove_after",
+                 "description": rfc3339(exc.until)}]) from None
         return JSONResponse({"kid": kid, "keys": await blocking(key_states)}, status_code=201)
 
     clients_path = "/api/v1/organizations/{organization_id}/clients"
