@@ -105,20 +105,16 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _basic_credentials(values: list[str]) -> tuple[str, list[str]] | None:
-    """(client id, secret candidates) from HTTP Basic, or None without an Authorization header.
+def _basic_credentials(value: str) -> tuple[str, str] | None:
+    """(client id, secret) from an HTTP Basic `Authorization` value; None for another scheme.
 
-    RFC 6749 §2.3.1 form-encodes id and secret before joining them; many clients (authlib,
-    requests, httpx) send them raw. Both readings of the secret are tried, decoded first.
+    RFC 6749 §2.3.1: id and secret are form-urlencoded, then joined with ":" and base64-encoded;
+    they are decoded once, that way only (a secret holding "+" or "%" sent unencoded does not
+    match: one reading, one password-hash run per request).
     """
-    if not values:
-        return None
-    if len(values) > 1:
-        raise OAuthError("invalid_request", "The request has more than one Authorization header.")
-    scheme, _, encoded = values[0].strip().partition(" ")
+    scheme, _, encoded = value.strip().partition(" ")
     if scheme.lower() != "basic":
-        raise _invalid_client("Authenticate the client with HTTP Basic or with client_id and "
-                              "client_secret in the form body.")
+        return None
     try:
         raw = base64.b64decode(encoded.strip(), validate=True)
     except (binascii.Error, ValueError):
@@ -130,14 +126,19 @@ def _basic_credentials(values: list[str]) -> tuple[str, list[str]] | None:
     client_id, colon, secret = decoded.partition(":")
     if not colon:
         raise _invalid_client("The Basic credentials are not valid base64 of id:secret.")
-    candidates = [unquote_plus(secret)]
-    if secret != candidates[0]:
-        candidates.append(secret)
-    return unquote_plus(client_id), candidates
+    return unquote_plus(client_id), unquote_plus(secret)
 
 
-def _credentials(request: Request, form: dict[str, str]) -> tuple[str, list[str]]:
-    basic = _basic_credentials(request.headers.getlist("authorization"))
+def _credentials(request: Request, form: dict[str, str]) -> tuple[str, str]:
+    """(client id, secret) from HTTP Basic or from the form body (RFC 6749 §2.3.1), never both.
+
+    An `Authorization` header of another scheme (an SDK may send ``Bearer <its own token>``
+    with every request) is not client authentication: the form credentials count then.
+    """
+    values = request.headers.getlist("authorization")
+    if len(values) > 1:
+        raise OAuthError("invalid_request", "The request has more than one Authorization header.")
+    basic = _basic_credentials(values[0]) if values else None
     if basic is not None:
         if "client_secret" in form:
             raise OAuthError("invalid_request", "Send the client credentials one way only: "
@@ -150,7 +151,7 @@ def _credentials(request: Request, form: dict[str, str]) -> tuple[str, list[str]
     if not client_id or secret is None:
         raise _invalid_client("The client is not authenticated: send client_id and client_secret "
                               "in the form body, or HTTP Basic credentials.")
-    return client_id, [secret]
+    return client_id, secret
 
 
 def _requested_scopes(form: dict[str, str], registered: list[str]) -> list[str]:
@@ -209,18 +210,14 @@ def build_app(issuer: LocalIssuer) -> Starlette:
     async def token(request: Request) -> Response:
         try:
             form = await _read_form(request)
-            client_id, candidates = _credentials(request, form)
+            client_id, secret = _credentials(request, form)
             grant_type = form.get("grant_type")
             if not grant_type:
                 raise OAuthError("invalid_request", "The grant_type parameter is missing.")
             if grant_type != _CLIENT_CREDENTIALS:
                 raise OAuthError("unsupported_grant_type",
                                  "Only grant_type=client_credentials is supported.")
-            client = None
-            for secret in candidates:
-                client = await blocking(issuer.clients.authenticate, client_id, secret)
-                if client is not None:
-                    break
+            client = await blocking(issuer.clients.authenticate, client_id, secret)
             if client is None:
                 raise _invalid_client("Unknown client or wrong client secret.")
             scopes = _requested_scopes(form, client.scopes)

@@ -5,11 +5,19 @@ API alike. Input is validated field by field; a bad request raises `ApiError` wi
 and a `details` list naming each field and what is wrong with it, an unknown id raises 404.
 Secrets are created here, returned in plain text exactly once, and stored only as scrypt hashes
 (`passwords`).
+
+A secret made here starts with a selector: its prefix and the next `SELECTOR_CHARS` random
+characters (``test_`` + 16), stored in clear next to the hash. It is not secret (the 48
+characters after it are, about 285 bits): it only picks the one hash to check, so a wrong secret
+costs one scrypt run whatever the client and its number of secrets, as an unknown client id
+does. Secrets without a stored selector (set by the operator through ``SCALEKIT_CLIENT_SECRET``,
+or stored before selectors existed) are checked as before, one run per such secret.
 """
 
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 import re
 import time
@@ -39,6 +47,7 @@ MAX_CLAIM_VALUE = 512
 DEFAULT_PAGE_SIZE = 30
 MAX_PAGE_SIZE = 100
 SECRET_PREFIX = "test_"  # noqa: S105 - a prefix, as Scalekit's secrets have
+SELECTOR_CHARS = 16
 ENV_SECRET_PREFIX = "skcs_"  # noqa: S105
 
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
@@ -385,12 +394,15 @@ class Clients:
         return self.get(organization_id, client_id), plain
 
     @staticmethod
-    def _insert_secret(cur: Any, client_id: str, plain: str, hashed: str, now: float) -> str:
+    def _insert_secret(cur: Any, client_id: str, plain: str, hashed: str, now: float, *,
+                       generated: bool = True) -> str:
+        """Store a secret's hash; a `generated` one (random, made here) with its selector."""
         secret_id = ids.new_id("sks")
         cur.execute(
-            "INSERT INTO client_secrets (id, client_id, secret_hash, secret_suffix, status, "
-            "create_time, update_time) VALUES (?, ?, ?, ?, 'ACTIVE', ?, ?)",
-            (secret_id, client_id, hashed, plain[-4:], now, now))
+            "INSERT INTO client_secrets (id, client_id, secret_hash, secret_suffix, selector, "
+            "status, create_time, update_time) VALUES (?, ?, ?, ?, ?, 'ACTIVE', ?, ?)",
+            (secret_id, client_id, hashed, plain[-4:], _selector(plain) if generated else None,
+             now, now))
         return secret_id
 
     def update(self, organization_id: str, client_id: str, body: Any) -> dict[str, Any]:
@@ -478,7 +490,8 @@ class Clients:
             hashed = hash_secret(client_secret)
             with self.store.transaction() as cur:
                 cur.execute("DELETE FROM clients WHERE kind = 'environment'")
-                self._insert_environment(cur, client_id, client_secret, hashed, now)
+                self._insert_environment(cur, client_id, client_secret, hashed, now,
+                                         generated=False)
             return client_id, None
         if client_secret is not None:
             raise ValueError("SCALEKIT_CLIENT_SECRET is set without SCALEKIT_CLIENT_ID")
@@ -494,27 +507,38 @@ class Clients:
         return client_id, plain
 
     def _insert_environment(self, cur: Any, client_id: str, plain: str, hashed: str,
-                            now: float) -> None:
+                            now: float, *, generated: bool = True) -> None:
         cur.execute(
             "INSERT INTO clients (client_id, kind, organization_id, name, expiry, create_time, "
             "update_time) VALUES (?, 'environment', NULL, 'Environment API client', ?, ?, ?)",
             (client_id, DEFAULT_EXPIRY, now, now))
-        self._insert_secret(cur, client_id, plain, hashed, now)
+        self._insert_secret(cur, client_id, plain, hashed, now, generated=generated)
 
     def authenticate(self, client_id: str, client_secret: str) -> ClientRecord | None:
         """The client when `client_secret` matches one of its secrets, else None.
 
-        Slow on purpose (scrypt); call it off the event loop. Unknown ids cost the same time.
+        Slow on purpose (scrypt); call it off the event loop. One scrypt run per call, for an
+        unknown id, a wrong secret and a right one alike: the secret's selector picks the one
+        hash to check (see the module doc); only secrets stored without a selector are each
+        checked, as before.
         """
         row = self.store.query_one("SELECT * FROM clients WHERE client_id = ?", (client_id,)) \
             if len(client_id) <= 128 else None
         if row is None:
             verify_nothing(client_secret)
             return None
-        hashes = self.store.query(
-            "SELECT id, secret_hash FROM client_secrets WHERE client_id = ? ORDER BY seq",
-            (client_id,))
-        for secret in hashes:
+        stored = self.store.query(
+            "SELECT id, secret_hash, selector FROM client_secrets WHERE client_id = ? "
+            "ORDER BY seq", (client_id,))
+        selector = _selector(client_secret).encode("utf-8", "surrogatepass")
+        candidates = [secret for secret in stored if secret["selector"] is not None
+                      and hmac.compare_digest(secret["selector"].encode("ascii"), selector)]
+        if not candidates:
+            candidates = [secret for secret in stored if secret["selector"] is None]
+        if not candidates:
+            verify_nothing(client_secret)
+            return None
+        for secret in candidates:
             if verify_secret(client_secret, secret["secret_hash"]):
                 with self.store.transaction() as cur:
                     cur.execute("UPDATE client_secrets SET last_used_time = ? WHERE id = ?",
@@ -525,6 +549,12 @@ class Clients:
     def max_expiry(self) -> int:
         row = self.store.query_one("SELECT MAX(expiry) AS m FROM clients")
         return int(row["m"]) if row is not None and row["m"] is not None else DEFAULT_EXPIRY
+
+
+def _selector(secret: str) -> str:
+    """The part of a secret that picks its hash: the 5-character prefix (``test_``, ``skcs_``)
+    and the next `SELECTOR_CHARS` characters."""
+    return secret[:len(SECRET_PREFIX) + SELECTOR_CHARS]
 
 
 def _page_token(seq: int) -> str:
