@@ -13,6 +13,18 @@ on a fast path (`TokenVerifier.cached_token`) with the same outcome as the full 
 
 For `lifespan`: startup warms the key sets (a failure is logged, not fatal); shutdown stops the
 verifier's background work.
+
+Settings read from the environment (no `settings`, no `verifier`) that do not validate (a
+misspelled ``M2M_GUARD_*`` name, a missing issuer) do not raise while the app builds its
+middleware stack (Starlette does that inside the lifespan call, where a server under
+``lifespan: auto`` would take the error for "lifespan unsupported" and serve 500s). Instead:
+
+- the lifespan startup is answered ``lifespan.startup.failed`` with the `ConfigurationError`'s
+  message (did-you-mean hint included), so the server logs it and exits non-zero;
+- without a lifespan (``--lifespan off``), the message is logged once at ERROR, and every
+  request, public paths included (they are part of the settings that failed), is answered
+  503 ``{"error": "temporarily_unavailable", ...}`` with ``Retry-After`` and a description that
+  points at the server log, never a bare 500.
 """
 
 from __future__ import annotations
@@ -26,7 +38,7 @@ from starlette.authentication import AuthCredentials, UnauthenticatedUser
 from .bearer import extract_bearer, query_has_access_token
 from .context import _CURRENT
 from .endpoints import OperationalEndpoints, render_refusal
-from .errors import GuardError, MissingToken
+from .errors import ConfigurationError, GuardError, MissingToken
 from .health import EndpointResponse
 from .rules import PathRules, is_cors_preflight
 from .settings import GuardSettings
@@ -43,6 +55,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 logger = logging.getLogger("m2m_guard")
+# Stands in for settings that failed to load from the environment, so that the middleware can
+# be built and report the failure (it never verifies anything with them).
+_PLACEHOLDER_SETTINGS = GuardSettings(issuer="https://configuration-error.invalid",
+                                      verify_audience=False)
 _SCOPE_KEY = "m2m_guard.token"
 _UNAUTHENTICATED = (AuthCredentials(), UnauthenticatedUser())
 _HANDLED = object()  # the request was answered (or passed on) before the app call
@@ -125,6 +141,15 @@ class M2MGuardMiddleware:
         self.app = app
         if verifier is not None and settings is not None and verifier.settings is not settings:
             raise ValueError("give either settings or a verifier built from them, not both")
+        # A configuration error from the environment is reported by the server (see the module
+        # doc), not raised here, where it would be lost.
+        self._configuration_error: ConfigurationError | None = None
+        if verifier is None and settings is None:
+            try:
+                settings = GuardSettings.from_env()
+            except ConfigurationError as exc:
+                self._configuration_error = exc
+                settings = _PLACEHOLDER_SETTINGS
         self.verifier = verifier if verifier is not None else TokenVerifier(settings)
         self.settings = self.verifier.settings
         self._owns_verifier = verifier is None
@@ -140,6 +165,9 @@ class M2MGuardMiddleware:
         self._cached_token = self.verifier.cached_token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._configuration_error is not None:
+            await self._misconfigured(scope, receive, send, self._configuration_error)
+            return
         kind = scope["type"]
         if kind != "http" and kind != "websocket":
             if kind == "lifespan":
@@ -302,6 +330,39 @@ class M2MGuardMiddleware:
                    for name, value in answer.headers]
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if head else answer.body})
+
+    _reported_configuration_error = False
+
+    async def _misconfigured(self, scope: Scope, receive: Receive, send: Send,
+                             error: ConfigurationError) -> None:
+        """Settings from the environment did not validate: fail the startup with the message,
+        or, without a lifespan, log it once and answer 503 (see the module doc)."""
+        message = f"m2m_guard cannot start: {error}"
+        kind = scope["type"]
+        if kind == "lifespan":
+            while True:
+                event = await receive()
+                if event["type"] == "lifespan.startup":
+                    self._reported_configuration_error = True
+                    await send({"type": "lifespan.startup.failed", "message": message})
+                elif event["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if not self._reported_configuration_error:
+            self._reported_configuration_error = True
+            logger.error("%s (every request is answered 503 until the configuration is fixed "
+                         "and the server restarted)", message)
+        if kind == "http":
+            body = (b'{"error":"temporarily_unavailable","error_description":"The server\'s '
+                    b'token verification is not configured; the server log says why."}')
+            await send({"type": "http.response.start", "status": 503, "headers": [
+                (b"content-type", b"application/json"), (b"cache-control", b"no-store"),
+                (b"retry-after", b"30"), (b"content-length", str(len(body)).encode("ascii"))]})
+            await send({"type": "http.response.body", "body": body})
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1011})
+        else:
+            await self.app(scope, receive, send)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def receive_warming() -> Message:
