@@ -53,7 +53,14 @@ from .asgi import M2MGuardMiddleware, PathRules, Receive, Scope, Send
 from .bearer import extract_bearer
 from .context import scope_requirements, set_current_token
 from .endpoints import OperationalEndpoints, render_refusal
-from .errors import GuardError, MissingToken
+from .errors import (
+    GuardError,
+    InsufficientScope,
+    InvalidRequest,
+    InvalidToken,
+    IssuerUnavailable,
+    MissingToken,
+)
 from .logs import report_refusal
 from .scopes import ScopeRequirement, validate_scopes
 from .settings import GuardSettings
@@ -373,6 +380,13 @@ class M2MGuard:
                 operation = paths.get(route.path_format, {}).get(method.lower())
                 if operation is not None:
                     _add_security(operation, decorated, guarded)
+        for item in paths.values():
+            for operation in item.values():
+                if isinstance(operation, dict) and any(
+                        SCHEME_NAME in r for r in operation.get("security", ())):
+                    _add_refusals(operation)
+                    schema.setdefault("components", {}).setdefault("schemas", {}).setdefault(
+                        ERROR_SCHEMA_NAME, copy.deepcopy(_ERROR_SCHEMA))
         used = sorted({scope for item in paths.values() for operation in item.values()
                        if isinstance(operation, dict)
                        for requirement in operation.get("security", ())
@@ -417,6 +431,43 @@ def _api_routes(routes: Iterable[Any]) -> Iterator[Any]:
     for route in walk(list(routes)) if walk is not None else routes:
         if isinstance(getattr(route, "original_route", route), APIRoute):
             yield route
+
+
+ERROR_SCHEMA_NAME = "M2MGuardError"
+_ERROR_SCHEMA: dict[str, Any] = {
+    "title": ERROR_SCHEMA_NAME,
+    "type": "object",
+    "description": "A refusal by the token guard (RFC 6750 error codes, and missing_token).",
+    "required": ["error", "error_description"],
+    "properties": {
+        "error": {"type": "string", "enum": [
+            kind.body_error for kind in (MissingToken, InvalidRequest, InvalidToken,
+                                         InsufficientScope, IssuerUnavailable)]},
+        "error_description": {"type": "string"},
+        "scope": {"type": "string", "description": "The scopes the operation needs "
+                                                   "(insufficient_scope only)."},
+    },
+}
+_REFUSALS = {
+    "401": ("No valid access token: missing (error missing_token), or malformed, expired or "
+            "not for this API (error invalid_token)."),
+    "403": "The access token lacks a scope the operation needs (error insufficient_scope).",
+}
+
+
+def _add_refusals(operation: dict[str, Any]) -> None:
+    """Document the guard's 401 and 403 on a guarded `operation` (kept if already there)."""
+    responses = operation.setdefault("responses", {})
+    for status, description in _REFUSALS.items():
+        responses.setdefault(status, {
+            "description": description,
+            "headers": {"WWW-Authenticate": {
+                "description": "The RFC 6750 challenge: Bearer realm, error, error_description "
+                               "(and scope for insufficient_scope).",
+                "schema": {"type": "string"}}},
+            "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{ERROR_SCHEMA_NAME}"}}},
+        })
 
 
 def _alternatives(requirements: Iterable[ScopeRequirement]) -> list[list[str]] | None:

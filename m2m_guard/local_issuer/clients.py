@@ -104,7 +104,8 @@ def check_id(pattern: re.Pattern[str], value: object, field: str, prefix: str) -
 
 
 # -- field validation ---------------------------------------------------------------------------
-_ASCII_DIGITS = re.compile(r"[0-9]+")  # str.isdigit() also says yes to "³", "３", "٣"
+# str.isdigit() also accepts superscript, fullwidth and Arabic-Indic digits; int() not all.
+_ASCII_DIGITS = re.compile(r"[0-9]+")
 MAX_PAGE_TOKEN = 64
 _MAX_SEQ = 2**63 - 1  # SQLite's INTEGER
 

@@ -14,8 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from m2m_guard.local_issuer import LocalIssuer, serve_issuer
-from m2m_guard.local_issuer import passwords
+from m2m_guard.local_issuer import LocalIssuer, passwords, serve_issuer
 
 from .conftest import ADMIN_ID, ADMIN_SECRET, ORG, Rig
 

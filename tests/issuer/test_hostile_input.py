@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import ORG, Rig
+from .conftest import Rig
 
 SURROGATE = "\ud800"
 
