@@ -1,7 +1,8 @@
 """The local issuer's HTTP API as a Starlette app (built by `LocalIssuer`; see its docs).
 
 Public: ``GET /.well-known/openid-configuration`` (and RFC 8414's
-``/.well-known/oauth-authorization-server``), ``GET /keys``, ``POST /oauth/token``.
+``/.well-known/oauth-authorization-server``), ``GET /keys``, ``POST /oauth/token``, and
+``GET /openapi.json`` (the OpenAPI 3.1 document of all of them, `openapi`).
 Management (Bearer token of the environment API client): ``/api/v1/organizations/{org}/clients``
 and below, ``GET /api/v1/keys``, ``POST /api/v1/keys:rotate``.
 
@@ -32,6 +33,7 @@ from ..encoding import loads_json
 from ..errors import GuardError, MissingToken, render_error
 from .clients import ApiError, bad_request, check_text, rfc3339
 from .keyring import RotationRefused
+from .openapi import openapi_document
 
 if TYPE_CHECKING:
     from .issuer import LocalIssuer
@@ -44,6 +46,7 @@ MAX_FORM_BYTES = 16 * 1024
 MAX_JSON_BYTES = 64 * 1024
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _CLIENT_CREDENTIALS = "client_credentials"
+_PARAMETERS = frozenset({"grant_type", "client_id", "client_secret", "scope"})
 
 
 # -- OAuth token endpoint ---------------------------------------------------------------------
@@ -83,6 +86,8 @@ async def _read_form(request: Request) -> dict[str, str]:
         raise OAuthError("invalid_request", "The form body is malformed.") from None
     form: dict[str, str] = {}
     for name, value in pairs:
+        if name not in _PARAMETERS:  # RFC 6749 §3.2: unknown parameters are ignored
+            continue
         if name in form:  # RFC 6749 §3.2: parameters must not be repeated
             raise OAuthError("invalid_request", f"The parameter {name} is repeated.")
         form[name] = value
@@ -325,8 +330,14 @@ def build_app(issuer: LocalIssuer) -> Starlette:
                  "description": rfc3339(exc.until)}]) from None
         return JSONResponse({"kid": kid, "keys": await blocking(key_states)}, status_code=201)
 
+    document = openapi_document()
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse({**document, "servers": [{"url": base(request)}]})
+
     clients_path = "/api/v1/organizations/{organization_id}/clients"
     routes = [
+        Route("/openapi.json", openapi, methods=["GET"]),
         Route("/.well-known/openid-configuration", discovery, methods=["GET"]),
         Route("/.well-known/oauth-authorization-server", discovery, methods=["GET"]),
         Route("/keys", keys, methods=["GET"]),

@@ -16,7 +16,6 @@ or stored before selectors existed) are checked as before, one run per such secr
 
 from __future__ import annotations
 
-import base64
 import hmac
 import json
 import re
@@ -107,7 +106,6 @@ def check_id(pattern: re.Pattern[str], value: object, field: str, prefix: str) -
 # str.isdigit() also accepts superscript, fullwidth and Arabic-Indic digits; int() not all.
 _ASCII_DIGITS = re.compile(r"[0-9]+")
 MAX_PAGE_TOKEN = 64
-_MAX_SEQ = 2**63 - 1  # SQLite's INTEGER
 
 
 def ascii_integer(text: str, max_digits: int) -> int | None:
@@ -227,10 +225,12 @@ def _expiry(value: Any) -> int:
     # Scalekit's JSON (proto3) also accepts 64-bit integers written as strings: ASCII digits.
     if isinstance(value, str):
         number = ascii_integer(value, 10)
-        if number is None:
+        if number is None or value != str(number):  # canonical: no leading zeros
             raise bad_request("expiry", "must be an integer number of seconds (ASCII digits), "
                                         f"got {value[:20]!r}")
         value = number
+    if isinstance(value, float) and value.is_integer():  # JSON Schema: 60.0 is an integer
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise bad_request("expiry", f"must be an integer number of seconds, got {_kind(value)}")
     if not MIN_EXPIRY <= value <= MAX_EXPIRY:
@@ -351,7 +351,7 @@ class Clients:
         ``{clients, next_page_token, total_size}`` (`next_page_token` "" on the last page)."""
         check_id(ids.ORGANIZATION_ID, organization_id, "organization_id", "org_")
         size = DEFAULT_PAGE_SIZE
-        if page_size not in (None, ""):
+        if page_size is not None:
             text = str(page_size)
             number = ascii_integer(text, 3)
             if number is None or not 1 <= number <= MAX_PAGE_SIZE:
@@ -359,7 +359,7 @@ class Clients:
                                                f"(ASCII digits), got {text[:20]!r}")
             size = number
         after = 0
-        if page_token not in (None, ""):
+        if page_token not in (None, ""):  # "" is the last page's next_page_token: from the start
             after = _read_page_token(str(page_token))
         rows = self.store.query(
             "SELECT * FROM clients WHERE organization_id = ? AND kind = 'm2m' AND seq > ? "
@@ -439,7 +439,7 @@ class Clients:
             count = cur.execute("SELECT COUNT(*) FROM client_secrets WHERE client_id = ?",
                                 (client_id,)).fetchone()[0]
             if count >= MAX_SECRETS:
-                raise ApiError(400, "FAILED_PRECONDITION",
+                raise ApiError(409, "FAILED_PRECONDITION",
                                f"The client already has {MAX_SECRETS} secrets, the most it may "
                                "have; delete one first.",
                                [{"field": "secrets", "description": f"at most {MAX_SECRETS}"}])
@@ -460,7 +460,7 @@ class Clients:
             count = cur.execute("SELECT COUNT(*) FROM client_secrets WHERE client_id = ?",
                                 (client_id,)).fetchone()[0]
             if count <= 1:
-                raise ApiError(400, "FAILED_PRECONDITION",
+                raise ApiError(409, "FAILED_PRECONDITION",
                                "A client keeps at least one secret: add a new secret before "
                                "deleting the last one.",
                                [{"field": "secret_id", "description": "the client's only secret"}])
@@ -558,21 +558,16 @@ def _selector(secret: str) -> str:
     return secret[:len(SECRET_PREFIX) + SELECTOR_CHARS]
 
 
+PAGE_TOKEN = re.compile(r"after_[1-9][0-9]{0,17}")  # at most 10**18 - 1: inside SQLite's ints
+
+
 def _page_token(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"after:{seq}".encode()).rstrip(b"=").decode("ascii")
+    return f"after_{seq}"
 
 
 def _read_page_token(token: str) -> int:
     """The `seq` a page token names; 400 for anything `_page_token` cannot have made (too long,
-    not base64url, not ``after:<ASCII digits>``, past SQLite's integers)."""
-    try:
-        if len(token) > MAX_PAGE_TOKEN or not token.isascii():
-            raise ValueError(token)
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
-        prefix, _, digits = text.partition(":")
-        number = ascii_integer(digits, 19)
-        if prefix != "after" or number is None or number > _MAX_SEQ:
-            raise ValueError(token)
-        return number
-    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
-        raise bad_request("page_token", "is not a token from a previous list response") from None
+    not ``after_`` and 1 to 18 ASCII digits)."""
+    if len(token) > MAX_PAGE_TOKEN or PAGE_TOKEN.fullmatch(token) is None:
+        raise bad_request("page_token", "is not a token from a previous list response")
+    return int(token[len("after_"):])
