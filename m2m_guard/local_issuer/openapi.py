@@ -21,7 +21,7 @@ _ID_BODY = "[A-Za-z0-9]{1,64}"
 # expiry as a string (proto3 JSON's int64 form): canonical decimal from 60 to 86400
 _EXPIRY_STRING = ("^(6[0-9]|[7-9][0-9]|[1-9][0-9]{2,3}|[1-7][0-9]{4}|8[0-5][0-9]{3}"
                   "|86[0-3][0-9]{2}|86400)$")
-_BEARER = [{"EnvironmentClient": []}]
+_BEARER: list[dict[str, list[str]]] = [{"EnvironmentClient": []}]
 
 
 def _ref(name: str) -> dict[str, str]:
