@@ -61,6 +61,7 @@ def served() -> Iterator[tuple[str, str, StatusCounter]]:
         issuer.close()
 
 
+@pytest.mark.timeout(3600 if LONG else 300)  # about 30 s alone; room for a loaded machine
 def test_the_issuer_matches_its_openapi_document(served: tuple[str, str, StatusCounter],
                                                  tmp_path: Path) -> None:
     url, token, counter = served
