@@ -5,7 +5,7 @@ document, a request the document allows must be accepted and one it forbids refu
 
 The suite runs a bounded campaign (a few examples per operation, a fixed seed); ``make fuzz``
 (the "fuzz" Hypothesis profile) runs a longer one with a random seed. The figures are printed
-with the fuzz summary.
+with the fuzz summary (`tests.fuzz.conftest`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import pytest
 from hypothesis import settings
 
 from m2m_guard.local_issuer import LocalIssuer, serve_issuer
-from tests.issuer.conftest import ADMIN_ID, ADMIN_SECRET, admin_token
+from tests.fuzz.conftest import EXAMPLES
 
-from .conftest import EXAMPLES
+from .conftest import ADMIN_ID, ADMIN_SECRET, admin_token
 
 HERE = Path(__file__).parent
 LONG = settings.default.max_examples > 1000  # the "fuzz" profile of `make fuzz`
@@ -76,7 +76,7 @@ def test_the_issuer_matches_its_openapi_document(served: tuple[str, str, StatusC
     ]
     if not LONG:
         command += ["--seed", "18", "--workers", "1"]
-    env = dict(os.environ, SCHEMATHESIS_HOOKS="tests.fuzz.schemathesis_hooks",
+    env = dict(os.environ, SCHEMATHESIS_HOOKS="tests.issuer.schemathesis_hooks",
                PYTHONPATH=os.pathsep.join([str(HERE.parents[1]), os.environ.get("PYTHONPATH",
                                                                                   "")]))
     done = subprocess.run(command, env=env, capture_output=True, text=True,
