@@ -28,7 +28,7 @@ from tests.fuzz.conftest import EXAMPLES
 
 from .conftest import ADMIN_ID, ADMIN_SECRET, admin_token
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parent
 LONG = settings.default.max_examples > 1000  # the "fuzz" profile of `make fuzz`
 
 
@@ -79,7 +79,7 @@ def test_the_issuer_matches_its_openapi_document(served: tuple[str, str, StatusC
     env = dict(os.environ, SCHEMATHESIS_HOOKS="tests.issuer.schemathesis_hooks",
                PYTHONPATH=os.pathsep.join([str(HERE.parents[1]), os.environ.get("PYTHONPATH",
                                                                                   "")]))
-    done = subprocess.run(command, env=env, capture_output=True, text=True,
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp_path,
                           timeout=3000 if LONG else 240, check=False)
     assert report.exists(), done.stdout + done.stderr
     result = json.loads(report.read_text())
