@@ -16,6 +16,18 @@ For `lifespan`: startup warms the key sets (a failure is logged, not fatal); shu
 verifier's background work. An app that has an `M2MGuard` (FastAPI, ``app.state.m2m_guard``) is
 told of this middleware on its first call (``attach_middleware``), so both share one verifier.
 
+Settings read from the environment (no `settings`, no `verifier`) that do not validate (a
+misspelled ``M2M_GUARD_*`` name, a missing issuer) do not raise while the app builds its
+middleware stack (Starlette does that inside the lifespan call, where a server under
+``lifespan: auto`` would take the error for "lifespan unsupported" and serve 500s). Instead:
+
+- the lifespan startup is answered ``lifespan.startup.failed`` with the `ConfigurationError`'s
+  message (did-you-mean hint included), so the server logs it and exits non-zero;
+- without a lifespan (``--lifespan off``), the message is logged once at ERROR, and every
+  request, public paths included (they are part of the settings that failed), is answered
+  503 ``{"error": "temporarily_unavailable", ...}`` with ``Retry-After`` and a description that
+  points at the server log, never a bare 500.
+
 This module imports no web framework: Starlette's principal types are used only when Starlette
 is installed.
 """
@@ -28,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from ._core.asgi_io import (
     ASGIApp,
     Message,
+    Misconfigured,
     Receive,
     ReceiveTracker,
     Scope,
@@ -42,7 +55,7 @@ from ._core.gate import Gate
 from ._core.request import AsgiRequest
 from ._core.rules import PathRules
 from ._core.storage import SETTINGS_KEY, TOKEN_KEY, VERIFIER_KEY
-from .errors import GuardError
+from .errors import ConfigurationError, GuardError
 from .settings import GuardSettings
 from .token import AccessToken
 from .verifier import TokenVerifier
@@ -53,6 +66,10 @@ if TYPE_CHECKING:
 __all__ = ["M2MGuardMiddleware", "PathRules", "TokenCredentials"]
 
 _HANDLED = object()  # the request was answered (or passed on) before the app call
+# Stands in for settings that failed to load from the environment, so that the middleware can
+# be built and report the failure (it never verifies anything with them).
+_PLACEHOLDER_SETTINGS = GuardSettings(issuer="https://configuration-error.invalid",
+                                      verify_audience=False)
 
 
 def __getattr__(name: str) -> Any:
@@ -84,6 +101,15 @@ class M2MGuardMiddleware:
         self.app = app
         if verifier is not None and settings is not None and verifier.settings is not settings:
             raise ValueError("give either settings or a verifier built from them, not both")
+        # A configuration error from the environment is reported by the server (see the module
+        # doc), not raised here, where it would be lost.
+        self._misconfigured: Misconfigured | None = None
+        if verifier is None and settings is None:
+            try:
+                settings = GuardSettings.from_env()
+            except ConfigurationError as exc:
+                self._misconfigured = Misconfigured(app, exc)
+                settings = _PLACEHOLDER_SETTINGS
         self.verifier = verifier if verifier is not None else TokenVerifier(settings)
         self.settings = self.verifier.settings
         self._owns_verifier = verifier is None
@@ -96,6 +122,9 @@ class M2MGuardMiddleware:
         self._cached_token = self.verifier.cached_token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._misconfigured is not None:
+            await self._misconfigured(scope, receive, send)
+            return
         if not self._announced:
             self._announce(scope)
         kind = scope["type"]

@@ -33,7 +33,7 @@ def test_numeric_dates_out_of_range_are_refused(keys: dict[str, SigningKey], cla
         verifier = TokenVerifier(GuardSettings(issuer=issuer.url, audience="deployment-api"))
         error = refused(verifier, issuer.mint(**{claim: value}))
         assert error.reason == f"invalid_{claim}"
-        assert error.description == f"The {claim} claim is out of range."
+        assert f"{claim} is not a valid NumericDate" in error.description
 
 
 def test_largest_numeric_date_is_accepted(keys: dict[str, SigningKey]) -> None:

@@ -161,6 +161,17 @@ def test_rotation(m2m_issuer: M2MIssuer, m2m_token: TokenFactory) -> None:
     assert {before, kid} <= published  # the old key stays until its tokens expire
 
 
+def test_rotating_often_stays_within_the_issuers_bound(m2m_issuer: M2MIssuer,
+                                                       m2m_token: TokenFactory) -> None:
+    for _ in range(12):  # past the 10-key bound: the plugin makes room instead of failing
+        m2m_token()
+        m2m_issuer.rotate_keys()
+    published = httpx.get(m2m_issuer.jwks_url).json()["keys"]
+    assert len(published) <= 10
+    with TokenVerifier(m2m_issuer.settings()) as verifier:
+        verifier.verify_sync(m2m_token())
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("refuse", [False, True], ids=["503", "connection-refused"])
 @pytest.mark.parametrize("cooldown", [1.0, 0.0])

@@ -5,6 +5,7 @@ operation the middleware guards (a valid token), and the scopes `require_scopes`
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -20,13 +21,21 @@ from starlette.requests import HTTPConnection
 from .._core.context import scope_requirements
 from .._core.rules import PathRules
 from .._core.scopes import ScopeRequirement
+from ..errors import (
+    InsufficientScope,
+    InvalidRequest,
+    InvalidToken,
+    IssuerUnavailable,
+    MissingToken,
+)
 from ..settings import GuardSettings
 
 if TYPE_CHECKING:
     from ..verifier import TokenVerifier
 
-__all__ = ["SCHEME_NAME", "UNSET_TOKEN_URL", "ClientCredentials", "announced_token_url",
-           "client_credentials", "complete_schema", "declared_middleware", "declared_settings"]
+__all__ = ["ERROR_SCHEMA_NAME", "SCHEME_NAME", "UNSET_TOKEN_URL", "ClientCredentials",
+           "announced_token_url", "client_credentials", "complete_schema", "declared_middleware",
+           "declared_settings"]
 
 logger = logging.getLogger("m2m_guard")
 
@@ -119,6 +128,13 @@ def complete_schema(schema: dict[str, Any], routes: Iterable[Any], public: PathR
             operation = paths.get(route.path_format, {}).get(method.lower())
             if operation is not None:
                 _add_security(operation, decorated, guarded)
+    for item in paths.values():
+        for operation in item.values():
+            if isinstance(operation, dict) and any(
+                    SCHEME_NAME in r for r in operation.get("security", ())):
+                _add_refusals(operation)
+                schema.setdefault("components", {}).setdefault("schemas", {}).setdefault(
+                    ERROR_SCHEMA_NAME, copy.deepcopy(_ERROR_SCHEMA))
     requirements = [requirement for item in paths.values() for operation in item.values()
                     if isinstance(operation, dict)
                     for requirement in operation.get("security", ())]
@@ -142,6 +158,43 @@ def _api_routes(routes: Iterable[Any]) -> Iterator[Any]:
     for route in walk(list(routes)) if walk is not None else routes:
         if isinstance(getattr(route, "original_route", route), APIRoute):
             yield route
+
+
+ERROR_SCHEMA_NAME = "M2MGuardError"
+_ERROR_SCHEMA: dict[str, Any] = {
+    "title": ERROR_SCHEMA_NAME,
+    "type": "object",
+    "description": "A refusal by the token guard (RFC 6750 error codes, and missing_token).",
+    "required": ["error", "error_description"],
+    "properties": {
+        "error": {"type": "string", "enum": [
+            kind.body_error for kind in (MissingToken, InvalidRequest, InvalidToken,
+                                         InsufficientScope, IssuerUnavailable)]},
+        "error_description": {"type": "string"},
+        "scope": {"type": "string", "description": "The scopes the operation needs "
+                                                   "(insufficient_scope only)."},
+    },
+}
+_REFUSALS = {
+    "401": ("No valid access token: missing (error missing_token), or malformed, expired or "
+            "not for this API (error invalid_token)."),
+    "403": "The access token lacks a scope the operation needs (error insufficient_scope).",
+}
+
+
+def _add_refusals(operation: dict[str, Any]) -> None:
+    """Document the guard's 401 and 403 on a guarded `operation` (kept if already there)."""
+    responses = operation.setdefault("responses", {})
+    for status, description in _REFUSALS.items():
+        responses.setdefault(status, {
+            "description": description,
+            "headers": {"WWW-Authenticate": {
+                "description": "The RFC 6750 challenge: Bearer realm, error, error_description "
+                               "(and scope for insufficient_scope).",
+                "schema": {"type": "string"}}},
+            "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{ERROR_SCHEMA_NAME}"}}},
+        })
 
 
 def _alternatives(requirements: Iterable[ScopeRequirement]) -> list[list[str]] | None:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import RenderedError
+from ..errors import ConfigurationError, RenderedError
 from .answers import EndpointResponse
 
 if TYPE_CHECKING:
     from .endpoints import OperationalEndpoints
 
 __all__ = ["ASGIApp", "Message", "Receive", "ReceiveTracker", "Scope", "Send", "SendTracker",
-           "EndpointsMiddleware", "send_answer", "send_refusal"]
+           "EndpointsMiddleware", "Misconfigured", "send_answer",
+           "send_refusal"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -104,3 +106,42 @@ class EndpointsMiddleware:
                     await send_answer(send, answer, head=scope["method"] == "HEAD")
                     return
         await self.app(scope, receive, send)
+
+
+class Misconfigured:
+    """The answers of a middleware whose settings did not validate: the lifespan startup fails
+    with the message; without a lifespan the message is logged once and every request is
+    answered 503 (never a bare 500), a websocket closed with 1011."""
+
+    def __init__(self, app: ASGIApp, error: ConfigurationError) -> None:
+        self.app = app
+        self.message = f"m2m_guard cannot start: {error}"
+        self.reported = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            while True:
+                event = await receive()
+                if event["type"] == "lifespan.startup":
+                    self.reported = True
+                    await send({"type": "lifespan.startup.failed", "message": self.message})
+                elif event["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if not self.reported:
+            self.reported = True
+            logging.getLogger("m2m_guard").error(
+                "%s (every request is answered 503 until the configuration is fixed and the "
+                "server restarted)", self.message)
+        if kind == "http":
+            body = (b'{"error":"temporarily_unavailable","error_description":"The server\'s '
+                    b'token verification is not configured; the server log says why."}')
+            await send({"type": "http.response.start", "status": 503, "headers": [
+                (b"content-type", b"application/json"), (b"cache-control", b"no-store"),
+                (b"retry-after", b"30"), (b"content-length", str(len(body)).encode("ascii"))]})
+            await send({"type": "http.response.body", "body": body})
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1011})
+        else:
+            await self.app(scope, receive, send)

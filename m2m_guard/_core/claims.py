@@ -35,11 +35,14 @@ def _number(claims: Mapping[str, Any], name: str) -> float | None:
     value = claims[name]  # present but null is as invalid as a string: not treated as absent
     if type(value) is int and 0 <= value <= MAX_NUMERIC_DATE:  # the usual case, checked fast
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidToken(f"The {name} claim must be a number of seconds.",
+    # One rule for every wrong value: not a JSON number (a string, a boolean), NaN or an
+    # infinity (`1e400` parses as one), before 1970 or after 9999-12-31, and an integer too
+    # large for a float (`10**400`): compared as an int, never converted, so no OverflowError.
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not 0 <= value <= MAX_NUMERIC_DATE):
+        raise InvalidToken(f"The token's {name} is not a valid NumericDate (seconds since "
+                           "1970, at most 253402300799: the end of the year 9999).",
                            reason=f"invalid_{name}")
-    if not 0 <= value <= MAX_NUMERIC_DATE:
-        raise InvalidToken(f"The {name} claim is out of range.", reason=f"invalid_{name}")
     return float(value)
 
 

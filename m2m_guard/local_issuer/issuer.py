@@ -98,6 +98,11 @@ class LocalIssuer:
             self._app = build_app(self)
         return self._app
 
+    @app.setter
+    def app(self, app: Starlette) -> None:
+        """Serve `app` instead (e.g. the issuer's app wrapped by a test's middleware)."""
+        self._app = app
+
     # -- Python API ------------------------------------------------------------------------------
     def create_client(self, organization_id: str, *, name: str, description: str = "",
                       scopes: Iterable[str] = (), audience: Iterable[str] = (),
@@ -113,15 +118,19 @@ class LocalIssuer:
                                   for key, value in (custom_claims or {}).items()]}
         return self.clients.create(organization_id, body)
 
-    def rotate_keys(self, publish_delay: float | None = None) -> str:
+    def rotate_keys(self, publish_delay: float | None = None, *, force: bool = False) -> str:
         """Start a key rotation; return the new `kid`.
 
         The new key is published at once and signs after `publish_delay` seconds (default
         `key_publish_delay`); the previous key stays published until every token it signed
         has expired (plus `retire_leeway`), then it is removed.
+
+        Raises `RotationRefused` while a key is pending, and when the key set holds `MAX_KEYS`
+        (10) keys; `force=True` then removes the first retiring key to go (its tokens stop
+        verifying) instead of refusing.
         """
         delay = self.key_publish_delay if publish_delay is None else publish_delay
-        return self.keys.rotate(delay).kid
+        return self.keys.rotate(delay, force=force).kid
 
     def key_states(self) -> list[KeyState]:
         """Every kept key with its status (pending, active, retiring)."""

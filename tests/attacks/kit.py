@@ -60,7 +60,8 @@ def d_b64url(segment: str) -> str:
 
 
 def d_number(claim: str) -> str:
-    return f"The {claim} claim must be a number of seconds."
+    return (f"The token's {claim} is not a valid NumericDate (seconds since 1970, at most "
+            "253402300799: the end of the year 9999).")
 
 
 # -- sending, and checking what came back ---------------------------------------------------------

@@ -257,7 +257,7 @@ def test_secret_lifecycle(shared_rig: Rig, org: str) -> None:
     # Up to five secrets, not six.
     for _ in range(3):
         assert shared_rig.api.post(path).status_code == 201
-    full = error(shared_rig.api.post(path), 400, "FAILED_PRECONDITION")
+    full = error(shared_rig.api.post(path), 409, "FAILED_PRECONDITION")
     assert "5" in full["message"]
     # Delete the first: it stops working, the second still works.
     deleted = shared_rig.api.delete(f"{path}/{client['secrets'][0]['id']}")
@@ -271,7 +271,7 @@ def test_secret_lifecycle(shared_rig: Rig, org: str) -> None:
 def test_the_last_secret_cannot_be_deleted(shared_rig: Rig, org: str) -> None:
     client, secret = shared_rig.create(org)
     path = f"{shared_rig.clients_path(org)}/{client['client_id']}/secrets"
-    body = error(shared_rig.api.delete(f"{path}/{client['secrets'][0]['id']}"), 400,
+    body = error(shared_rig.api.delete(f"{path}/{client['secrets'][0]['id']}"), 409,
                  "FAILED_PRECONDITION")
     assert "at least one" in body["message"]
     assert shared_rig.token(client["client_id"], secret).status_code == 200
