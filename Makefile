@@ -31,7 +31,8 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 # Not part of `make test`: side-by-side benchmarks (benchmark-only dependencies in the bench
-# extra), a long fuzz run, and a bounded soak against a real server.
+# extra), a long fuzz run (Hypothesis properties and schemathesis against the local issuer), and
+# a bounded soak against a real server.
 BENCH_STAMP := $(VENV)/.installed-bench
 
 $(BENCH_STAMP): $(STAMP)
@@ -42,7 +43,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run
 
 fuzz: $(STAMP)
-	$(BIN)/python -m pytest tests/fuzz --hypothesis-profile=fuzz -q
+	$(BIN)/python -m pytest tests/fuzz tests/issuer/test_schemathesis.py --hypothesis-profile=fuzz -q
 
 soak: $(STAMP)
 	$(BIN)/python -m tests.soak

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from m2m_guard.local_issuer import KeySetServer, SigningKey, scalekit_claims
 
-from . import bench_events, cache_bench, http_bench, inprocess_bench, verify_bench
+from . import bench_events, cache_bench, http_bench, inprocess_bench, signature_bench, verify_bench
 from .harness import Config
 from .report import Row, markdown, text_table
 
@@ -50,6 +50,8 @@ def run(config: Config, *, http: bool = True, log: bool = True) -> list[Row]:
         public = rs256.private_key.public_key()
         say("verification, per algorithm ...")
         rows += verify_bench.run(keys, issuer.url, pools, config)
+        say("the signature call: direct or PyJWT's Algorithm.verify ...")
+        rows += signature_bench.run(keys, pools, config)
         say("in-process ASGI and WSGI ...")
         asgi_rows = inprocess_bench.run_asgi(issuer.url, public, "RS256", pools["RS256"], config)
         rows += asgi_rows

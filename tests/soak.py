@@ -6,7 +6,8 @@ What runs, all on 127.0.0.1: a `KeySetServer` (the issuer), the example Starlett
 (`examples.starlette_app.create_app`) served by uvicorn, and `--clients` threads, each with its own
 keep-alive `httpx.Client`, sending requests whose expected status is known before they are sent:
 valid tokens (200, 202), a valid token without the route's scope (403), bad signature, expired,
-wrong audience, garbage, unknown kid (401), a malformed header (400), no token (401), the public
+wrong audience, garbage, unknown kid, a malformed bearer credential (401), a token in the query
+string (400), no token (401), the public
 path (200), and tokens of the rotating key (200 once it is published and settled, 401 once it
 is retired and settled; sent only inside those windows).
 
@@ -161,7 +162,8 @@ class Traffic:
             ("garbage", "GET", "/deployments", {"authorization": "Bearer not.a.jwt"}, 401),
             ("unknown_kid", "GET", "/deployments",
              {"authorization": "Bearer " + mint(stranger)}, 401),
-            ("malformed", "GET", "/deployments", {"authorization": "Bearer two tokens"}, 400),
+            ("malformed", "GET", "/deployments", {"authorization": "Bearer two tokens"}, 401),
+            ("token_in_query", "GET", "/deployments?access_token=x", {}, 400),
             ("missing", "GET", "/deployments", {}, 401),
             ("public", "GET", "/health", {}, 200),
         ]

@@ -41,6 +41,11 @@ def test_quick_run_prints_and_writes_the_whole_table(tmp_path: Path) -> None:
             lines = [line for line in text.splitlines() if section in line]
             for name in WSGI_NAMES.values():
                 assert any(name in line for line in lines), (section, name)
+        for alg in ALGORITHMS:
+            for name in ("direct call (m2m_guard)", "PyJWT Algorithm.verify",
+                         "PyJWT's extra cost per verification"):
+                assert any(f"signature call {alg}" in line and name in line
+                           for line in text.splitlines()), (alg, name)
         assert "unique tokens: times naive PyJWT throughput" in text
         assert "memory of 10,000 cached tokens" in text
         assert "most entries" in text and "most token bytes held" in text

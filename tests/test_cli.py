@@ -362,6 +362,16 @@ def test_token_piped_into_verify(served: Served) -> None:
     ("scope", "refused: HTTP 403 insufficient_scope (reason: insufficient_scope): The access "
               "token lacks the scope: admin:platform"),
     ("garbage", "refused: HTTP 401 invalid_token (reason: malformed)"),
+    # judged as the API judges an Authorization header: the same 401 and description
+    ("json", "refused: HTTP 401 invalid_token (reason: malformed_authorization): The access "
+             "token is malformed: it is JSON (a JSON-serialized JWS?); send the compact form "
+             "header.payload.signature."),
+    ("bearer-only", "refused: HTTP 401 invalid_token (reason: malformed_authorization): The "
+                    "access token is malformed: the Authorization header has the Bearer scheme "
+                    "but no token."),
+    ("inner-space", "refused: HTTP 401 invalid_token (reason: malformed_authorization): The "
+                    "access token is malformed: it contains whitespace; send exactly one token "
+                    "after Bearer."),
 ])
 def test_verify_says_exactly_why_a_token_is_refused(served: Served, case: str,
                                                     expected: str) -> None:
@@ -376,6 +386,12 @@ def test_verify_says_exactly_why_a_token_is_refused(served: Served, case: str,
         args = ["verify", tamper(token)]
     elif case == "scope":
         args += ["--scope", "admin:platform"]
+    elif case == "json":
+        args = ["verify", '{"protected":"e30","payload":"e30","signature":"c2ln"}']
+    elif case == "bearer-only":
+        args = ["verify", "Bearer"]
+    elif case == "inner-space":
+        args = ["verify", f"Bearer {token[:20]} {token[20:]}"]
     else:
         args = ["verify", "not-a-jwt"]
     result = m2m(*args, env=env)

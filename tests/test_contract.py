@@ -1,4 +1,5 @@
-"""DESIGN §4, row by row, through a real Starlette app and a real key-set server on loopback.
+"""The behaviour contract (docs/architecture.md), row by row, through a real Starlette app and a
+real key-set server on loopback.
 
 Every test asserts the status, the exact `WWW-Authenticate` header (or its absence) and the exact
 JSON body, so a change in wording or framing of a refusal is a deliberate, visible change.
@@ -87,7 +88,7 @@ def test_no_credentials_on_every_protected_method(client: TestClient) -> None:
         assert_refusal(response, 401, 'Bearer realm="api"', MISSING)
 
 
-# -- row 2: malformed or ambiguous credentials -> 400 invalid_request ------------------------
+# -- row 2: ambiguous credentials -> 400 invalid_request -------------------------------------
 
 def _invalid_request(description: str) -> tuple[str, dict[str, str]]:
     challenge = (f'Bearer realm="api", error="invalid_request", '
@@ -95,21 +96,41 @@ def _invalid_request(description: str) -> tuple[str, dict[str, str]]:
     return challenge, {"error": "invalid_request", "error_description": description}
 
 
+# -- row 3 (framing): a Bearer credential that is not a well-formed token -> 401 invalid_token
+
+MALFORMED = "The access token is malformed: "
+NO_TOKEN = MALFORMED + "the Authorization header has the Bearer scheme but no token."
+SPACES = MALFORMED + "it contains whitespace; send exactly one token after Bearer."
+CHARACTERS = MALFORMED + ("it contains characters a bearer token cannot contain "
+                          "(RFC 6750 b64token).")
+INNER_PADDING = MALFORMED + "it has '=' inside; padding may only end a token."
+QUOTED = MALFORMED + "it is quoted; send the token without quotes."
+JSON_JWS = MALFORMED + ("it is JSON (a JSON-serialized JWS?); send the compact form "
+                        "header.payload.signature.")
+TAB = MALFORMED + "Bearer and the token must be separated by a space, not a tab."
+
+
 @pytest.mark.parametrize(("authorization", "description"), [
-    ("Bearer", "The Authorization header has the Bearer scheme but no token."),
-    ("Bearer    ", "The Authorization header has the Bearer scheme but no token."),
-    ("Bearer a b", "The bearer token contains characters RFC 6750 does not allow."),
-    ('Bearer ab"c', "The bearer token contains characters RFC 6750 does not allow."),
-    ("Bearer abc,def", "The bearer token contains characters RFC 6750 does not allow."),
-    ("Bearer =abc", "The bearer token contains characters RFC 6750 does not allow."),
-    ("Bearer\tabc.def.ghi",
-     "The Authorization header must separate Bearer and the token with a space."),
+    ("Bearer", NO_TOKEN),
+    ("Bearer    ", NO_TOKEN),
+    ("Bearer a b", SPACES),
+    ("Bearer a.b.c d", SPACES),
+    ('Bearer ab"c', CHARACTERS),
+    ('Bearer "abc.def.ghi"', QUOTED),
+    ("Bearer abc,def", CHARACTERS),
+    ("Bearer !!!!", CHARACTERS),
+    ("Bearer ?", CHARACTERS),
+    ("Bearer =abc", INNER_PADDING),
+    ('Bearer {"protected":"e30","payload":"e30","signature":"c2ln"}', JSON_JWS),
+    ("Bearer\tabc.def.ghi", TAB),
 ])
-def test_malformed_authorization_is_400(client: TestClient, authorization: str,
-                                        description: str) -> None:
-    challenge, body = _invalid_request(description)
+def test_malformed_bearer_credential_is_401_invalid_token(client: TestClient, authorization: str,
+                                                          description: str) -> None:
+    """RFC 6750 §3.1: a malformed token is `invalid_token` (401), the answer on which OAuth
+    clients fetch a new token; the description names the defect and never repeats the input."""
     response = client.get("/deployments", headers={"Authorization": authorization})
-    assert_refusal(response, 400, challenge, body)
+    assert_refusal(response, 401, invalid_token_challenge(description),
+                   {"error": "invalid_token", "error_description": description})
 
 
 def test_two_authorization_headers_is_400(client: TestClient, issuer: KeySetServer) -> None:
@@ -396,9 +417,7 @@ def test_configured_realm_appears_in_every_challenge(issuer: KeySetServer,
         challenge = client.get("/deployments").headers["www-authenticate"]
         assert challenge == 'Bearer realm="deployments"'
         assert client.get("/deployments", headers={"Authorization": "Bearer"}).headers[
-            "www-authenticate"] == ('Bearer realm="deployments", error="invalid_request", '
-                                    'error_description="The Authorization header has the Bearer '
-                                    'scheme but no token."')
+            "www-authenticate"] == invalid_token_challenge(NO_TOKEN, realm="deployments")
         assert client.get("/deployments", headers=bearer(issuer.mint(aud=["x"]))).headers[
             "www-authenticate"] == invalid_token_challenge(
                 "The token is not meant for this audience.", realm="deployments")

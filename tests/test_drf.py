@@ -1,6 +1,6 @@
 """The Django REST framework adapter through DRF views, Django's test client and a real key-set
 server on loopback: authentication with and without the middleware, `HasScopes` per method, and
-DRF's 401/403 answers carrying DESIGN §4's headers and bodies."""
+DRF's 401/403 answers carrying the contract's headers and bodies."""
 
 from __future__ import annotations
 
@@ -112,11 +112,12 @@ def test_drf_401_carries_the_invalid_token_challenge(public_settings: GuardSetti
                        401, f'Bearer realm="api", error="invalid_token", '
                             f'error_description="{description}"',
                        {"error": "invalid_token", "error_description": description})
-        description = "The Authorization header has the Bearer scheme but no token."
+        description = ("The access token is malformed: the Authorization header has the "
+                       "Bearer scheme but no token.")
         assert_refusal(client.get("/deployments", headers={"Authorization": "Bearer"}),
-                       400, f'Bearer realm="api", error="invalid_request", '
+                       401, f'Bearer realm="api", error="invalid_token", '
                             f'error_description="{description}"',
-                       {"error": "invalid_request", "error_description": description})
+                       {"error": "invalid_token", "error_description": description})
 
 
 # -- views written for this test -------------------------------------------------------------

@@ -21,9 +21,9 @@ from m2m_guard import (
     require_any_scope,
     require_scopes,
 )
+from m2m_guard._core.fetch import read_token_endpoint
 from m2m_guard.asgi import M2MGuardMiddleware
 from m2m_guard.fastapi import SCHEME_NAME, M2MGuard, M2MToken, RequireScopes, m2m_token
-from m2m_guard.fetch import read_token_endpoint
 from m2m_guard.local_issuer import KeySetServer
 
 
@@ -254,3 +254,42 @@ def test_decorator_only_app_gets_the_whole_scheme(settings: GuardSettings) -> No
                                         "scopes": {"deploy:applications": ""}}},
     }}
     assert security_of(schema) == {("/deploy", "get"): [{SCHEME_NAME: ["deploy:applications"]}]}
+
+
+def test_guarded_operations_document_401_and_403(issuer: KeySetServer,
+                                                 settings: GuardSettings) -> None:
+    """Every operation with a guard requirement documents the refusals a client gets (the error
+    body's schema and the WWW-Authenticate header); public ones document none."""
+    app = FastAPI()
+    app.add_middleware(M2MGuardMiddleware,
+                       settings=settings.replace(public_paths=("/health", "/openapi.json")))
+    M2MGuard(app, token_url="https://auth.example.com/token")
+
+    @app.get("/deployments")
+    async def deployments(token: Annotated[AccessToken, RequireScopes("read:deployments")]
+                          ) -> dict[str, str]:
+        return {}
+
+    @app.get("/locked")  # guarded by the middleware only
+    async def locked() -> dict[str, str]:
+        return {}
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {}
+
+    with TestClient(app) as client:
+        schema = client.get("/openapi.json").json()
+        refused = client.get("/deployments")
+    assert refused.status_code == 401
+    error_schema = schema["components"]["schemas"]["M2MGuardError"]
+    assert set(refused.json()) <= set(error_schema["properties"])
+    assert refused.json()["error"] in error_schema["properties"]["error"]["enum"]
+    for path in ("/deployments", "/locked"):
+        responses = schema["paths"][path]["get"]["responses"]
+        for status in ("401", "403"):
+            answer = responses[status]
+            assert "WWW-Authenticate" in answer["headers"]
+            assert answer["content"]["application/json"]["schema"] == {
+                "$ref": "#/components/schemas/M2MGuardError"}
+    assert set(schema["paths"]["/health"]["get"]["responses"]) == {"200"}

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from m2m_guard import GuardSettings, InvalidToken, IssuerUnavailable, TokenVerifier
-from m2m_guard.encoding import b64url_decode
+from m2m_guard._core.encoding import b64url_decode
 from m2m_guard.testing import DEFAULT_AUDIENCE, M2MIssuer, TokenFactory
 
 pytest_plugins = ["pytester"]
@@ -159,6 +159,17 @@ def test_rotation(m2m_issuer: M2MIssuer, m2m_token: TokenFactory) -> None:
         assert verifier.verify_sync(rotated).scopes == frozenset()  # unknown kid: refetched
     published = {key["kid"] for key in httpx.get(m2m_issuer.jwks_url).json()["keys"]}
     assert {before, kid} <= published  # the old key stays until its tokens expire
+
+
+def test_rotating_often_stays_within_the_issuers_bound(m2m_issuer: M2MIssuer,
+                                                       m2m_token: TokenFactory) -> None:
+    for _ in range(12):  # past the 10-key bound: the plugin makes room instead of failing
+        m2m_token()
+        m2m_issuer.rotate_keys()
+    published = httpx.get(m2m_issuer.jwks_url).json()["keys"]
+    assert len(published) <= 10
+    with TokenVerifier(m2m_issuer.settings()) as verifier:
+        verifier.verify_sync(m2m_token())
 
 
 @pytest.mark.timeout(30)

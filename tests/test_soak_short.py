@@ -16,7 +16,7 @@ def test_short_soak_has_no_violations() -> None:
     assert report.requests > 100
     # every kind of request was sent, and the rotated-in key was used once settled
     assert {"valid", "deploy", "forbidden", "bad_signature", "expired", "wrong_audience",
-            "garbage", "unknown_kid", "malformed", "missing", "public",
+            "garbage", "unknown_kid", "malformed", "token_in_query", "missing", "public",
             "rotated_in"} <= set(report.classes)
     assert {200, 202, 400, 401, 403} <= set(report.statuses)
     assert 0 < report.keyset_fetches <= report.fetch_budget

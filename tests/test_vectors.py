@@ -8,8 +8,8 @@ What runs, and where (see the vectors README for the data's origin):
   the ones Wycheproof labels valid included. The README's data quirks are skipped in the labelled
   test and checked for what a strict verifier does in a test of their own. Then every vector the
   JWS layer refuses goes through the full middleware (a real Starlette app, a real key-set server
-  on loopback that publishes the vectors' keys): 401 ``invalid_token``, or 400
-  ``invalid_request`` when the token is not even an RFC 6750 b64token; never 500.
+  on loopback that publishes the vectors' keys): 401 ``invalid_token`` (with a "malformed"
+  description when the token is not even an RFC 6750 b64token); never 500.
 - Wycheproof ``json_web_key_test.json``: each key set through `parse_jwks` / `load_jwk`, with
   what each case asserts written next to it (`JWK_CASES`).
 - Wycheproof ``primitives/``: all raw signature vectors for the JWS algorithms through
@@ -49,9 +49,9 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from m2m_guard import GuardSettings, InvalidToken, TokenVerifier, current_token
+from m2m_guard._core.jws import check_signature, parse_compact, verify_compact
+from m2m_guard._core.keys import KeyRejected, KeySet, load_jwk, parse_jwks
 from m2m_guard.asgi import M2MGuardMiddleware
-from m2m_guard.jws import check_signature, parse_compact, verify_compact
-from m2m_guard.keys import KeyRejected, KeySet, load_jwk, parse_jwks
 from m2m_guard.local_issuer import KeySetServer, SigningKey
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
@@ -295,38 +295,35 @@ def test_middleware_serves_the_vector_keys(guarded: GuardedApp) -> None:
 def test_wycheproof_refused_through_middleware(
     guarded: GuardedApp, case: JwsCase, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Each refused vector, sent as a bearer token, ends in 401 invalid_token, or in 400
-    invalid_request when it is not an RFC 6750 b64token at all; never 500, never an internal
-    error turned into a 401."""
+    """Each refused vector, sent as a bearer token, ends in 401 invalid_token (a malformed token
+    when it is not an RFC 6750 b64token at all); never 500, never an internal error turned
+    into a 401."""
     caplog.set_level(logging.INFO, logger="m2m_guard")
     response = guarded.client.get("/protected",
                                   headers={"Authorization": f"Bearer {case.token}"})
     body = response.json()
     assert response.headers["cache-control"] == "no-store"
-    if not _RFC6750_B64TOKEN.fullmatch(case.token):
-        description = ("The Authorization header has the Bearer scheme but no token."
-                       if case.token == "" else
-                       "The bearer token contains characters RFC 6750 does not allow.")
-        assert response.status_code == 400, case.comment
-        assert response.headers["www-authenticate"] == (
-            f'Bearer realm="api", error="invalid_request", error_description="{description}"')
-        assert body == {"error": "invalid_request", "error_description": description}
+    assert response.status_code == 401, case.comment
+    description = body["error_description"]
+    assert body == {"error": "invalid_token", "error_description": description}
+    assert _RFC6750_DESCRIPTION.fullmatch(description)
+    assert response.headers["www-authenticate"] == (
+        f'Bearer realm="api", error="invalid_token", error_description="{description}"')
+    # Not even an RFC 6750 b64token: refused as malformed before any JWS parsing.
+    malformed = description.startswith("The access token is malformed: ")
+    assert malformed == (not _RFC6750_B64TOKEN.fullmatch(case.token)), description
+    # Each refusal is logged with its reason. The payloads are not claim sets, so a token that
+    # passes framing is refused at its claims; one that does not, at framing.
+    reasons = re.findall(r"m2m_guard refused kind=refused reason=(\S+)", caplog.text)
+    if malformed:
+        expected = "malformed_authorization"
     else:
-        assert response.status_code == 401, case.comment
-        description = body["error_description"]
-        assert body == {"error": "invalid_token", "error_description": description}
-        assert _RFC6750_DESCRIPTION.fullmatch(description)
-        assert response.headers["www-authenticate"] == (
-            f'Bearer realm="api", error="invalid_token", error_description="{description}"')
-        # The verifier logs each refusal with its reason. The payloads are not claim sets, so a
-        # token that passes framing is refused at its claims; one that does not, at framing.
-        reasons = re.findall(r"m2m_guard refused kind=refused reason=(\S+)", caplog.text)
         try:
             parse_compact(case.token)
             expected = "malformed_claims"
         except InvalidToken as framing:
             expected = str(framing.reason)
-        assert reasons == [expected]
+    assert reasons == [expected]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], \
         "an unexpected exception inside verification"
 
@@ -337,7 +334,7 @@ def test_wycheproof_refused_through_middleware(
 
 # tcId -> (kids that load, reasons the others are dropped for, does the token verify, what the
 # case asserts). Wycheproof's own expectations are whole-set refusals for "MixedKeySet" and
-# "DuplicateKid"; DESIGN §5 drops unusable keys from a set instead, so we assert the keys are
+# "DuplicateKid"; the key loader drops unusable keys from a set instead, so we assert the keys are
 # dropped and that the token is refused.
 JWK_CASES: dict[int, tuple[list[str], list[str], bool, str]] = {
     1: (["kid-ec-sign"], ["symmetric (oct) keys are never accepted"], False,

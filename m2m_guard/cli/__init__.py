@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("--publish-delay", type=float, metavar="SECONDS",
                         help="seconds the new key is published before it signs (default: the "
                              "issuer's, its key set max-age)")
+    rotate.add_argument("--force", action="store_true",
+                        help="at the key-set bound (10 keys), remove the first retiring key to go "
+                             "now instead of refusing (tokens it signed are then refused)")
     rotate.add_argument("--json", action="store_true", help="print the answer as JSON")
     rotate.add_argument("--timeout", type=float, default=10.0, help=argparse.SUPPRESS)
 

@@ -16,14 +16,14 @@ import argparse
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from ..encoding import loads_json
-from ..errors import ConfigurationError
-from ..fetch import (
+from .._core.encoding import loads_json
+from .._core.fetch import (
     FetchedDocument,
     FetchError,
     discovery_urls,
@@ -32,8 +32,9 @@ from ..fetch import (
     read_key_set,
     shared_tls_context,
 )
-from ..jwks import CachePolicy
-from ..keys import KeySet
+from .._core.jwks import CachePolicy
+from .._core.keys import KeySet
+from ..errors import ConfigurationError
 from ..settings import DEFAULT_JWKS_TTL, ENV_PREFIX, GuardSettings, IssuerSettings
 from .common import EXIT_FAILED, EXIT_OK, CommandError
 
@@ -168,7 +169,7 @@ def _check_keys(keys: KeySet, settings: GuardSettings, report: IssuerReport) -> 
                                  "this issuer would be refused")
 
 
-def _check_cache(headers: httpx.Headers, max_age: float | None, settings: GuardSettings,
+def _check_cache(headers: Mapping[str, str], max_age: float | None, settings: GuardSettings,
                  report: IssuerReport) -> None:
     policy = CachePolicy.from_settings(settings)
     ttl = policy.ttl_for(max_age)

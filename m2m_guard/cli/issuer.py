@@ -97,6 +97,8 @@ def rotate(args: argparse.Namespace) -> int:
         if args.publish_delay < 0:
             raise CommandError("--publish-delay must not be negative")
         body["publish_delay"] = args.publish_delay
+    if getattr(args, "force", False):
+        body["force"] = True
     with httpx.Client(timeout=args.timeout, follow_redirects=False) as http:
         token_url = discover_token_endpoint(http, issuer)
         answer = request_token(http, token_url, client_id, client_secret, scopes=[])

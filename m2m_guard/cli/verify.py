@@ -1,7 +1,10 @@
 """`m2m-guard verify TOKEN`: the guard's verdict on one token, from the command line.
 
 Settings come from `GuardSettings.from_env()` and verification from `TokenVerifier.verify_sync`,
-so the answer is exactly the one a protected API with the same environment would give. Accepted:
+so the answer is exactly the one a protected API with the same environment would give; the token
+(with or without its ``Bearer`` prefix) is first judged as the credential of an
+``Authorization: Bearer`` header (`bearer.extract_bearer`), so a malformed one gets the API's
+401 ``invalid_token`` answer, word for word. Accepted:
 the claims as JSON on stdout and a summary on stderr, exit 0. Refused: the status, error code,
 reason and description of the `GuardError` on stderr, exit 1.
 """
@@ -13,8 +16,9 @@ import json
 import sys
 from datetime import datetime, timezone
 
+from .._core.bearer import extract_bearer
+from .._core.scopes import ScopeRequirement, validate_scopes
 from ..errors import ConfigurationError, GuardError, InsufficientScope
-from ..scopes import ScopeRequirement, validate_scopes
 from ..settings import GuardSettings
 from ..verifier import TokenVerifier
 from .common import EXIT_FAILED, EXIT_OK, CommandError, plain, read_stdin_value, split_scopes
@@ -34,8 +38,9 @@ def describe_refusal(error: GuardError) -> str:
 def run(args: argparse.Namespace) -> int:
     from_stdin = args.token == "-"  # noqa: S105 - the "read it from stdin" marker
     raw = read_stdin_value("a token") if from_stdin else args.token.strip()
-    if raw[:7].lower() == "bearer ":
-        raw = raw[7:].strip()
+    # The value an API would receive in its Authorization header.
+    scheme = raw.split(maxsplit=1)[0] if raw else ""
+    credential = raw if scheme.lower() == "bearer" else "Bearer " + raw
     try:
         requirement = ScopeRequirement(all_of=validate_scopes(split_scopes(args.scope))) \
             if args.scope else None
@@ -47,7 +52,10 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"configuration error: {exc}") from None
     with TokenVerifier(settings) as verifier:
         try:
-            token = verifier.verify_sync(raw)
+            found = extract_bearer([credential], max_token_bytes=settings.max_token_bytes)
+            if found is None:  # pragma: no cover - a Bearer credential always yields a token
+                raise CommandError("no bearer token given")
+            token = verifier.verify_sync(found)
             if requirement is not None:
                 requirement.check(token)
         except GuardError as error:

@@ -1,7 +1,8 @@
 """The local issuer's HTTP API as a Starlette app (built by `LocalIssuer`; see its docs).
 
 Public: ``GET /.well-known/openid-configuration`` (and RFC 8414's
-``/.well-known/oauth-authorization-server``), ``GET /keys``, ``POST /oauth/token``.
+``/.well-known/oauth-authorization-server``), ``GET /keys``, ``POST /oauth/token``, and
+``GET /openapi.json`` (the OpenAPI 3.1 document of all of them, `openapi`).
 Management (Bearer token of the environment API client): ``/api/v1/organizations/{org}/clients``
 and below, ``GET /api/v1/keys``, ``POST /api/v1/keys:rotate``.
 
@@ -27,10 +28,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..bearer import extract_bearer
-from ..encoding import loads_json
+from .._core.bearer import extract_bearer
+from .._core.encoding import loads_json
 from ..errors import GuardError, MissingToken, render_error
-from .clients import ApiError, bad_request, rfc3339
+from .clients import ApiError, bad_request, check_text, rfc3339
+from .keyring import RotationRefused
+from .openapi import openapi_document
 
 if TYPE_CHECKING:
     from .issuer import LocalIssuer
@@ -43,6 +46,7 @@ MAX_FORM_BYTES = 16 * 1024
 MAX_JSON_BYTES = 64 * 1024
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _CLIENT_CREDENTIALS = "client_credentials"
+_PARAMETERS = frozenset({"grant_type", "client_id", "client_secret", "scope"})
 
 
 # -- OAuth token endpoint ---------------------------------------------------------------------
@@ -82,6 +86,8 @@ async def _read_form(request: Request) -> dict[str, str]:
         raise OAuthError("invalid_request", "The form body is malformed.") from None
     form: dict[str, str] = {}
     for name, value in pairs:
+        if name not in _PARAMETERS:  # RFC 6749 §3.2: unknown parameters are ignored
+            continue
         if name in form:  # RFC 6749 §3.2: parameters must not be repeated
             raise OAuthError("invalid_request", f"The parameter {name} is repeated.")
         form[name] = value
@@ -90,7 +96,9 @@ async def _read_form(request: Request) -> dict[str, str]:
 
 async def _read_body(request: Request, limit: int) -> bytes | None:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    # ASCII digits only ("²".isdigit() is True, int("²") raises); the stream is bounded anyway.
+    if (declared is not None and declared.isascii() and declared.isdigit()
+            and (len(declared) > 19 or int(declared) > limit)):
         return None
     chunks: list[bytes] = []
     size = 0
@@ -102,20 +110,16 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _basic_credentials(values: list[str]) -> tuple[str, list[str]] | None:
-    """(client id, secret candidates) from HTTP Basic, or None without an Authorization header.
+def _basic_credentials(value: str) -> tuple[str, str] | None:
+    """(client id, secret) from an HTTP Basic `Authorization` value; None for another scheme.
 
-    RFC 6749 §2.3.1 form-encodes id and secret before joining them; many clients (authlib,
-    requests, httpx) send them raw. Both readings of the secret are tried, decoded first.
+    RFC 6749 §2.3.1: id and secret are form-urlencoded, then joined with ":" and base64-encoded;
+    they are decoded once, that way only (a secret holding "+" or "%" sent unencoded does not
+    match: one reading, one password-hash run per request).
     """
-    if not values:
-        return None
-    if len(values) > 1:
-        raise OAuthError("invalid_request", "The request has more than one Authorization header.")
-    scheme, _, encoded = values[0].strip().partition(" ")
+    scheme, _, encoded = value.strip().partition(" ")
     if scheme.lower() != "basic":
-        raise _invalid_client("Authenticate the client with HTTP Basic or with client_id and "
-                              "client_secret in the form body.")
+        return None
     try:
         raw = base64.b64decode(encoded.strip(), validate=True)
     except (binascii.Error, ValueError):
@@ -127,14 +131,19 @@ def _basic_credentials(values: list[str]) -> tuple[str, list[str]] | None:
     client_id, colon, secret = decoded.partition(":")
     if not colon:
         raise _invalid_client("The Basic credentials are not valid base64 of id:secret.")
-    candidates = [unquote_plus(secret)]
-    if secret != candidates[0]:
-        candidates.append(secret)
-    return unquote_plus(client_id), candidates
+    return unquote_plus(client_id), unquote_plus(secret)
 
 
-def _credentials(request: Request, form: dict[str, str]) -> tuple[str, list[str]]:
-    basic = _basic_credentials(request.headers.getlist("authorization"))
+def _credentials(request: Request, form: dict[str, str]) -> tuple[str, str]:
+    """(client id, secret) from HTTP Basic or from the form body (RFC 6749 §2.3.1), never both.
+
+    An `Authorization` header of another scheme (an SDK may send ``Bearer <its own token>``
+    with every request) is not client authentication: the form credentials count then.
+    """
+    values = request.headers.getlist("authorization")
+    if len(values) > 1:
+        raise OAuthError("invalid_request", "The request has more than one Authorization header.")
+    basic = _basic_credentials(values[0]) if values else None
     if basic is not None:
         if "client_secret" in form:
             raise OAuthError("invalid_request", "Send the client credentials one way only: "
@@ -147,7 +156,7 @@ def _credentials(request: Request, form: dict[str, str]) -> tuple[str, list[str]
     if not client_id or secret is None:
         raise _invalid_client("The client is not authenticated: send client_id and client_secret "
                               "in the form body, or HTTP Basic credentials.")
-    return client_id, [secret]
+    return client_id, secret
 
 
 def _requested_scopes(form: dict[str, str], registered: list[str]) -> list[str]:
@@ -206,18 +215,14 @@ def build_app(issuer: LocalIssuer) -> Starlette:
     async def token(request: Request) -> Response:
         try:
             form = await _read_form(request)
-            client_id, candidates = _credentials(request, form)
+            client_id, secret = _credentials(request, form)
             grant_type = form.get("grant_type")
             if not grant_type:
                 raise OAuthError("invalid_request", "The grant_type parameter is missing.")
             if grant_type != _CLIENT_CREDENTIALS:
                 raise OAuthError("unsupported_grant_type",
                                  "Only grant_type=client_credentials is supported.")
-            client = None
-            for secret in candidates:
-                client = await blocking(issuer.clients.authenticate, client_id, secret)
-                if client is not None:
-                    break
+            client = await blocking(issuer.clients.authenticate, client_id, secret)
             if client is None:
                 raise _invalid_client("Unknown client or wrong client secret.")
             scopes = _requested_scopes(form, client.scopes)
@@ -246,9 +251,11 @@ def build_app(issuer: LocalIssuer) -> Starlette:
         if not body.strip() and optional:
             return {}
         try:
-            return loads_json(body)
+            value = loads_json(body)
         except ValueError:
             raise bad_request("body", "is not valid JSON (UTF-8, no duplicate members)") from None
+        check_text(value)  # the edge: no lone surrogate reaches validation, SQLite or a reply
+        return value
 
     def path(request: Request, name: str) -> str:
         return str(request.path_params[name])
@@ -305,17 +312,32 @@ def build_app(issuer: LocalIssuer) -> Starlette:
     @api
     async def rotate(request: Request) -> Response:
         body = await json_body(request, optional=True)
-        if not isinstance(body, dict) or set(body) - {"publish_delay"}:
-            raise bad_request("body", "may only hold publish_delay (seconds)")
+        if not isinstance(body, dict) or set(body) - {"publish_delay", "force"}:
+            raise bad_request("body", "may only hold publish_delay (seconds) and force")
         delay = body.get("publish_delay")
         if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float))
                                   or not 0 <= delay <= 86400):
             raise bad_request("publish_delay", "must be a number of seconds from 0 to 86400")
-        kid = await blocking(issuer.rotate_keys, delay)
+        force = body.get("force", False)
+        if not isinstance(force, bool):
+            raise bad_request("force", "must be true or false")
+        try:
+            kid = await blocking(lambda: issuer.rotate_keys(delay, force=force))
+        except RotationRefused as exc:
+            raise ApiError(409, "FAILED_PRECONDITION", exc.message, [
+                {"field": "kid", "description": exc.kid},
+                {"field": "signs_from" if exc.reason == "pending" else "remove_after",
+                 "description": rfc3339(exc.until)}]) from None
         return JSONResponse({"kid": kid, "keys": await blocking(key_states)}, status_code=201)
+
+    document = openapi_document()
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse({**document, "servers": [{"url": base(request)}]})
 
     clients_path = "/api/v1/organizations/{organization_id}/clients"
     routes = [
+        Route("/openapi.json", openapi, methods=["GET"]),
         Route("/.well-known/openid-configuration", discovery, methods=["GET"]),
         Route("/.well-known/oauth-authorization-server", discovery, methods=["GET"]),
         Route("/keys", keys, methods=["GET"]),

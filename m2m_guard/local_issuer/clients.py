@@ -5,11 +5,18 @@ API alike. Input is validated field by field; a bad request raises `ApiError` wi
 and a `details` list naming each field and what is wrong with it, an unknown id raises 404.
 Secrets are created here, returned in plain text exactly once, and stored only as scrypt hashes
 (`passwords`).
+
+A secret made here starts with a selector: its prefix and the next `SELECTOR_CHARS` random
+characters (``test_`` + 16), stored in clear next to the hash. It is not secret (the 48
+characters after it are, about 285 bits): it only picks the one hash to check, so a wrong secret
+costs one scrypt run whatever the client and its number of secrets, as an unknown client id
+does. Secrets without a stored selector (set by the operator through ``SCALEKIT_CLIENT_SECRET``,
+or stored before selectors existed) are checked as before, one run per such secret.
 """
 
 from __future__ import annotations
 
-import base64
+import hmac
 import json
 import re
 import time
@@ -39,6 +46,7 @@ MAX_CLAIM_VALUE = 512
 DEFAULT_PAGE_SIZE = 30
 MAX_PAGE_SIZE = 100
 SECRET_PREFIX = "test_"  # noqa: S105 - a prefix, as Scalekit's secrets have
+SELECTOR_CHARS = 16
 ENV_SECRET_PREFIX = "skcs_"  # noqa: S105
 
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
@@ -95,6 +103,50 @@ def check_id(pattern: re.Pattern[str], value: object, field: str, prefix: str) -
 
 
 # -- field validation ---------------------------------------------------------------------------
+# str.isdigit() also accepts superscript, fullwidth and Arabic-Indic digits; int() not all.
+_ASCII_DIGITS = re.compile(r"[0-9]+")
+MAX_PAGE_TOKEN = 64
+
+
+def ascii_integer(text: str, max_digits: int) -> int | None:
+    """`text` as an int when it is 1 to `max_digits` ASCII digits, else None (superscripts,
+    fullwidth or Arabic-Indic digits, signs, spaces and longer strings are not numbers here)."""
+    if len(text) > max_digits or _ASCII_DIGITS.fullmatch(text) is None:
+        return None
+    return int(text)
+
+
+def check_text(value: Any, field: str = "body") -> None:
+    """400 naming the field when any string in the decoded JSON `value`, member names included,
+    is not valid Unicode (a lone surrogate such as ``"\\ud800"``, which JSON can express but
+    UTF-8, SQLite and every JSON response cannot). Iterative: JSON depth is bounded by the
+    parser, and no recursion is needed anyway."""
+    stack: list[tuple[Any, str]] = [(value, field)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if not _valid_unicode(item):
+                raise bad_request(where, "is not valid Unicode text (it holds a lone surrogate)")
+        elif isinstance(item, dict):
+            for name, member in item.items():
+                if not _valid_unicode(name):
+                    raise bad_request(where, "has a member whose name is not valid Unicode text "
+                                             "(it holds a lone surrogate)")
+                stack.append((member, name if where == "body" else f"{where}.{name}"))
+        elif isinstance(item, list):
+            stack.extend((member, f"{where}[{index}]") for index, member in enumerate(item))
+
+
+def _valid_unicode(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _text(value: Any, field: str, limit: int, *, required: bool) -> str:
     if not isinstance(value, str):
         raise bad_request(field, f"must be a string, got {_kind(value)}")
@@ -170,8 +222,14 @@ def _custom_claims(value: Any) -> list[dict[str, str]]:
 
 
 def _expiry(value: Any) -> int:
-    # Scalekit's JSON (proto3) also accepts 64-bit integers written as strings.
-    if isinstance(value, str) and value.isdigit() and len(value) <= 10:
+    # Scalekit's JSON (proto3) also accepts 64-bit integers written as strings: ASCII digits.
+    if isinstance(value, str):
+        number = ascii_integer(value, 10)
+        if number is None or value != str(number):  # canonical: no leading zeros
+            raise bad_request("expiry", "must be an integer number of seconds (ASCII digits), "
+                                        f"got {value[:20]!r}")
+        value = number
+    if isinstance(value, float) and value.is_integer():  # JSON Schema: 60.0 is an integer
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise bad_request("expiry", f"must be an integer number of seconds, got {_kind(value)}")
@@ -185,6 +243,7 @@ def validate_fields(body: Any, *, creating: bool) -> dict[str, Any]:
     """The validated fields of a create (`creating`) or update request body."""
     if not isinstance(body, dict):
         raise bad_request("body", f"must be a JSON object, got {_kind(body)}")
+    check_text(body)  # the Python API's edge (the HTTP API checked it on reading the body)
     unknown = sorted(set(body) - set(_FIELDS))
     if unknown:
         raise bad_request(unknown[0], "is not a field of a client that can be set; known fields: "
@@ -292,14 +351,15 @@ class Clients:
         ``{clients, next_page_token, total_size}`` (`next_page_token` "" on the last page)."""
         check_id(ids.ORGANIZATION_ID, organization_id, "organization_id", "org_")
         size = DEFAULT_PAGE_SIZE
-        if page_size not in (None, ""):
+        if page_size is not None:
             text = str(page_size)
-            if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE_SIZE:
-                raise bad_request("page_size", f"must be an integer from 1 to {MAX_PAGE_SIZE}, "
-                                               f"got {text[:20]!r}")
-            size = int(text)
+            number = ascii_integer(text, 3)
+            if number is None or not 1 <= number <= MAX_PAGE_SIZE:
+                raise bad_request("page_size", f"must be an integer from 1 to {MAX_PAGE_SIZE} "
+                                               f"(ASCII digits), got {text[:20]!r}")
+            size = number
         after = 0
-        if page_token not in (None, ""):
+        if page_token not in (None, ""):  # "" is the last page's next_page_token: from the start
             after = _read_page_token(str(page_token))
         rows = self.store.query(
             "SELECT * FROM clients WHERE organization_id = ? AND kind = 'm2m' AND seq > ? "
@@ -335,12 +395,15 @@ class Clients:
         return self.get(organization_id, client_id), plain
 
     @staticmethod
-    def _insert_secret(cur: Any, client_id: str, plain: str, hashed: str, now: float) -> str:
+    def _insert_secret(cur: Any, client_id: str, plain: str, hashed: str, now: float, *,
+                       generated: bool = True) -> str:
+        """Store a secret's hash; a `generated` one (random, made here) with its selector."""
         secret_id = ids.new_id("sks")
         cur.execute(
-            "INSERT INTO client_secrets (id, client_id, secret_hash, secret_suffix, status, "
-            "create_time, update_time) VALUES (?, ?, ?, ?, 'ACTIVE', ?, ?)",
-            (secret_id, client_id, hashed, plain[-4:], now, now))
+            "INSERT INTO client_secrets (id, client_id, secret_hash, secret_suffix, selector, "
+            "status, create_time, update_time) VALUES (?, ?, ?, ?, ?, 'ACTIVE', ?, ?)",
+            (secret_id, client_id, hashed, plain[-4:], _selector(plain) if generated else None,
+             now, now))
         return secret_id
 
     def update(self, organization_id: str, client_id: str, body: Any) -> dict[str, Any]:
@@ -376,7 +439,7 @@ class Clients:
             count = cur.execute("SELECT COUNT(*) FROM client_secrets WHERE client_id = ?",
                                 (client_id,)).fetchone()[0]
             if count >= MAX_SECRETS:
-                raise ApiError(400, "FAILED_PRECONDITION",
+                raise ApiError(409, "FAILED_PRECONDITION",
                                f"The client already has {MAX_SECRETS} secrets, the most it may "
                                "have; delete one first.",
                                [{"field": "secrets", "description": f"at most {MAX_SECRETS}"}])
@@ -397,7 +460,7 @@ class Clients:
             count = cur.execute("SELECT COUNT(*) FROM client_secrets WHERE client_id = ?",
                                 (client_id,)).fetchone()[0]
             if count <= 1:
-                raise ApiError(400, "FAILED_PRECONDITION",
+                raise ApiError(409, "FAILED_PRECONDITION",
                                "A client keeps at least one secret: add a new secret before "
                                "deleting the last one.",
                                [{"field": "secret_id", "description": "the client's only secret"}])
@@ -428,7 +491,8 @@ class Clients:
             hashed = hash_secret(client_secret)
             with self.store.transaction() as cur:
                 cur.execute("DELETE FROM clients WHERE kind = 'environment'")
-                self._insert_environment(cur, client_id, client_secret, hashed, now)
+                self._insert_environment(cur, client_id, client_secret, hashed, now,
+                                         generated=False)
             return client_id, None
         if client_secret is not None:
             raise ValueError("SCALEKIT_CLIENT_SECRET is set without SCALEKIT_CLIENT_ID")
@@ -444,27 +508,38 @@ class Clients:
         return client_id, plain
 
     def _insert_environment(self, cur: Any, client_id: str, plain: str, hashed: str,
-                            now: float) -> None:
+                            now: float, *, generated: bool = True) -> None:
         cur.execute(
             "INSERT INTO clients (client_id, kind, organization_id, name, expiry, create_time, "
             "update_time) VALUES (?, 'environment', NULL, 'Environment API client', ?, ?, ?)",
             (client_id, DEFAULT_EXPIRY, now, now))
-        self._insert_secret(cur, client_id, plain, hashed, now)
+        self._insert_secret(cur, client_id, plain, hashed, now, generated=generated)
 
     def authenticate(self, client_id: str, client_secret: str) -> ClientRecord | None:
         """The client when `client_secret` matches one of its secrets, else None.
 
-        Slow on purpose (scrypt); call it off the event loop. Unknown ids cost the same time.
+        Slow on purpose (scrypt); call it off the event loop. One scrypt run per call, for an
+        unknown id, a wrong secret and a right one alike: the secret's selector picks the one
+        hash to check (see the module doc); only secrets stored without a selector are each
+        checked, as before.
         """
         row = self.store.query_one("SELECT * FROM clients WHERE client_id = ?", (client_id,)) \
             if len(client_id) <= 128 else None
         if row is None:
             verify_nothing(client_secret)
             return None
-        hashes = self.store.query(
-            "SELECT id, secret_hash FROM client_secrets WHERE client_id = ? ORDER BY seq",
-            (client_id,))
-        for secret in hashes:
+        stored = self.store.query(
+            "SELECT id, secret_hash, selector FROM client_secrets WHERE client_id = ? "
+            "ORDER BY seq", (client_id,))
+        selector = _selector(client_secret).encode("utf-8", "surrogatepass")
+        candidates = [secret for secret in stored if secret["selector"] is not None
+                      and hmac.compare_digest(secret["selector"].encode("ascii"), selector)]
+        if not candidates:
+            candidates = [secret for secret in stored if secret["selector"] is None]
+        if not candidates:
+            verify_nothing(client_secret)
+            return None
+        for secret in candidates:
             if verify_secret(client_secret, secret["secret_hash"]):
                 with self.store.transaction() as cur:
                     cur.execute("UPDATE client_secrets SET last_used_time = ? WHERE id = ?",
@@ -477,16 +552,22 @@ class Clients:
         return int(row["m"]) if row is not None and row["m"] is not None else DEFAULT_EXPIRY
 
 
+def _selector(secret: str) -> str:
+    """The part of a secret that picks its hash: the 5-character prefix (``test_``, ``skcs_``)
+    and the next `SELECTOR_CHARS` characters."""
+    return secret[:len(SECRET_PREFIX) + SELECTOR_CHARS]
+
+
+PAGE_TOKEN = re.compile(r"after_[1-9][0-9]{0,17}")  # at most 10**18 - 1: inside SQLite's ints
+
+
 def _page_token(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"after:{seq}".encode()).rstrip(b"=").decode("ascii")
+    return f"after_{seq}"
 
 
 def _read_page_token(token: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
-        prefix, _, number = text.partition(":")
-        if prefix != "after" or not number.isdigit():
-            raise ValueError(token)
-        return int(number)
-    except ValueError:
-        raise bad_request("page_token", "is not a token from a previous list response") from None
+    """The `seq` a page token names; 400 for anything `_page_token` cannot have made (too long,
+    not ``after_`` and 1 to 18 ASCII digits)."""
+    if len(token) > MAX_PAGE_TOKEN or PAGE_TOKEN.fullmatch(token) is None:
+        raise bad_request("page_token", "is not a token from a previous list response")
+    return int(token[len("after_"):])

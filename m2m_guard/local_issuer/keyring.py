@@ -12,6 +12,16 @@ the latest `exp` of any token it signed (`max_exp`). From those, at any time `no
 `rotate(publish_delay)` adds a key that starts signing `publish_delay` seconds later; choose a
 delay of at least the JWKS `max-age`, so that every verifier has refreshed its cached key set
 before the first token with the new `kid` arrives.
+
+Rotation is bounded, so that no loop of rotations can grow the key set past what verifiers
+accept (they refuse a key set over their key limit, and every client then gets a 503):
+
+- while a key is pending, a rotation is refused (`RotationRefused`, naming the pending key and
+  when it starts signing);
+- the set never holds more than `MAX_KEYS` keys (the active one, at most one pending, retiring
+  ones inside their grace period); at the bound a rotation is refused until the first retiring
+  key to go (the earliest `remove_after`) is removed, unless `force=True`, which removes that
+  key at once (tokens it signed are then refused by verifiers that refresh their key set).
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -29,7 +40,11 @@ from .ids import new_id
 from .signing import SigningKey
 from .store import Store
 
-__all__ = ["KeyRing", "KeyState"]
+__all__ = ["MAX_KEYS", "KeyRing", "KeyState", "RotationRefused"]
+
+MAX_KEYS = 10
+
+_MAX_EXP = 253402300799  # 9999-12-31T23:59:59Z
 
 
 @dataclass(frozen=True)
@@ -43,6 +58,18 @@ class KeyState:
     signs_from: float
     max_exp: float
     remove_after: float | None
+
+
+class RotationRefused(Exception):
+    """A rotation that would not be safe now: `kid` is the key in the way (the pending one, or
+    the first retiring key to go at the bound) and `until` the epoch time when it no longer is."""
+
+    def __init__(self, message: str, *, kid: str, until: float, reason: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.kid = kid
+        self.until = until
+        self.reason = reason  # "pending" or "limit"
 
 
 class KeyRing:
@@ -121,17 +148,46 @@ class KeyRing:
         with self._lock:
             key = self.signing_key()
             exp = claims.get("exp")
-            if isinstance(exp, (int, float)) and not isinstance(exp, bool):
+            # Only a NumericDate a verifier could accept extends the key's life (a test may sign
+            # `exp: 10**400` on purpose, which no float holds).
+            if (isinstance(exp, (int, float)) and not isinstance(exp, bool)
+                    and 0 <= exp <= _MAX_EXP):
                 with self.store.transaction() as cur:
                     cur.execute("UPDATE signing_keys SET max_exp = MAX(max_exp, ?) WHERE kid = ?",
                                 (float(exp), key.kid))
         return key.sign(claims)
 
-    def rotate(self, publish_delay: float) -> KeyState:
-        """Add a key that is published now and signs after `publish_delay` seconds."""
+    def rotate(self, publish_delay: float, *, force: bool = False) -> KeyState:
+        """Add a key that is published now and signs after `publish_delay` seconds.
+
+        Raises `RotationRefused` while a key is pending, and when the set holds `MAX_KEYS` keys
+        (unless `force`: the first retiring key to go is then removed to make room).
+        """
         if publish_delay < 0:
             raise ValueError("publish_delay must not be negative")
         with self._lock:
+            states = self.states()
+            pending = [state for state in states if state.status == "pending"]
+            if pending:
+                when = pending[0].signs_from
+                raise RotationRefused(
+                    f"Key {pending[0].kid} is pending: it is published and starts signing at "
+                    f"{_moment(when)}; rotate again after that.",
+                    kid=pending[0].kid, until=when, reason="pending")
+            retiring = [state for state in states if state.status == "retiring"]
+            while len(states) >= MAX_KEYS and retiring:
+                oldest = min(retiring, key=lambda state: state.remove_after or 0.0)
+                if not force:
+                    until = oldest.remove_after or 0.0
+                    raise RotationRefused(
+                        f"The key set holds {len(states)} keys, the most it may hold "
+                        f"({MAX_KEYS}); the first retiring key to go, {oldest.kid}, is removed "
+                        f"at {_moment(until)} (when the last token it signed has expired). Rotate "
+                        "after that, or with force=true to remove it now (tokens it signed are "
+                        "then refused).", kid=oldest.kid, until=until, reason="limit")
+                self._remove(oldest.kid)
+                retiring.remove(oldest)
+                states = [state for state in states if state.kid != oldest.kid]
             kid = self._add(publish_delay)
             return next(state for state in self.states() if state.kid == kid)
 
@@ -152,3 +208,7 @@ class KeyRing:
         with self.store.transaction() as cur:
             cur.execute("DELETE FROM signing_keys WHERE kid = ?", (kid,))
         self._loaded.pop(kid, None)
+
+
+def _moment(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

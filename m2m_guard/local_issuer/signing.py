@@ -1,8 +1,11 @@
 """Signing keys and token minting for the local issuer and for tests.
 
-`SigningKey.sign(claims)` produces a compact JWS the way an authorization server does;
+`SigningKey.sign(claims)` produces a compact JWS the way an authorization server does, with
+PyJWT's `jwt.encode` (header members sorted: ``alg``, ``kid``, ``typ``, as Scalekit sends them);
 `SigningKey.sign_raw(header_bytes, payload_bytes)` signs arbitrary bytes so tests can build
-tokens a normal library refuses to produce (duplicate names, odd encodings, ...).
+tokens a normal library refuses to produce (duplicate names, odd encodings, ...). `sign` takes
+that path only for such deliberately broken tokens: a header `alg` the key cannot sign with, a
+`kid` that is not a string, a `b64` or empty `typ` member, an `iss` that is not a string.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import jwt
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from ..encoding import b64url_encode
+from .._core.encoding import b64url_encode
 
 __all__ = ["SigningKey", "scalekit_claims"]
 
@@ -115,10 +119,26 @@ class SigningKey:
                 header[name] = value
         alg = header.get("alg")
         # An RSA key may sign as another RS*/PS* algorithm (to test algorithm pinning).
-        sig_alg = alg if (isinstance(alg, str) and alg[:2] in ("RS", "PS")
-                          and isinstance(self.private_key, rsa.RSAPrivateKey)) else None
+        rsa_alg = (isinstance(alg, str) and alg[:2] in ("RS", "PS")
+                   and isinstance(self.private_key, rsa.RSAPrivateKey))
+        if self._pyjwt_can_encode(header, claims, rsa_alg):
+            # PyJWT adds "typ": "JWT" unless told None (which it then leaves out).
+            rest = {"typ": None, **{name: value for name, value in header.items()
+                                    if name != "alg"}}
+            return jwt.encode(claims, self.private_key, algorithm=str(alg), headers=rest)
         return self.sign_raw(json.dumps(header, separators=(",", ":")).encode(),
-                             json.dumps(claims, separators=(",", ":")).encode(), alg=sig_alg)
+                             json.dumps(claims, separators=(",", ":")).encode(),
+                             alg=str(alg) if rsa_alg else None)
+
+    def _pyjwt_can_encode(self, header: dict[str, Any], claims: dict[str, Any],
+                          rsa_alg: bool) -> bool:
+        """Whether `jwt.encode` produces exactly this header and these claims (it refuses or
+        rewrites the deliberately broken ones tests ask for)."""
+        return ((header.get("alg") == self.alg or rsa_alg)
+                and isinstance(header.get("kid", ""), str)
+                and "b64" not in header
+                and ("typ" not in header or bool(header["typ"]))
+                and isinstance(claims.get("iss", ""), str))
 
 
 def scalekit_claims(issuer: str, *, client_id: str = "m2morg_68315758685323697",
@@ -128,7 +148,7 @@ def scalekit_claims(issuer: str, *, client_id: str = "m2morg_68315758685323697",
                     audience: tuple[str, ...] | list[str] | None = ("deployment-api",),
                     custom_claims: dict[str, Any] | None = None, lifetime: int = 3600,
                     now: float | None = None, **extra: Any) -> dict[str, Any]:
-    """Claims shaped like a Scalekit client-credentials token (DESIGN §6a)."""
+    """Claims shaped like a Scalekit client-credentials token (docs/local-issuer.md)."""
     issued = int(time.time() if now is None else now)
     claims: dict[str, Any] = {"iss": issuer, "sub": client_id, "client_id": client_id,
                               "oid": organization_id, "scopes": list(scopes),

@@ -17,7 +17,7 @@ from typing import Any
 
 __all__ = ["SCHEMA_VERSION", "Store"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: client_secrets.selector
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS client_secrets (
     client_id TEXT NOT NULL REFERENCES clients (client_id) ON DELETE CASCADE,
     secret_hash TEXT NOT NULL,
     secret_suffix TEXT NOT NULL,
+    selector TEXT,
     status TEXT NOT NULL,
     create_time REAL NOT NULL,
     update_time REAL NOT NULL,
@@ -102,6 +103,18 @@ class Store:
                     raise RuntimeError(
                         f"the database {path!r} has schema version {row['value']}, newer than "
                         f"this m2m_guard understands ({SCHEMA_VERSION}); upgrade m2m_guard")
+                elif int(row["value"]) < SCHEMA_VERSION:
+                    self._migrate(cur)
+
+    @staticmethod
+    def _migrate(cur: sqlite3.Cursor) -> None:
+        """Version 1 to 2: secrets gain a nullable `selector` (the secrets stored before have
+        none and keep working; see `Clients.authenticate`)."""
+        columns = {row["name"] for row in cur.execute("PRAGMA table_info(client_secrets)")}
+        if "selector" not in columns:
+            cur.execute("ALTER TABLE client_secrets ADD COLUMN selector TEXT")
+        cur.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'",
+                    (str(SCHEMA_VERSION),))
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Cursor]:

@@ -52,7 +52,7 @@ def _refusals(issuer: KeySetServer) -> list[Refusal]:
     return [
         Refusal("missing", "GET", "/deployments", {}, None, "missing_token", 401, None),
         Refusal("malformed", "GET", "/deployments", {"Authorization": f"Bearer {malformed} x"},
-                None, "malformed_authorization", 400, None, sent=malformed),
+                None, "malformed_authorization", 401, None, sent=malformed),
         Refusal("in-query", "GET", f"/deployments?access_token={in_query}", {}, None,
                 "token_in_query", 400, None, sent=in_query),
         Refusal("expired", "GET", "/deployments", {"Authorization": f"Bearer {expired}"},

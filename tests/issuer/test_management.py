@@ -257,7 +257,7 @@ def test_secret_lifecycle(shared_rig: Rig, org: str) -> None:
     # Up to five secrets, not six.
     for _ in range(3):
         assert shared_rig.api.post(path).status_code == 201
-    full = error(shared_rig.api.post(path), 400, "FAILED_PRECONDITION")
+    full = error(shared_rig.api.post(path), 409, "FAILED_PRECONDITION")
     assert "5" in full["message"]
     # Delete the first: it stops working, the second still works.
     deleted = shared_rig.api.delete(f"{path}/{client['secrets'][0]['id']}")
@@ -271,7 +271,7 @@ def test_secret_lifecycle(shared_rig: Rig, org: str) -> None:
 def test_the_last_secret_cannot_be_deleted(shared_rig: Rig, org: str) -> None:
     client, secret = shared_rig.create(org)
     path = f"{shared_rig.clients_path(org)}/{client['client_id']}/secrets"
-    body = error(shared_rig.api.delete(f"{path}/{client['secrets'][0]['id']}"), 400,
+    body = error(shared_rig.api.delete(f"{path}/{client['secrets'][0]['id']}"), 409,
                  "FAILED_PRECONDITION")
     assert "at least one" in body["message"]
     assert shared_rig.token(client["client_id"], secret).status_code == 200
@@ -336,6 +336,11 @@ def test_the_management_api_needs_the_environment_client(shared_rig: Rig, org: s
     good = http.get(shared_rig.clients_path(org), headers=_bearer(issuer.sign(admin_claims)))
     assert good.status_code == 200
     assert shared_rig.api.get(shared_rig.clients_path(org)).json()["total_size"] == 1
-    # Malformed Authorization is a 400, as anywhere m2m_guard guards a route.
+    # A malformed Bearer credential is a 401 invalid_token, as anywhere m2m_guard guards a
+    # route; two Authorization headers stay a 400.
     bad = http.get(shared_rig.clients_path(org), headers={"Authorization": "Bearer a b"})
-    assert bad.status_code == 400 and bad.json()["code"] == "INVALID_ARGUMENT"
+    assert bad.status_code == 401 and bad.json()["code"] == "UNAUTHENTICATED"
+    assert 'error="invalid_token"' in bad.headers["www-authenticate"]
+    two = http.get(shared_rig.clients_path(org), headers=[("Authorization", "Bearer a"),
+                                                         ("Authorization", "Bearer b")])
+    assert two.status_code == 400 and two.json()["code"] == "INVALID_ARGUMENT"

@@ -6,6 +6,11 @@ limits: `http_timeout` for the whole exchange, at most `jwks_max_bytes` per docu
 streaming), redirects followed only within the same origin (at most 3), decoded size counted (so a
 compressed bomb stops at the limit). httpx's environment handling (proxies, CA bundle) applies.
 Every failure raises `FetchError` with a message fit for logs and `health()`.
+
+The async driver never parses on the event loop what could hold it: a document larger than
+`OFF_LOOP_BYTES` (64 KiB, the default `jwks_max_bytes`) is parsed, and its keys loaded, on a
+worker thread (`anyio.to_thread`), so no size the settings allow stalls the loop. Smaller ones
+(a few milliseconds of work at most) are parsed in place, sparing the thread hop.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import anyio
@@ -25,12 +31,13 @@ import anyio.to_thread
 import httpcore  # noqa: F401 - httpx imports it lazily on first use: not on the event loop
 import httpx
 
+from ..settings import GuardSettings, IssuerSettings
 from .encoding import loads_json
 from .jwks import parse_max_age
 from .keys import KeySet, parse_jwks
-from .settings import GuardSettings, IssuerSettings
 
 __all__ = [
+    "OFF_LOOP_BYTES",
     "FetchError",
     "FetchResult",
     "discovery_urls",
@@ -46,10 +53,13 @@ __all__ = [
     "redirect_target",
 ]
 
+_T = TypeVar("_T")
 _MAX_REDIRECTS = 3
 # httpx's is_redirect also counts 304 Not Modified, which is an answer here, not a redirect.
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _USER_AGENT = "m2m-guard"
+#: Documents larger than this are parsed off the event loop by the async driver.
+OFF_LOOP_BYTES = 64 * 1024
 
 
 class FetchError(Exception):
@@ -79,7 +89,7 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, min(when.timestamp() - time.time(), 86400.0))
 
 
-def _http_error(what: str, status: int, headers: httpx.Headers) -> FetchError:
+def _http_error(what: str, status: int, headers: Mapping[str, str]) -> FetchError:
     retry_after = parse_retry_after(headers.get("retry-after")) if status in (429, 503) else None
     return FetchError(f"{what} answered HTTP {status}", retry_after=retry_after)
 
@@ -98,12 +108,26 @@ class FetchResult:
 
 @dataclass(frozen=True, slots=True)
 class FetchedDocument:
-    """A fetched document: its final URL (after same-origin redirects), status, headers, body."""
+    """A fetched document: its final URL (after same-origin redirects), status, headers (names
+    in lower case: a plain mapping, or httpx's case-insensitive one), body."""
 
     url: str
     status: int
-    headers: httpx.Headers
+    headers: Mapping[str, str]
     body: bytes
+
+
+def _discovery(issuer: IssuerSettings) -> Generator[str, FetchedDocument, FetchedDocument]:
+    """Discovery, sans-IO: yields each URL to GET and is sent its document; returns the first
+    that is not a 404 (for `read_discovery`). OpenID Connect first, then RFC 8414."""
+    errors = []
+    for url in discovery_urls(issuer.issuer):
+        response = yield url
+        if response.status == 404:
+            errors.append(f"{url} answered 404")
+            continue
+        return response
+    raise FetchError("no discovery document: " + "; ".join(errors))
 
 
 def discovery_urls(issuer: str) -> tuple[str, str]:
@@ -131,7 +155,7 @@ def redirect_target(current: str, status: int, location: str | None) -> str:
 
 
 def read_discovery(issuer: IssuerSettings, url: str, status: int, body: bytes,
-                   settings: GuardSettings, headers: httpx.Headers | None = None) -> str:
+                   settings: GuardSettings, headers: Mapping[str, str] | None = None) -> str:
     """The `jwks_uri` of a discovery document, after checking that its `issuer` matches."""
     return _read_discovery(issuer, url, status, body, headers)[0]
 
@@ -155,10 +179,10 @@ def read_token_endpoint(issuer: IssuerSettings, doc: dict[str, Any]) -> str | No
 
 
 def _read_discovery(issuer: IssuerSettings, url: str, status: int, body: bytes,
-                    headers: httpx.Headers | None = None) -> tuple[str, str | None]:
+                    headers: Mapping[str, str] | None = None) -> tuple[str, str | None]:
     """`read_discovery` plus the document's token endpoint (see `read_token_endpoint`)."""
     if status != 200:
-        raise _http_error(f"discovery at {url}", status, headers or httpx.Headers())
+        raise _http_error(f"discovery at {url}", status, headers or {})
     try:
         doc: Any = loads_json(body)
     except ValueError as exc:
@@ -185,9 +209,10 @@ def _read_discovery(issuer: IssuerSettings, url: str, status: int, body: bytes,
     return jwks_uri, read_token_endpoint(issuer, doc)
 
 
-def read_key_set(url: str, status: int, headers: httpx.Headers, body: bytes,
+def read_key_set(url: str, status: int, headers: Mapping[str, str], body: bytes,
                  settings: GuardSettings) -> FetchResult:
-    """Interpret a key-set response: 200 with a JWKS, or 304 Not Modified."""
+    """Interpret a key-set response: 200 with a JWKS, or 304 Not Modified (header names in
+    lower case)."""
     max_age = parse_max_age(headers.get("cache-control"))
     etag = headers.get("etag")
     if status == 304:
@@ -252,6 +277,13 @@ async def _get_async(client: httpx.AsyncClient, url: str, settings: GuardSetting
     raise FetchError(f"{url}: too many redirects")
 
 
+async def _off_loop_if_large(body: bytes, parse: Callable[..., _T], *args: Any) -> _T:
+    """`parse(*args)`, on a worker thread when `body` is larger than `OFF_LOOP_BYTES`."""
+    if len(body) > OFF_LOOP_BYTES:
+        return await anyio.to_thread.run_sync(parse, *args)
+    return parse(*args)
+
+
 async def fetch_key_set_async(issuer: IssuerSettings, settings: GuardSettings, *,
                               jwks_url: str | None, etag: str | None) -> FetchResult:
     """Discover (when `jwks_url` is None) and fetch the issuer's key set, within the timeout."""
@@ -269,23 +301,23 @@ async def fetch_key_set_async(issuer: IssuerSettings, settings: GuardSettings, *
     except TimeoutError:
         raise FetchError(f"fetching the key set of {issuer.issuer} timed out "
                          f"after {settings.http_timeout:g} s") from None
-    result = read_key_set(response.url, response.status, response.headers, response.body,
-                          settings)
+    result = await _off_loop_if_large(response.body, read_key_set, response.url,
+                                      response.status, response.headers, response.body, settings)
     return dataclasses.replace(result, token_endpoint=token_endpoint) if token_endpoint \
         else result
 
 
 async def _discover_async(client: httpx.AsyncClient, issuer: IssuerSettings,
                           settings: GuardSettings) -> tuple[str, str | None]:
-    errors = []
-    for url in discovery_urls(issuer.issuer):
-        response = await _get_async(client, url, settings)
-        if response.status == 404:
-            errors.append(f"{url} answered 404")
-            continue
-        return _read_discovery(issuer, response.url, response.status, response.body,
-                               response.headers)
-    raise FetchError("no discovery document: " + "; ".join(errors))
+    steps = _discovery(issuer)
+    url = next(steps)
+    try:
+        while True:
+            url = steps.send(await _get_async(client, url, settings))
+    except StopIteration as done:
+        response: FetchedDocument = done.value
+    return await _off_loop_if_large(response.body, _read_discovery, issuer, response.url,
+                                    response.status, response.body, response.headers)
 
 
 # -- sync driver -----------------------------------------------------------------------------
@@ -380,18 +412,17 @@ def fetch_key_set_sync(issuer: IssuerSettings, settings: GuardSettings, *,
     with _Deadline(deadline) as watchdog, httpx.Client(
             timeout=_timeout(settings), verify=_tls(), follow_redirects=False) as client:
         if jwks_url is None:
-            errors = []
-            for url in discovery_urls(issuer.issuer):
-                response = _get_sync(client, url, settings, deadline, watchdog=watchdog)
-                if response.status == 404:
-                    errors.append(f"{url} answered 404")
-                    continue
-                jwks_url, token_endpoint = _read_discovery(issuer, response.url, response.status,
-                                                           response.body, response.headers)
-                etag = None
-                break
-            else:
-                raise FetchError("no discovery document: " + "; ".join(errors))
+            steps = _discovery(issuer)
+            url = next(steps)
+            try:
+                while True:
+                    url = steps.send(_get_sync(client, url, settings, deadline,
+                                               watchdog=watchdog))
+            except StopIteration as done:
+                found: FetchedDocument = done.value
+            jwks_url, token_endpoint = _read_discovery(issuer, found.url, found.status,
+                                                       found.body, found.headers)
+            etag = None
         response = _get_sync(client, jwks_url, settings, deadline, etag, watchdog)
     result = read_key_set(response.url, response.status, response.headers, response.body,
                           settings)

@@ -1,11 +1,15 @@
 """Verification keys: one JWK in, one ready-to-use public key out, with the key's rules applied.
 
-A JWK becomes a `VerificationKey` only if it is a public asymmetric signing key we trust:
-`kty` RSA (2048 to 8192 bits, a valid exponent, no ROCA fingerprint), EC (P-256, P-384, P-521
-with a point on the curve) or OKP (Ed25519, Ed448); no private members; `use`, when present, is
-`sig`; `key_ops`, when present, contains `verify`; `alg`, when present, is an asymmetric algorithm
-that fits the key and then pins it. Anything else raises `KeyRejected` with the reason, and
-`parse_jwks` drops such keys from a key set (DESIGN §5).
+PyJWT builds the public key (`jwt.algorithms.RSAAlgorithm.from_jwk` and its EC and OKP
+siblings); our rules come before and after it. A JWK becomes a `VerificationKey` only if it is a
+public asymmetric signing key we trust: `kty` RSA (2048 to 8192 bits, a valid exponent, no ROCA
+fingerprint), EC (P-256, P-384, P-521, coordinates of the curve's size, a point on the curve) or
+OKP (Ed25519, Ed448); no private members; members in canonical base64url; `use`, when present,
+is `sig`; `key_ops`, when present, contains `verify`; `alg`, when present, is an asymmetric
+algorithm that fits the key and then pins it. The size, exponent, ROCA and curve rules are
+checked on the key object PyJWT built, so they hold whatever the JWK said. Anything else raises
+`KeyRejected` with the reason, and `parse_jwks` drops such keys from a key set (see
+docs/architecture.md).
 
 The cryptography objects (public key, padding, hash) are built once here, so verifying a
 signature allocates nothing that could have been made in advance.
@@ -22,9 +26,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+from jwt.exceptions import InvalidKeyError
 
+from ..settings import ASYMMETRIC_ALGORITHMS
 from .encoding import b64url_decode, loads_json
-from .settings import ASYMMETRIC_ALGORITHMS
 
 __all__ = ["KeyRejected", "KeySet", "VerificationKey", "load_jwk", "parse_jwks"]
 
@@ -37,11 +43,18 @@ _PRIVATE_MEMBERS = {
     "EC": ("d",),
     "OKP": ("d",),
 }
-_EC_CURVES: dict[str, tuple[ec.EllipticCurve, int, str]] = {
-    "P-256": (ec.SECP256R1(), 32, "ES256"),
-    "P-384": (ec.SECP384R1(), 48, "ES384"),
-    "P-521": (ec.SECP521R1(), 66, "ES512"),
+# crv -> (the curve's name in cryptography, coordinate bytes, the one algorithm it serves)
+_EC_CURVES: dict[str, tuple[str, int, str]] = {
+    "P-256": (ec.SECP256R1.name, 32, "ES256"),
+    "P-384": (ec.SECP384R1.name, 48, "ES384"),
+    "P-521": (ec.SECP521R1.name, 66, "ES512"),
 }
+_OKP_CURVES: dict[str, type[ed25519.Ed25519PublicKey] | type[ed448.Ed448PublicKey]] = {
+    "Ed25519": ed25519.Ed25519PublicKey,
+    "Ed448": ed448.Ed448PublicKey,
+}
+# The errors PyJWT and cryptography raise for a JWK they cannot turn into a key.
+_BUILD_ERRORS = (InvalidKeyError, ValueError, TypeError, KeyError)
 _HASHES: dict[str, hashes.HashAlgorithm] = {
     "256": hashes.SHA256(), "384": hashes.SHA384(), "512": hashes.SHA512(),
 }
@@ -166,8 +179,74 @@ def _eddsa_verifier(key: ed25519.Ed25519PublicKey | ed448.Ed448PublicKey) -> Ver
     return eddsa
 
 
+def _check_rsa_numbers(n: int, e: int) -> None:
+    """Our RSA rules: 2048 to 8192 bits, an odd exponent of 3 to 64 bits, no ROCA fingerprint."""
+    size = n.bit_length()
+    if size < MIN_RSA_BITS:
+        raise KeyRejected(f"RSA key of {size} bits; at least {MIN_RSA_BITS} are required")
+    if size > MAX_RSA_BITS:
+        raise KeyRejected(f"RSA key of {size} bits; at most {MAX_RSA_BITS} are accepted")
+    if e < 3 or e % 2 == 0 or e.bit_length() > 64:
+        raise KeyRejected("RSA public exponent is invalid")
+    if has_roca_fingerprint(n):
+        raise KeyRejected("the RSA modulus has the ROCA weakness (CVE-2017-15361)")
+
+
+def _rsa_key(jwk: Mapping[str, Any]) -> tuple[rsa.RSAPublicKey, dict[str, Verifier], int]:
+    n_bytes, e_bytes = _member(jwk, "n"), _member(jwk, "e")
+    try:
+        built = RSAAlgorithm.from_jwk({"kty": "RSA", "n": jwk["n"], "e": jwk["e"]})
+    except _BUILD_ERRORS as exc:
+        # cryptography refuses some numbers (e = 1, an even modulus) itself: say which of our
+        # rules they break when one does, else what cryptography said.
+        _check_rsa_numbers(int.from_bytes(n_bytes, "big"), int.from_bytes(e_bytes, "big"))
+        raise KeyRejected(f"invalid RSA key: {exc}") from None
+    if not isinstance(built, rsa.RSAPublicKey):
+        raise KeyRejected("the RSA key is not a public key")
+    numbers = built.public_numbers()
+    _check_rsa_numbers(numbers.n, numbers.e)
+    return built, _rsa_verifiers(built), built.key_size
+
+
+def _ec_key(jwk: Mapping[str, Any]) -> tuple[ec.EllipticCurvePublicKey, dict[str, Verifier], int]:
+    crv = jwk.get("crv")
+    if not isinstance(crv, str) or crv not in _EC_CURVES:
+        raise KeyRejected(f"unsupported curve {crv!r}")
+    curve_name, size, curve_alg = _EC_CURVES[crv]
+    x, y = _member(jwk, "x"), _member(jwk, "y")
+    if len(x) != size or len(y) != size:
+        raise KeyRejected(f"coordinates of a {crv} key must be {size} bytes")
+    try:
+        built = ECAlgorithm.from_jwk({"kty": "EC", "crv": crv, "x": jwk["x"], "y": jwk["y"]})
+    except _BUILD_ERRORS:
+        raise KeyRejected(f"the point is not on curve {crv}") from None
+    if not isinstance(built, ec.EllipticCurvePublicKey) or built.curve.name != curve_name:
+        raise KeyRejected(f"the key is not a public key on curve {crv}")
+    return built, {curve_alg: _ec_verifier(built, size, curve_alg)}, size * 8
+
+
+def _okp_key(jwk: Mapping[str, Any],
+             ) -> tuple[ed25519.Ed25519PublicKey | ed448.Ed448PublicKey, dict[str, Verifier], int]:
+    crv = jwk.get("crv")
+    if not isinstance(crv, str) or crv not in _OKP_CURVES:
+        raise KeyRejected(f"unsupported OKP curve {crv!r}")
+    raw = _member(jwk, "x")
+    try:
+        built = OKPAlgorithm.from_jwk({"kty": "OKP", "crv": crv, "x": jwk["x"]})
+    except _BUILD_ERRORS:
+        raise KeyRejected(f"invalid {crv} public key") from None
+    if not isinstance(built, _OKP_CURVES[crv]):
+        raise KeyRejected(f"the key is not a public {crv} key")
+    return built, {"EdDSA": _eddsa_verifier(built)}, len(raw) * 8
+
+
 def load_jwk(jwk: Mapping[str, Any]) -> VerificationKey:
-    """Turn one JWK into a `VerificationKey`, or raise `KeyRejected` saying why not."""
+    """Turn one JWK into a `VerificationKey`, or raise `KeyRejected` saying why not.
+
+    The JWK's own members are judged first (type, private members, `kid`, `use`, `key_ops`,
+    `alg`, canonical base64url); PyJWT then builds the public key from the public members only,
+    and the key's size, exponent, ROCA and curve rules are checked on what it built.
+    """
     if not isinstance(jwk, Mapping):
         raise KeyRejected("a JWK must be a JSON object")
     kty = jwk.get("kty")
@@ -191,55 +270,14 @@ def load_jwk(jwk: Mapping[str, Any]) -> VerificationKey:
     if "alg" in jwk and alg not in ASYMMETRIC_ALGORITHMS:
         raise KeyRejected(f"alg {alg!r} is not an accepted asymmetric algorithm")
 
-    verifiers: dict[str, Verifier]
     public_key: PublicKey
+    verifiers: dict[str, Verifier]
     if kty == "RSA":
-        n = int.from_bytes(_member(jwk, "n"), "big")
-        e = int.from_bytes(_member(jwk, "e"), "big")
-        size = n.bit_length()
-        if size < MIN_RSA_BITS:
-            raise KeyRejected(f"RSA key of {size} bits; at least {MIN_RSA_BITS} are required")
-        if size > MAX_RSA_BITS:
-            raise KeyRejected(f"RSA key of {size} bits; at most {MAX_RSA_BITS} are accepted")
-        if e < 3 or e % 2 == 0 or e.bit_length() > 64:
-            raise KeyRejected("RSA public exponent is invalid")
-        if has_roca_fingerprint(n):
-            raise KeyRejected("the RSA modulus has the ROCA weakness (CVE-2017-15361)")
-        try:
-            public_key = rsa.RSAPublicNumbers(e, n).public_key()
-        except ValueError as exc:
-            raise KeyRejected(f"invalid RSA key: {exc}") from None
-        verifiers = _rsa_verifiers(public_key)
+        public_key, verifiers, size = _rsa_key(jwk)
     elif kty == "EC":
-        crv = jwk.get("crv")
-        if crv not in _EC_CURVES:
-            raise KeyRejected(f"unsupported curve {crv!r}")
-        curve, size, curve_alg = _EC_CURVES[crv]
-        x, y = _member(jwk, "x"), _member(jwk, "y")
-        if len(x) != size or len(y) != size:
-            raise KeyRejected(f"coordinates of a {crv} key must be {size} bytes")
-        try:
-            public_key = ec.EllipticCurvePublicNumbers(
-                int.from_bytes(x, "big"), int.from_bytes(y, "big"), curve
-            ).public_key()
-        except ValueError:
-            raise KeyRejected(f"the point is not on curve {crv}") from None
-        verifiers = {curve_alg: _ec_verifier(public_key, size, curve_alg)}
-        size *= 8
+        public_key, verifiers, size = _ec_key(jwk)
     else:
-        crv = jwk.get("crv")
-        if crv not in ("Ed25519", "Ed448"):
-            raise KeyRejected(f"unsupported OKP curve {crv!r}")
-        raw = _member(jwk, "x")
-        try:
-            if crv == "Ed25519":
-                public_key = ed25519.Ed25519PublicKey.from_public_bytes(raw)
-            else:
-                public_key = ed448.Ed448PublicKey.from_public_bytes(raw)
-        except ValueError:
-            raise KeyRejected(f"invalid {crv} public key") from None
-        verifiers = {"EdDSA": _eddsa_verifier(public_key)}
-        size = len(raw) * 8
+        public_key, verifiers, size = _okp_key(jwk)
 
     if alg is not None:
         if alg not in verifiers:
