@@ -98,6 +98,11 @@ class LocalIssuer:
             self._app = build_app(self)
         return self._app
 
+    @app.setter
+    def app(self, app: Starlette) -> None:
+        """Serve `app` instead (e.g. the issuer's app wrapped by a test's middleware)."""
+        self._app = app
+
     # -- Python API ------------------------------------------------------------------------------
     def create_client(self, organization_id: str, *, name: str, description: str = "",
                       scopes: Iterable[str] = (), audience: Iterable[str] = (),
