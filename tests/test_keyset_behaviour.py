@@ -188,24 +188,22 @@ async def test_1000_unknown_kids_refetch_once_and_never_wait_past_the_timeout(
     known = issuer.mint()
     issuer.set_fault(fault, delay=0.4)  # the refetch is slow (0.4 s) or never answers
     latencies: list[float] = []
-    # Latencies as the process spends them: a busy machine's time off the CPU left out.
-    clock = ProcessClock()
     reasons: set[str | None] = set()
     known_latency: list[float] = []
 
     async def unknown(token: str) -> None:
-        start = clock.snapshot()
+        start = time.perf_counter()
         with pytest.raises(InvalidToken) as caught:
             await verifier.verify(token)
-        latencies.append(held(start, clock.snapshot()))
+        latencies.append(time.perf_counter() - start)
         reasons.add(caught.value.reason)
         assert caught.value.error_code == "invalid_token"
 
     async def known_kid() -> None:
         await anyio.sleep(0.1)  # the refetch is in flight now
-        start = clock.snapshot()
+        start = time.perf_counter()
         await verifier.verify(known)
-        known_latency.append(held(start, clock.snapshot()))
+        known_latency.append(time.perf_counter() - start)
 
     async with anyio.create_task_group() as group:
         for token in tokens:
@@ -218,11 +216,10 @@ async def test_1000_unknown_kids_refetch_once_and_never_wait_past_the_timeout(
     # Requests with known keys never queue behind the refetch.
     assert known_latency and known_latency[0] < 0.2
     # Within the cooldown, more unknown kids are refused at once, without a request.
-    start = clock.snapshot()
+    start = time.perf_counter()
     await refused(verifier.verify, issuer.mint(signer, headers={"kid": "rotated-late"}))
-    assert held(start, clock.snapshot()) < 0.2
+    assert time.perf_counter() - start < 0.2
     assert fetches(issuer) == (1, 2)
-    clock.close()
     await verifier.aclose()
 
 
