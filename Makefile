@@ -4,14 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit venv bench fuzz soak clean
+.PHONY: demo test lint typecheck unit unit-no-speedups venv bench fuzz soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e ".[test,server]"
+	$(BIN)/python -m pip install --quiet -e ".[test,server,speedups]"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -28,14 +28,22 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest
 
-test: lint typecheck unit
+# The suites that judge parsing and verification, again with the [speedups] extra turned off:
+# behaviour must be the same with and without it.
+NO_SPEEDUPS_TESTS := tests/fuzz tests/test_attacks.py tests/test_vectors.py \
+	tests/test_claims_and_keys_edges.py tests/test_scopes_and_token.py tests/test_speedups.py
+
+unit-no-speedups: $(STAMP)
+	M2M_GUARD_SPEEDUPS=off $(BIN)/python -m pytest -q $(NO_SPEEDUPS_TESTS)
+
+test: lint typecheck unit unit-no-speedups
 
 # Not part of `make test`: side-by-side benchmarks (benchmark-only dependencies in the bench
 # extra), a long fuzz run, and a bounded soak against a real server.
 BENCH_STAMP := $(VENV)/.installed-bench
 
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[test,server,bench]"
+	$(BIN)/python -m pip install --quiet -e ".[test,server,speedups,bench]"
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
