@@ -1,0 +1,147 @@
+"""Where the time of one verification goes: each stage of the pipeline timed on its own, on the
+same token, interleaved round by round with the whole call (`python -m benchmarks.profile_verify`).
+
+Two paths: a full verification (RS256, cache off, as "TokenVerifier uncached" in `make bench`)
+and a cache hit (`verify_sync` on a token already verified). The stages are the verifier's own
+steps called one by one; "the rest" is the whole call minus the sum of the stages (calls between
+them, the exception frame, building the small tuples that carry a token through the pipeline).
+A stage's figure includes one Python call of its own, so the sum slightly overstates.
+
+A profiler (cProfile) was not used for this: its per-call overhead (~0.5 µs) is the size of the
+stages measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from m2m_guard import TokenVerifier
+from m2m_guard.encoding import loads_json
+from m2m_guard.jws import check_signature, parse_compact
+from m2m_guard.local_issuer import KeySetServer, SigningKey, scalekit_claims
+
+from .apps import guard_settings
+from .harness import Config, interleave, per_round
+from .report import Row, text_table
+
+__all__ = ["profile", "run"]
+
+RAW = "signature: the raw cryptography check (inside the next)"
+
+
+def _repeat(call: Callable[[], Any]) -> Callable[[int], None]:
+    def run(batch: int) -> None:
+        for _ in range(batch):
+            call()
+
+    return run
+
+
+def profile(stages: dict[str, Callable[[], Any]], whole: Callable[[], Any], section: str,
+            config: Config, *, inside: frozenset[str] = frozenset()) -> list[Row]:
+    """Rows: each stage's µs, their sum, the whole call and the rest (whole - sum), with the
+    spread of each across the interleaved rounds. Stages named in `inside` are part of another
+    stage: shown, not added to the sum."""
+    contenders = {name: _repeat(call) for name, call in stages.items()}
+    contenders["whole call"] = _repeat(whole)
+    results = interleave(contenders, config)
+    whole_result = results.pop("whole call")
+    rows = [Row.measured(section, name, result.spread.scaled(1e6), "µs",
+                         ratio=result.median / whole_result.median, baseline="of the whole")
+            for name, result in results.items()]
+    parts = [result for name, result in results.items() if name not in inside]
+    total = per_round(lambda *figures: sum(figures) * 1e6, *parts)
+    rest = per_round(lambda w, *figures: (w - sum(figures)) * 1e6, whole_result, *parts)
+    rows.append(Row.measured(section, "sum of the stages", total, "µs"))
+    rows.append(Row.measured(section, "the whole call", whole_result.spread.scaled(1e6), "µs"))
+    rows.append(Row.measured(section, "the rest (whole - stages)", rest, "µs",
+                             note="calls, frames, tuples between the stages"))
+    return rows
+
+
+def _full_stages(verifier: TokenVerifier, token: str, raw: Callable[[], Any]
+                 ) -> dict[str, Callable[[], Any]]:
+    jws, claims, issuer = verifier._parse(token)
+    key = verifier._select_key(issuer, jws)
+    access = verifier.verify_sync(token)
+    read_scopes = verifier._read_scopes
+    headers, rules = verifier._headers, verifier._header_rules
+    max_bytes = verifier._max_token_bytes
+    payload = jws.payload
+    issuers = verifier._issuers
+    from m2m_guard.token import AccessToken
+
+    digest = hashlib.sha256(token.encode()).digest()
+    return {
+        "SHA-256 of the token (cache key, fingerprint)":
+            lambda: hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest(),
+        "framing and base64 (parse_compact, header known)":
+            lambda: parse_compact(token, max_bytes=max_bytes, header_cache=headers,
+                                  header_rules=rules),
+        "claims JSON (loads_json)": lambda: loads_json(payload),
+        "issuer by iss": lambda: issuers.get(claims.get("iss")),
+        "key selection (kid)": lambda: verifier._select_key(issuer, jws),
+        RAW: raw,
+        "signature: check_signature (raw included)": lambda: check_signature(jws, key),  # type: ignore[arg-type]
+        "claim rules (exp, nbf, iat, aud, types)": lambda: verifier._check_claims(claims),
+        "scopes (memoised reader)": lambda: read_scopes(claims),
+        "AccessToken and fingerprint hex": lambda: AccessToken.from_claims(
+            claims, access.scopes, algorithm=jws.alg, key_id=jws.kid,
+            fingerprint=digest[:8].hex()),
+    }
+
+
+def _hit_stages(verifier: TokenVerifier, token: str) -> dict[str, Callable[[], Any]]:
+    verifier.verify_sync(token)
+    cache = verifier._cache
+    assert cache is not None
+    digest = hashlib.sha256(token.encode()).digest()
+    hit = verifier._hit
+    return {
+        "type and size checks": lambda: isinstance(token, str) and len(token) > 16384,
+        "token to bytes": lambda: token.encode("utf-8", "surrogatepass"),
+        "SHA-256 digest": lambda: hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest(),
+        "cache lookup by digest": lambda: cache.get(digest),
+        "validity checks of the hit (_hit, lookup included)": lambda: hit(digest),
+    }
+
+
+def _raw(key: SigningKey, token: str) -> Callable[[], Any]:
+    from .verify_bench import _raw_checker
+
+    return _raw_checker(key, token)
+
+
+def run(config: Config) -> list[Row]:
+    key = SigningKey.generate("RS256")
+    with KeySetServer([key]) as issuer:
+        token = key.sign(scalekit_claims(issuer.url))
+        full = TokenVerifier(guard_settings(issuer.url, cache_size=0))
+        cached = TokenVerifier(guard_settings(issuer.url))
+        full.warm_up_sync()
+        cached.warm_up_sync()
+        rows = profile(_full_stages(full, token, _raw(key, token)),
+                       lambda: full.verify_sync(token), "full verification (RS256, cache off)",
+                       config, inside=frozenset({RAW}))
+        rows += profile(_hit_stages(cached, token), lambda: cached.verify_sync(token),
+                        "cache hit (verify_sync)", config)
+        full.close()
+        cached.close()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    config = Config(rounds=5, batch=200) if args.quick else Config(rounds=15, batch=2000)
+    print(text_table(run(config)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
