@@ -26,7 +26,7 @@ from m2m_guard.local_issuer import SigningKey, scalekit_claims
 from m2m_guard.token_cache import VerifiedTokenCache
 
 from .harness import Config, interleave, per_round
-from .report import Row, text_table
+from .report import Row, text_table, with_best
 
 __all__ = ["run"]
 
@@ -73,24 +73,27 @@ def _cache_key(token: str, config: Config) -> list[Row]:
 
 
 def _admission(key: SigningKey, config: Config) -> list[Row]:
-    issuer = "https://issuer.example"
-    flood = [key.sign(scalekit_claims(issuer)).encode() for _ in range(3000)]
+    base = key.sign(scalekit_claims("https://issuer.example")).encode()[:-12]
     cache: VerifiedTokenCache[object] = VerifiedTokenCache(1000)
-    for token in flood[:1000]:
+    counter = [0]
+
+    def fresh() -> bytes:  # a token never seen before (same size as a real one)
+        counter[0] += 1
+        return base + b"%012d" % counter[0]
+
+    for _ in range(1000):
+        token = fresh()
         cache.put(token, object(), len(token))
     value = object()
-    position = [1000]
 
     def insert_and_evict() -> None:  # today: every verified token goes in, the oldest goes out
-        token = flood[position[0] % 3000]
-        position[0] += 1
+        token = fresh()
         cache.put(token, value, len(token))
 
     seen: dict[int, None] = {}
 
     def seen_filter() -> None:  # second sighting: remember a hash; insert only when seen again
-        token = flood[position[0] % 3000]
-        position[0] += 1
+        token = fresh()
         mark = hash(token)
         if mark in seen:
             cache.put(token, value, len(token))
@@ -99,9 +102,13 @@ def _admission(key: SigningKey, config: Config) -> list[Row]:
             seen.clear()
         seen[mark] = None
 
+    def token_only() -> None:  # what both pay for making the token: the floor
+        fresh()
+
     return _section("a flood of unique tokens: per-token cache work", {
         "insert and evict (today)": insert_and_evict,
         "admission on second sighting": seen_filter,
+        "making the token alone (floor)": token_only,
     }, config, "insert and evict (today)")
 
 
@@ -159,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     config = Config(rounds=5, batch=500) if args.quick else Config(rounds=21, batch=5000)
-    print(text_table(run(config)))
+    print(text_table(with_best(run(config))))
     return 0
 
 

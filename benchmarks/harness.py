@@ -52,6 +52,7 @@ class Spread:
     low: float
     high: float
     rounds: int
+    best: float = float("nan")  # the fastest round (for micro-benchmarks on a busy machine)
 
     @classmethod
     def of(cls, values: Sequence[float]) -> Spread:
@@ -62,10 +63,11 @@ class Spread:
             low, high = ordered[0], ordered[-1]
         else:
             low, _, high = statistics.quantiles(ordered, n=4, method="inclusive")
-        return cls(statistics.median(ordered), low, high, len(ordered))
+        return cls(statistics.median(ordered), low, high, len(ordered), ordered[0])
 
     def scaled(self, factor: float) -> Spread:
-        return Spread(self.median * factor, self.low * factor, self.high * factor, self.rounds)
+        return Spread(self.median * factor, self.low * factor, self.high * factor, self.rounds,
+                      self.best * factor)
 
     def contains(self, limit: float) -> bool:
         """True when `limit` lies inside the spread: the verdict could flip from run to run."""

@@ -26,7 +26,7 @@ from m2m_guard.local_issuer import KeySetServer, SigningKey, scalekit_claims
 
 from .apps import guard_settings
 from .harness import Config, interleave, per_round
-from .report import Row, text_table
+from .report import Row, text_table, with_best
 
 __all__ = ["profile", "run"]
 
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     config = Config(rounds=5, batch=200) if args.quick else Config(rounds=15, batch=2000)
-    print(text_table(run(config)))
+    print(text_table(with_best(run(config))))
     return 0
 
 
