@@ -18,8 +18,8 @@ import tracemalloc
 from typing import Any
 
 from m2m_guard import TokenVerifier
+from m2m_guard._core.token_cache import MAX_TOTAL_BYTES
 from m2m_guard.local_issuer import KeySetServer, SigningKey, scalekit_claims
-from m2m_guard.token_cache import MAX_TOTAL_BYTES
 
 from .apps import build_asgi, guard_settings
 from .harness import Config

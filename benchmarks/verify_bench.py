@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from m2m_guard import TokenVerifier
-from m2m_guard.encoding import b64url_decode
+from m2m_guard._core.encoding import b64url_decode
 from m2m_guard.local_issuer import SigningKey
 
 from .apps import AUDIENCE, guard_settings

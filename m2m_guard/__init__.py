@@ -1,10 +1,10 @@
 """m2m_guard: verify machine-to-machine OAuth 2.0 bearer tokens (JWT) against a cached JWKS.
 
-Public names (DESIGN §3). Framework adapters live in their own modules (`m2m_guard.asgi`,
+Public names (docs/architecture.md). Framework adapters live in their own modules (`m2m_guard.asgi`,
 `m2m_guard.starlette`, ...) and import their framework only there.
 """
 
-from .context import current_token, require_any_scope, require_scopes
+from ._core.context import current_token, require_any_scope, require_scopes
 from .errors import (
     ConfigurationError,
     GuardError,

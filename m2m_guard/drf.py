@@ -12,7 +12,7 @@ from the view, either lists or per-method mappings (``{"GET": [...], "POST": [..
 Refusals are raised as `GuardAPIException`, which DRF's own exception handler already renders
 with the right status, ``WWW-Authenticate`` / ``Retry-After`` header and JSON body.
 ``REST_FRAMEWORK["EXCEPTION_HANDLER"] = "m2m_guard.drf.exception_handler"`` makes the answers
-byte-for-byte those of every other m2m_guard adapter (DESIGN §4, with ``Cache-Control:
+byte-for-byte those of every other m2m_guard adapter (the behaviour contract, with ``Cache-Control:
 no-store``), also for DRF's own "not authenticated" refusal and for a `GuardError` raised in a
 view.
 
@@ -34,15 +34,16 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
+from ._adapters.django_config import request_view
+from ._core.resource_metadata import challenge_url
 from .django import (
     Guard,
-    _response,
     configured_guard,
     enforce_view_scopes,
+    rendered_response,
     request_token,
 )
 from .errors import GuardError, MissingToken, RenderedError, render_error
-from .resource_metadata import challenge_url
 from .token import AccessToken
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ class ClientPrincipal:
 
 
 class GuardAPIException(exceptions.APIException):
-    """A `GuardError` as DRF sees it: status, detail (the JSON body of DESIGN §4),
+    """A `GuardError` as DRF sees it: status, detail (the JSON body of the contract),
     ``auth_header`` (``WWW-Authenticate``) and ``wait`` (``Retry-After``) all from the one
     renderer, so DRF's default exception handler already answers correctly.
 
@@ -149,17 +150,18 @@ class M2MGuardAuthentication(BaseAuthentication):
         token = request_token(django_request)
         if token is None:
             guard = configured_guard()
-            if guard.passes_unchecked(django_request):
+            view = request_view(django_request)
+            if guard.decisions.passes(view):
                 return None
             try:
-                raw = guard.bearer(django_request)
-                if raw is None:
-                    return None
                 # DRF views are sync: under ASGI Django runs them in a worker thread, never on
-                # the event loop, so the blocking front is the right one.
-                token = guard.verifier.verify_sync(raw)
+                # the event loop, so the blocking path is the right one. Without credentials
+                # other authentication classes may still run: not required here.
+                token = guard.decisions.authenticate_sync(view, required=False)
             except GuardError as exc:
                 raise _refused(guard, exc) from None
+            if token is None:
+                return None
             django_request.m2m_token = token  # type: ignore[attr-defined]
         return ClientPrincipal(token), token
 
@@ -202,14 +204,14 @@ def _guard_challenges(context: dict[str, Any]) -> bool:
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponseBase | None:
-    """``REST_FRAMEWORK["EXCEPTION_HANDLER"]``: m2m_guard refusals rendered per DESIGN §4.
+    """``REST_FRAMEWORK["EXCEPTION_HANDLER"]``: m2m_guard refusals rendered per the contract.
 
     Handles `GuardAPIException`, a `GuardError` raised in a view (e.g. by ``@require_scopes``)
     and DRF's `NotAuthenticated` when m2m_guard issues the challenge; everything else goes to
     DRF's default handler. Each is reported once (log line, event).
     """
     if isinstance(exc, GuardAPIException):
-        return _response(exc.rendered)
+        return rendered_response(exc.rendered)
     if isinstance(exc, GuardError):
         # The token the authentication verified, read without running DRF's authentication.
         inner = getattr(context.get("request"), "_request", None)

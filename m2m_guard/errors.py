@@ -1,8 +1,8 @@
 """The `GuardError` hierarchy and the one renderer every adapter uses.
 
 Every refusal is a `GuardError` value that knows its HTTP status, its RFC 6750 error code and a
-safe description. `render_error` turns one into status, headers and a JSON body (DESIGN §4); no
-adapter builds these itself.
+safe description. `render_error` turns one into status, headers and a JSON body (the behaviour
+contract of docs/architecture.md); no adapter builds these itself.
 """
 
 from __future__ import annotations
@@ -54,10 +54,6 @@ class GuardError(Exception):
     error_code: ClassVar[str | None] = None
     body_error: ClassVar[str] = "invalid_token"
     default_description: ClassVar[str] = "The request was refused."
-    # Set once the refusal has been logged and sent to the event stream (by the verifier), so
-    # an adapter rendering it does not report it twice.
-    _reported: bool = False
-
     def __init__(self, description: str | None = None, *, reason: str | None = None) -> None:
         self.description = safe_description(description or self.default_description)
         self.reason = reason or self.body_error
@@ -151,7 +147,7 @@ def _quote(value: str) -> str:
 def render_error(
     error: GuardError, *, realm: str, resource_metadata: str | None = None
 ) -> RenderedError:
-    """Render `error` per DESIGN §4: status, `WWW-Authenticate` / `Retry-After` and JSON body.
+    """Render `error` per The contract: status, `WWW-Authenticate` / `Retry-After` and JSON body.
 
     `realm` must already be validated (settings do that); scopes in `InsufficientScope` are
     validated scope-tokens, so nothing here can break the header's quoting.

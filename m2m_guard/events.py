@@ -43,11 +43,11 @@ from typing import TYPE_CHECKING, ParamSpec
 from .errors import GuardError, IssuerUnavailable
 
 if TYPE_CHECKING:
-    from .fetch import FetchResult
-    from .keys import KeySet
+    from ._core.fetch import FetchResult
+    from ._core.keys import KeySet
     from .settings import GuardSettings
     from .token import AccessToken
-    from .verifier import TokenVerifier, _Job
+    from .verifier import TokenVerifier
 
 __all__ = [
     "ALLOWED",
@@ -65,6 +65,7 @@ __all__ = [
     "REASONS",
     "REFRESH_AHEAD",
     "REFUSED",
+    "RefusalContext",
     "Subscriber",
     "UNKNOWN_KID",
     "metric_reason",
@@ -154,6 +155,36 @@ class Event:
 
 
 Subscriber = Callable[[Event], object]
+
+
+@dataclass(frozen=True, slots=True)
+class RefusalContext:
+    """What is known about the token of a refused request, for events and log lines.
+
+    `verified` tells where the values come from: a verified token (a request refused after
+    verification, e.g. for its scopes) or a token that failed verification, whose values are
+    only what it claims (`kid` and `client_id` are then made safe with `safe_text`). `issuer` is
+    set once the token named a configured issuer. `fingerprint` is 16 hex digits of the token's
+    SHA-256, or None when there was no token.
+    """
+
+    issuer: str | None = None
+    kid: str | None = None
+    algorithm: str | None = None
+    client_id: str | None = None
+    fingerprint: str | None = None
+    verified: bool = False
+
+    @classmethod
+    def of_token(cls, access: AccessToken | None) -> RefusalContext:
+        """The context of a request whose verified token (if any) is `access`."""
+        if access is None:
+            return _NO_TOKEN
+        return cls(access.issuer, safe_text(access.key_id), access.algorithm, access.client_id,
+                   access.fingerprint, verified=True)
+
+
+_NO_TOKEN = RefusalContext()
 
 
 def safe_text(value: object, limit: int = _MAX_KID) -> str | None:
@@ -264,36 +295,20 @@ class EventStream:
         ))
 
     @never_raises
-    def refused(self, token: object, job: _Job | None, error: GuardError,
-                started: float | None) -> None:
-        """A refusal by the verifier (`job` set once the token got past issuer selection)."""
-        fingerprint = job.digest[:8].hex() if job is not None else token_fingerprint(token)
+    def refused(self, error: GuardError, context: RefusalContext,
+                started: float | None = None) -> None:
+        """A refusal: by the verifier (`started` set: the event has a `duration`) or by an
+        adapter (framing, missing token, a route's scopes)."""
         duration = None if started is None else time.perf_counter() - started
-        issuer = kid = algorithm = None
-        cached = None
-        if job is not None:
-            issuer = job.issuer.settings.issuer
-            kid = safe_text(job.jws.kid)
-            algorithm = job.jws.alg  # passed the accepted-algorithms check already
-            cached = False if self._cache_on else None
+        # Whether the cache answered is known of a token that reached key selection only.
+        cached = False if self._cache_on and context.issuer is not None \
+            and not context.verified else None
         self.emit(Event(
             ISSUER_UNAVAILABLE if isinstance(error, IssuerUnavailable) else REFUSED,
-            issuer=issuer, reason=error.reason, status=error.status_code, algorithm=algorithm,
-            kid=kid, duration=duration, cached=cached, fingerprint=fingerprint,
-            time=time.time(),
-        ))
-
-    @never_raises
-    def refused_request(self, error: GuardError, access: AccessToken | None) -> None:
-        """A refusal made by an adapter (framing, missing token, a route's scopes)."""
-        self.emit(Event(
-            ISSUER_UNAVAILABLE if isinstance(error, IssuerUnavailable) else REFUSED,
-            issuer=access.issuer if access is not None else None, reason=error.reason,
-            status=error.status_code,
-            algorithm=access.algorithm if access is not None else None,
-            kid=safe_text(access.key_id) if access is not None else None,
-            client_id=access.client_id if access is not None and self._client_id else None,
-            fingerprint=access.fingerprint if access is not None else None, time=time.time(),
+            issuer=context.issuer, reason=error.reason, status=error.status_code,
+            algorithm=context.algorithm, kid=context.kid, duration=duration, cached=cached,
+            client_id=context.client_id if context.verified and self._client_id else None,
+            fingerprint=context.fingerprint, time=time.time(),
         ))
 
     @never_raises
@@ -325,27 +340,10 @@ class EventStream:
         self.emit(Event(REFRESH_AHEAD, issuer=issuer, time=time.time()))
 
 
-_subscribe_lock = threading.Lock()
-
-
 def subscribe(verifier: TokenVerifier, callback: Subscriber) -> Callable[[], None]:
     """Add `callback` to `verifier`'s event stream; return a function that removes it.
 
-    When the last subscriber is removed the verifier stops building events altogether.
+    The same as ``verifier.subscribe(callback)``: when the last subscriber is removed the
+    verifier stops building events altogether.
     """
-    if not callable(callback):
-        raise TypeError(f"an event subscriber must be callable, got {callback!r}")
-    with _subscribe_lock:
-        stream = verifier._observer
-        if stream is None:
-            stream = EventStream(verifier.settings)
-        stream.add(callback)
-        verifier._observer = stream
-
-    def unsubscribe() -> None:
-        with _subscribe_lock:
-            stream.remove(callback)
-            if not stream.subscribers and verifier._observer is stream:
-                verifier._observer = None
-
-    return unsubscribe
+    return verifier.subscribe(callback)

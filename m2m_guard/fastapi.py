@@ -11,7 +11,7 @@ either (or both) of two ways:
   kept, so FastAPI's path, query and body parameters still work).
 
 `M2MGuard(app)` installs what both need: an exception handler so every refusal is answered per
-DESIGN §4 by `errors.render_error` (never FastAPI's ``{"detail": ...}``), one `TokenVerifier`
+the contract by `errors.render_error` (never FastAPI's ``{"detail": ...}``), one `TokenVerifier`
 per app for the dependencies (the middleware's own when the app has one, else created at startup
 or on first use, warmed up at startup and closed at shutdown by the app's lifespan), and the
 OpenAPI security scheme: an OAuth 2.0 client-credentials flow named `SCHEME_NAME`, whose token
@@ -32,74 +32,44 @@ from __future__ import annotations
 
 import copy
 import functools
-import itertools
-import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
 
-import fastapi.routing
 from fastapi import Depends, FastAPI, Security
-from fastapi.encoders import jsonable_encoder
-from fastapi.openapi.models import OAuthFlowClientCredentials, OAuthFlows
-from fastapi.routing import APIRoute
-from fastapi.security import OAuth2, SecurityScopes
-from starlette.authentication import AuthCredentials
+from fastapi.security import SecurityScopes
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
-from .asgi import M2MGuardMiddleware, PathRules, Receive, Scope, Send
-from .bearer import extract_bearer
-from .context import scope_requirements, set_current_token
-from .endpoints import OperationalEndpoints, render_refusal
+from ._adapters.fastapi_openapi import (
+    SCHEME_NAME,
+    ClientCredentials,
+    announced_token_url,
+    client_credentials,
+    complete_schema,
+    declared_middleware,
+    declared_settings,
+)
+from ._core.asgi_io import EndpointsMiddleware
+from ._core.context import set_current_token
+from ._core.endpoints import OperationalEndpoints
+from ._core.gate import Gate
+from ._core.request import AsgiRequest
+from ._core.rules import PathRules
+from ._core.scopes import ScopeRequirement, validate_scopes
+from ._core.storage import SETTINGS_KEY, TOKEN_KEY, VERIFIER_KEY
+from .asgi import M2MGuardMiddleware
 from .errors import GuardError, MissingToken
-from .logs import report_refusal
-from .scopes import ScopeRequirement, validate_scopes
 from .settings import GuardSettings
-from .starlette import ClientUser, rendered_response
+from .starlette import principal, rendered_response
 from .token import AccessToken
 from .verifier import TokenVerifier
 
 __all__ = ["SCHEME_NAME", "ClientCredentials", "M2MGuard", "M2MToken", "RequireScopes",
            "m2m_token"]
 
-logger = logging.getLogger("m2m_guard")
-
-SCHEME_NAME = "OAuth2ClientCredentials"
-"""The name of the security scheme in ``components.securitySchemes`` (and in `/docs`)."""
-
-_SCOPE_KEY = "m2m_guard.token"
-_SETTINGS_KEY = "m2m_guard.settings"
-_VERIFIER_KEY = "m2m_guard.verifier"
-_STATE_KEY = "m2m_guard"
-# What the scheme model says before an app's guard fills in the real URL (see M2MGuard.openapi).
-_UNSET_TOKEN_URL = "/oauth/token"  # noqa: S105 - a path, not a secret
-
-
-class ClientCredentials(OAuth2):
-    """The OAuth 2.0 client-credentials security scheme, as FastAPI declares schemes.
-
-    It only declares: `m2m_token` does the extraction and verification (RFC 6750 framing, one
-    `Authorization` header, no token in the query), so ``__call__`` returns nothing and never
-    raises FastAPI's own 401.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(
-            flows=OAuthFlows(clientCredentials=OAuthFlowClientCredentials(
-                tokenUrl=_UNSET_TOKEN_URL, scopes={})),
-            scheme_name=SCHEME_NAME,
-            description=("OAuth 2.0 client credentials: send the access token as "
-                         "`Authorization: Bearer <token>`."),
-            auto_error=False,
-        )
-
-    async def __call__(self, request: HTTPConnection) -> None:
-        return None
-
-
-client_credentials = ClientCredentials()
+_STATE_KEY = "m2m_guard"  # app.state.m2m_guard: the app's guard, and the middleware's link
 
 
 @functools.lru_cache(maxsize=512)
@@ -117,7 +87,7 @@ async def m2m_token(
 
     Use it as ``Security(m2m_token, scopes=[...])`` (or through `RequireScopes`), on HTTP and
     websocket routes. Raises `MissingToken`, `InvalidRequest`, `InvalidToken`,
-    `IssuerUnavailable` or `InsufficientScope`, answered per DESIGN §4 by the handler `M2MGuard`
+    `IssuerUnavailable` or `InsufficientScope`, answered per the contract by the handler `M2MGuard`
     installs (or by the middleware). A `RuntimeError` says the app is not connected: no
     `M2MGuard(app)` and no middleware that verified this request.
     """
@@ -143,8 +113,8 @@ def RequireScopes(*scopes: str) -> Any:  # noqa: N802 - reads as a marker, like 
 
 async def _authenticate(request: HTTPConnection) -> AccessToken:
     scope = request.scope
-    if _SCOPE_KEY in scope:  # the middleware (or an earlier dependency) has verified it
-        token = scope[_SCOPE_KEY]
+    if TOKEN_KEY in scope:  # the middleware (or an earlier dependency) has verified it
+        token = scope[TOKEN_KEY]
         if isinstance(token, AccessToken):
             return token
         raise MissingToken()  # the middleware let a request without a token through
@@ -169,6 +139,10 @@ class M2MGuard:
     `TokenVerifier` instead (its owner warms it up and closes it). `token_url` overrides
     ``settings.token_url`` for the OpenAPI document; `scopes` maps scope names to the
     descriptions `/docs` shows.
+
+    The link to the middleware is explicit: the guard is ``app.state.m2m_guard``, and the
+    middleware, on its first call (the lifespan startup, or the first request), hands itself
+    to `attach_middleware`.
     """
 
     def __init__(self, app: FastAPI | None = None, settings: GuardSettings | None = None, *,
@@ -182,9 +156,9 @@ class M2MGuard:
         self._token_url = token_url
         self.scope_descriptions = dict(scopes or {})
         self.app: FastAPI | None = None
-        self._warned_token_url = False
-        # (verifier, its endpoints) for dependency-only apps; see `_operational_endpoints`.
-        self._endpoints: tuple[TokenVerifier, OperationalEndpoints | None] | None = None
+        self._middleware: M2MGuardMiddleware | None = None
+        self._warned: set[str] = set()  # the unknown token endpoint is logged once
+        self._gate: Gate | None = None  # of the guard's verifier (dependencies, endpoints)
         self._middleware_serves: bool | None = None
         if app is not None:
             self.init_app(app)
@@ -199,9 +173,8 @@ class M2MGuard:
         self.app = app
         setattr(app.state, _STATE_KEY, self)
         app.add_exception_handler(GuardError, self._handle_error)  # type: ignore[arg-type]
-        app.add_middleware(_OperationalEndpointsMiddleware, guard=self)
-        inner = app.router.lifespan_context
-        app.router.lifespan_context = self._lifespan(inner)
+        app.add_middleware(EndpointsMiddleware, endpoints=self.operational_endpoints)
+        app.router.lifespan_context = self._lifespan(app.router.lifespan_context)
         base_openapi = app.openapi
 
         def openapi() -> dict[str, Any]:
@@ -210,6 +183,11 @@ class M2MGuard:
             return self.openapi(copy.deepcopy(base_openapi()))
 
         app.openapi = openapi  # type: ignore[method-assign]
+
+    def attach_middleware(self, middleware: M2MGuardMiddleware) -> None:
+        """Called by the app's `M2MGuardMiddleware` on its first call: its verifier is the
+        app's when the settings agree."""
+        self._middleware = middleware
 
     @property
     def settings(self) -> GuardSettings:
@@ -222,13 +200,21 @@ class M2MGuard:
     def verifier(self) -> TokenVerifier:
         """The app's one verifier: the middleware's when it has one, else this guard's own."""
         if self._verifier is None:
-            shared = self._middleware_verifier()
+            shared = self._middleware.verifier if self._middleware is not None else None
             if shared is not None and (self._settings is None or shared.settings == self._settings):
                 self._verifier = shared
             else:
                 self._verifier = TokenVerifier(self.settings)
                 self._owns_verifier = True
         return self._verifier
+
+    @property
+    def gate(self) -> Gate:
+        """The gate of `verifier` (a new one after a restart made a new verifier)."""
+        verifier = self.verifier
+        if self._gate is None or self._gate.verifier is not verifier:
+            self._gate = Gate(verifier)
+        return self._gate
 
     def _lifespan(
         self, inner: Callable[[Any], AbstractAsyncContextManager[Any]]
@@ -250,53 +236,25 @@ class M2MGuard:
         return lifespan
 
     def _middleware_entry(self) -> Any:
-        app = self.app
-        for entry in (app.user_middleware if app is not None else ()):
-            if getattr(entry, "cls", None) is M2MGuardMiddleware:
-                return entry
-        return None
+        return declared_middleware(self.app, M2MGuardMiddleware)
 
     def _middleware_settings(self) -> GuardSettings | None:
-        entry = self._middleware_entry()
-        if entry is None:
-            return None
-        kwargs = getattr(entry, "kwargs", None) or getattr(entry, "options", None) or {}
-        # (Starlette before 0.35 kept a middleware's keyword arguments in `options`)
-        settings = kwargs.get("settings")
-        if settings is None and kwargs.get("verifier") is not None:
-            settings = kwargs["verifier"].settings
-        return settings if isinstance(settings, GuardSettings) else None
+        if self._middleware is not None:
+            return self._middleware.settings
+        return declared_settings(self._middleware_entry())
 
-    def _middleware_verifier(self) -> TokenVerifier | None:
-        # The middleware instance exists once Starlette has built the stack (first call, which
-        # is the lifespan's startup under a server): follow the chain of `.app` attributes.
-        node: Any = getattr(self.app, "middleware_stack", None)
-        for _ in range(64):
-            if node is None:
-                return None
-            if isinstance(node, M2MGuardMiddleware):
-                return node.verifier
-            node = getattr(node, "app", None)
-        return None
-
-    def _operational_endpoints(self) -> OperationalEndpoints | None:
+    def operational_endpoints(self) -> OperationalEndpoints | None:
         """The endpoints to answer for a dependency-only app: None when none is configured or
         when the app has `M2MGuardMiddleware` (which answers them itself)."""
         if self._middleware_serves is None:  # the middleware list is fixed once the app runs
             settings = self._middleware_settings() or self.settings
             self._middleware_serves = self._middleware_entry() is not None or (
                 settings.health_path is None and settings.resource is None)
-        if self._middleware_serves:
-            return None
-        verifier = self.verifier
-        cached = self._endpoints
-        if cached is None or cached[0] is not verifier:  # a new verifier after a restart
-            cached = self._endpoints = (verifier, OperationalEndpoints.for_verifier(verifier))
-        return cached[1]
+        return None if self._middleware_serves else self.gate.endpoints
 
     def _verifier_of(self, scope: Any) -> TokenVerifier:
         """The verifier that decided this request: the middleware's, else the app's."""
-        verifier = scope.get(_VERIFIER_KEY)
+        verifier = scope.get(VERIFIER_KEY)
         return verifier if isinstance(verifier, TokenVerifier) else self.verifier
 
     async def _handle_error(self, connection: HTTPConnection, exc: Exception) -> Response | None:
@@ -304,15 +262,16 @@ class M2MGuard:
             raise exc
         scope = connection.scope
         verifier = self._verifier_of(scope)
-        access = scope.get(_SCOPE_KEY)
+        access = scope.get(TOKEN_KEY)
         access = access if isinstance(access, AccessToken) else None
         if isinstance(connection, WebSocket):
             # Starlette sends nothing for a websocket handler: deny before accepting, as the
             # middleware does where the server has no denial-response extension.
-            report_refusal(verifier, exc, access)
+            verifier.report_refusal(exc, access)
             await connection.close(code=1008, reason=exc.body_error)
             return None
-        return rendered_response(render_refusal(verifier, exc, access))
+        gate = self.gate if verifier is self.verifier else Gate(verifier)
+        return rendered_response(gate.refuse(exc, access))
 
     # -- per request -----------------------------------------------------------------------
     async def authenticate(self, request: HTTPConnection) -> AccessToken:
@@ -321,19 +280,14 @@ class M2MGuard:
         The token is then where the middleware would have put it: ``scope["m2m_guard.token"]``,
         `current_token()`, ``request.user`` (a `ClientUser`) and ``request.auth.scopes``.
         """
-        settings = self.settings
+        gate = self.gate
         scope = request.scope
-        scope[_SETTINGS_KEY] = settings
-        scope[_VERIFIER_KEY] = self.verifier  # the exception handler reports and renders with it
-        raw = extract_bearer(request.headers.getlist("authorization"),
-                             scope.get("query_string", b""),
-                             max_token_bytes=settings.max_token_bytes)
-        if raw is None:
-            raise MissingToken()
-        token = await self.verifier.verify(raw)
-        scope[_SCOPE_KEY] = token
-        scope["auth"] = AuthCredentials(sorted(token.scopes))
-        scope["user"] = ClientUser(token)
+        scope[SETTINGS_KEY] = gate.settings
+        scope[VERIFIER_KEY] = gate.verifier  # the exception handler reports and renders with it
+        token = await gate.authenticate(AsgiRequest(scope), required=True)
+        assert token is not None  # required: MissingToken otherwise
+        scope[TOKEN_KEY] = token
+        scope["auth"], scope["user"] = principal(token)
         # The request's own task (and the threads FastAPI runs sync code in, which copy its
         # context) sees the token; the task ends with the request, so nothing leaks to another.
         set_current_token(token)
@@ -343,106 +297,16 @@ class M2MGuard:
     @property
     def token_url(self) -> str:
         """The token endpoint the OpenAPI document announces (see the class doc)."""
-        url = self._token_url or self.settings.token_url
-        if url is None:
-            verifier = self._verifier or self._middleware_verifier()
-            url = verifier.token_endpoint() if verifier is not None else None
-        if url is None:
-            url = self.settings.issuers[0].issuer.rstrip("/") + _UNSET_TOKEN_URL
-            if not self._warned_token_url:
-                self._warned_token_url = True
-                logger.warning(
-                    "m2m_guard does not know the token endpoint yet (discovery has not run or "
-                    "named none); the OpenAPI document shows %s. Set M2M_GUARD_TOKEN_URL "
-                    "(token_url) to the issuer's token endpoint.", url)
-        return url
+        verifier = self._verifier or (
+            self._middleware.verifier if self._middleware is not None else None)
+        return announced_token_url(self._token_url or self.settings.token_url, self.settings,
+                                   verifier, self._warned)
 
     def openapi(self, schema: dict[str, Any]) -> dict[str, Any]:
         """Complete FastAPI's `schema` in place: security requirements of the routes guarded by
         the middleware or `require_scopes`, and the scheme's token URL and scopes."""
-        paths = schema.get("paths", {})
-        guarding = self._middleware_settings() if self._middleware_entry() is not None else None
-        public = PathRules(tuple((guarding or self.settings).public_paths)) \
-            if self._middleware_entry() is not None else None
-        for route in _api_routes(self.app.routes if self.app is not None else ()):
-            if not route.include_in_schema or route.path_format is None:
-                continue
-            decorated = _alternatives(scope_requirements(route.endpoint))
-            guarded = public is not None and not public.is_public(route.path_format)
-            for method in route.methods or ():
-                operation = paths.get(route.path_format, {}).get(method.lower())
-                if operation is not None:
-                    _add_security(operation, decorated, guarded)
-        used = sorted({scope for item in paths.values() for operation in item.values()
-                       if isinstance(operation, dict)
-                       for requirement in operation.get("security", ())
-                       for scope in requirement.get(SCHEME_NAME, ())})
-        if any(SCHEME_NAME in requirement for item in paths.values()
-               for operation in item.values() if isinstance(operation, dict)
-               for requirement in operation.get("security", ())):
-            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
-            scheme = schemes.setdefault(SCHEME_NAME, jsonable_encoder(
-                client_credentials.model, by_alias=True, exclude_none=True))
-            flow = scheme.setdefault("flows", {}).setdefault("clientCredentials", {})
-            flow["tokenUrl"] = self.token_url
-            flow["scopes"] = {name: self.scope_descriptions.get(name, "") for name in used}
-        return schema
-
-
-class _OperationalEndpointsMiddleware:
-    """Added by `M2MGuard`: answers the health endpoint and the RFC 9728 document before any
-    route, as `M2MGuardMiddleware` does, in apps that use the dependencies only."""
-
-    def __init__(self, app: Any, guard: M2MGuard) -> None:
-        self.app = app
-        self.guard = guard
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            endpoints = self.guard._operational_endpoints()
-            if endpoints is not None:
-                answer = endpoints.answer(scope["path"], scope["method"])
-                if answer is not None:
-                    await M2MGuardMiddleware._send_answer(send, answer,
-                                                          head=scope["method"] == "HEAD")
-                    return
-        await self.app(scope, receive, send)
-
-
-def _api_routes(routes: Iterable[Any]) -> Iterator[Any]:
-    """The app's path operations with their full paths. FastAPI 0.12x lists them flat in
-    `app.routes`; newer versions keep included routers as such and provide
-    `iter_route_contexts` to walk them (each context proxies its `APIRoute`)."""
-    walk = getattr(fastapi.routing, "iter_route_contexts", None)
-    for route in walk(list(routes)) if walk is not None else routes:
-        if isinstance(getattr(route, "original_route", route), APIRoute):
-            yield route
-
-
-def _alternatives(requirements: Iterable[ScopeRequirement]) -> list[list[str]] | None:
-    """Stacked decorator requirements as OpenAPI alternatives (each a list of scopes, all
-    needed); None when there are none."""
-    requirements = tuple(requirements)
-    if not requirements:
-        return None
-    all_of = [scope for r in requirements for scope in r.all_of]
-    choices = [r.any_of for r in requirements if r.any_of]
-    return [list(dict.fromkeys([*all_of, *picked])) for picked in itertools.product(*choices)]
-
-
-def _add_security(operation: dict[str, Any], decorated: list[list[str]] | None,
-                  guarded: bool) -> None:
-    security: list[dict[str, list[str]]] = operation.get("security", [])
-    ours = [r for r in security if SCHEME_NAME in r]
-    if decorated is None:
-        if guarded and not ours:
-            operation["security"] = [*security, {SCHEME_NAME: []}]
-        return
-    if not ours:  # only the decorator: its alternatives
-        merged = [{SCHEME_NAME: scopes} for scopes in decorated]
-    else:  # a dependency too: each of its requirements with each decorator alternative
-        merged = [{**r, SCHEME_NAME: list(dict.fromkeys([*r[SCHEME_NAME], *scopes]))}
-                  for r in ours for scopes in decorated]
-    rest = [r for r in security if SCHEME_NAME not in r]
-    combined = [*rest, *merged]
-    operation["security"] = [r for i, r in enumerate(combined) if r not in combined[:i]]
+        public = None
+        if self._middleware_entry() is not None:
+            public = PathRules(tuple((self._middleware_settings() or self.settings).public_paths))
+        return complete_schema(schema, self.app.routes if self.app is not None else (), public,
+                               lambda: self.token_url, self.scope_descriptions)

@@ -4,7 +4,7 @@ Every request to the app (blueprints included) is guarded before its view runs, 
 is in `public_paths`, its endpoint is public (``@guard.public``, ``public_endpoints=``) or it is
 an allowed CORS preflight. The verified `AccessToken` is on ``flask.g.m2m_token`` and in
 `current_token()`; ``require_scopes`` / ``require_any_scope`` (re-exported here) work on views. A
-refusal, or a `GuardError` raised in a view, is answered per DESIGN §4 by an error handler the
+refusal, or a `GuardError` raised in a view, is answered per the contract by an error handler the
 extension registers: the same status, headers and JSON body as every other adapter, and reported
 once (log line, event). When configured (`health_path`, `resource`), the health endpoint and the
 RFC 9728 metadata document are answered before anything else, without a token.
@@ -27,19 +27,19 @@ from typing import Any, TypeVar
 from flask import Flask, current_app, g, request
 from werkzeug.wrappers import Response
 
-from .bearer import authorization_from_environ, extract_bearer
-from .context import (
+from ._core.answers import EndpointResponse
+from ._core.context import (
     current_token,
     require_any_scope,
     require_scopes,
     reset_current_token,
     set_current_token,
 )
-from .endpoints import OperationalEndpoints, render_refusal
-from .errors import ConfigurationError, GuardError, MissingToken, RenderedError, render_error
-from .health import EndpointResponse
-from .rules import PathRules, is_cors_preflight
-from .settings import ENV_PREFIX, GuardSettings, _unknown_message
+from ._core.gate import AUTHENTICATE, PASS, Gate
+from ._core.request import WsgiRequest
+from ._core.storage import REQUEST_ATTRIBUTE, TOKEN_KEY
+from .errors import ConfigurationError, GuardError, RenderedError, render_error
+from .settings import ENV_PREFIX, GuardSettings, unknown_names_message
 from .verifier import TokenVerifier
 
 __all__ = [
@@ -89,7 +89,7 @@ def settings_from_config(config: Mapping[str, Any],
         else:
             native[name] = value
     if unknown:
-        raise ConfigurationError(_unknown_message(
+        raise ConfigurationError(unknown_names_message(
             "app.config", unknown, {ENV_PREFIX + name.upper() for name in fields},
             prefix=ENV_PREFIX))
     return GuardSettings.from_env(merged, **native)
@@ -97,7 +97,7 @@ def settings_from_config(config: Mapping[str, Any],
 
 def guard_error_response(error: GuardError, realm: str = "api", *,
                          resource_metadata: str | None = None) -> Response:
-    """A Flask response for `error`, rendered by the one renderer (DESIGN §4).
+    """A Flask response for `error`, rendered by the one renderer (docs/architecture.md).
 
     It only renders; the extension's error handler also reports the refusal
     (`endpoints.render_refusal`).
@@ -114,17 +114,19 @@ def _response(rendered: RenderedError | EndpointResponse, *, head: bool = False)
 
 
 class _AppGuard:
-    """What the extension holds for one app."""
+    """What the extension holds for one app: its gate and its public endpoints."""
 
-    __slots__ = ("__weakref__", "endpoints", "paths", "public_endpoints", "settings", "verifier")
+    __slots__ = ("__weakref__", "gate", "public_endpoints", "verifier")
 
     def __init__(self, verifier: TokenVerifier, public_endpoints: frozenset[str]) -> None:
         self.verifier = verifier
-        self.settings = verifier.settings
-        self.paths = PathRules(tuple(self.settings.public_paths))
+        self.gate = Gate(verifier)
         self.public_endpoints = public_endpoints
-        # Health and RFC 9728 endpoints (None unless configured).
-        self.endpoints = OperationalEndpoints.for_verifier(verifier)
+
+    def is_public_endpoint(self, endpoint: str | None) -> bool:
+        return endpoint is not None and (
+            endpoint in self.public_endpoints
+            or getattr(current_app.view_functions.get(endpoint), _PUBLIC_ATTRIBUTE, False))
 
 
 class M2MGuard:
@@ -199,35 +201,17 @@ class M2MGuard:
     def _before_request() -> Response | None:
         state = current_app.extensions[_EXTENSION]
         assert isinstance(state, _AppGuard)
-        environ = request.environ
-        settings = state.settings
-        path = environ.get("PATH_INFO") or "/"
-        if state.endpoints is not None:  # operational endpoints, before authentication
-            answer = state.endpoints.answer(path, request.method)
-            if answer is not None:
-                g.m2m_token = None
-                return _response(answer, head=request.method == "HEAD")
-        endpoint = request.endpoint
-        if state.paths.is_public(path) or (
-            settings.allow_cors_preflight and is_cors_preflight(
-                request.method, "HTTP_ORIGIN" in environ,
-                "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ)
-        ) or (endpoint is not None and (
-            endpoint in state.public_endpoints
-            or getattr(current_app.view_functions.get(endpoint), _PUBLIC_ATTRIBUTE, False)
-        )):
+        view = WsgiRequest(request.environ)
+        decision = state.gate.decide(view)
+        if decision is not AUTHENTICATE and decision is not PASS:
+            g.m2m_token = None
+            return _response(decision, head=view.method == "HEAD")  # type: ignore[arg-type]
+        if decision is PASS or state.is_public_endpoint(request.endpoint):
             g.m2m_token = None  # untouched: no credentials are read on a public route
             return None
-        token = extract_bearer(authorization_from_environ(environ),
-                               environ.get("QUERY_STRING", ""),
-                               max_token_bytes=settings.max_token_bytes)
-        access = None
-        if token is not None:
-            access = state.verifier.verify_sync(token)
-        elif settings.required:
-            raise MissingToken()
+        access = state.gate.authenticate_sync(view)  # a GuardError goes to the error handler
         g.m2m_token = access
-        environ["m2m_guard.token"] = access
+        request.environ[TOKEN_KEY] = access
         setattr(g, _MARKER, set_current_token(access))
         return None
 
@@ -245,4 +229,4 @@ def _handle_guard_error(error: GuardError) -> Response:
     state = current_app.extensions.get(_EXTENSION)
     if not isinstance(state, _AppGuard):
         return guard_error_response(error)
-    return _response(render_refusal(state.verifier, error, g.get("m2m_token")))
+    return _response(state.gate.refuse(error, g.get(REQUEST_ATTRIBUTE)))

@@ -19,10 +19,9 @@ route call ``health_response(verifier)`` or just read ``verifier.health()["ready
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._core.answers import EndpointResponse, json_response
 
 if TYPE_CHECKING:
     from .verifier import TokenVerifier
@@ -32,55 +31,13 @@ __all__ = ["EndpointResponse", "SUGGESTED_HEALTH_PATH", "health_response", "requ
 SUGGESTED_HEALTH_PATH = "/.well-known/m2m-guard/health"
 
 
-@dataclass(frozen=True, slots=True)
-class EndpointResponse:
-    """An answer an adapter sends as is: status, headers (name, value) and body bytes."""
-
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-
-
-def _finite(value: Any) -> Any:
-    """JSON-safe: non-finite floats become None (JSON has no Infinity)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_finite(item) for item in value]
-    return value
-
-
-def json_response(status: int, document: dict[str, Any], *,
-                  content_type: str = "application/json",
-                  cache_control: str = "no-store") -> EndpointResponse:
-    body = json.dumps(_finite(document), separators=(",", ":"), allow_nan=False).encode("utf-8")
-    return EndpointResponse(status, (("content-type", content_type),
-                                     ("cache-control", cache_control),
-                                     ("content-length", str(len(body)))), body)
-
-
 def request_refresh(verifier: TokenVerifier) -> int:
     """Start a background fetch for every issuer whose key set is not usable, unless a fetch
     is already running or the failure backoff says to wait. Returns how many were started.
 
     Safe from any thread: on an asyncio event loop the fetch is a task, elsewhere a thread.
     """
-    started = 0
-    if verifier._closed:
-        return started
-    now = verifier._clock()
-    policy = verifier.policy
-    for issuer in verifier._issuers.values():
-        with issuer.lock:
-            state = issuer.state
-            usable = state.keys is not None and now < policy.usable_until(state)
-            due = now >= policy.retry_at(state) and issuer.flight is None
-        if not usable and due:
-            verifier._spawn_async(issuer)
-            started += 1
-    return started
+    return verifier.key_store.request_refresh()
 
 
 def health_response(verifier: TokenVerifier, *, refresh: bool = True) -> EndpointResponse:

@@ -293,7 +293,7 @@ class GuardSettings:
 
     def replace(self, **changes: Any) -> GuardSettings:
         """A copy with `changes` applied (validated again)."""
-        current = {name: getattr(self, name) for name in _public_fields()}
+        current = {name: getattr(self, name) for name in public_fields()}
         if "issuer" in changes or "jwks_url" in changes:
             current["jwks_url"] = None
         if "jwks_url" in changes and "issuer" not in changes and self.jwks_url is not None:
@@ -308,10 +308,10 @@ class GuardSettings:
 
         Unknown keys raise `ConfigurationError` with the closest valid name.
         """
-        names = _public_fields()
+        names = public_fields()
         unknown = [key for key in values if key not in names]
         if unknown:
-            raise ConfigurationError(_unknown_message(source, unknown, names))
+            raise ConfigurationError(unknown_names_message(source, unknown, names))
         return cls(**dict(values))
 
     @classmethod
@@ -331,7 +331,7 @@ class GuardSettings:
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
-        names = _public_fields()
+        names = public_fields()
         unknown = []
         for key, raw in env.items():
             if not key.startswith(prefix) or key in _PROCESS_VARIABLES:
@@ -351,7 +351,7 @@ class GuardSettings:
                 raise ConfigurationError(f"{key}={raw!r} is invalid: expected {exc}.") from None
         if unknown:
             env_names = {prefix + n.upper() for n in names}
-            raise ConfigurationError(_unknown_message("environment", unknown, env_names,
+            raise ConfigurationError(unknown_names_message("environment", unknown, env_names,
                                                       prefix=prefix))
         values.update(overrides)
         try:
@@ -405,8 +405,10 @@ def _check_operations(settings: GuardSettings) -> None:
     set_(settings, "resource_scopes", scopes)
 
 
-def _unknown_message(source: str, unknown: Sequence[str], valid: Iterable[str],
-                     prefix: str = "") -> str:
+def unknown_names_message(source: str, unknown: Sequence[str], valid: Iterable[str],
+                          prefix: str = "") -> str:
+    """The error message for `unknown` option names found in `source`, each with the closest
+    valid name when there is one (for adapters that read options from their own config)."""
     # Compare without the shared prefix, or every M2M_GUARD_* name looks "close" to any other.
     by_name = {name[len(prefix):].lower(): name for name in valid}
     parts = []
@@ -419,13 +421,14 @@ def _unknown_message(source: str, unknown: Sequence[str], valid: Iterable[str],
 
 def _env_wording(message: str, prefix: str) -> str:
     """Name the environment variable rather than the field in messages raised by validation."""
-    for name in sorted(_public_fields(), key=len, reverse=True):
+    for name in sorted(public_fields(), key=len, reverse=True):
         if message.startswith(name + " "):
             return prefix + name.upper() + message[len(name):]
     return message
 
 
-def _public_fields() -> set[str]:
+def public_fields() -> set[str]:
+    """The names of the `GuardSettings` options (the keys of a configuration mapping)."""
     return {f.name for f in dataclasses.fields(GuardSettings) if not f.name.startswith("_")}
 
 

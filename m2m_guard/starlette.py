@@ -11,16 +11,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.authentication import BaseUser
+from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .endpoints import render_refusal
+from ._core.endpoints import render_refusal
+from ._core.storage import SETTINGS_KEY, TOKEN_KEY, VERIFIER_KEY
 from .errors import GuardError, RenderedError, render_error
 from .token import AccessToken
 from .verifier import TokenVerifier
 
-__all__ = ["ClientUser", "exception_handlers", "guard_error_response", "rendered_response"]
+__all__ = ["UNAUTHENTICATED", "ClientUser", "Principals", "TokenCredentials", "exception_handlers",
+           "guard_error_response", "principal", "rendered_response"]
+
+
+class TokenCredentials(AuthCredentials):
+    """`AuthCredentials` whose `scopes` (sorted) cannot be changed: one instance is shared by
+    every request that presents the same cached token."""
+
+    def __init__(self, scopes: frozenset[str]) -> None:
+        # The base class would store a list; a tuple behind a read-only property is the same
+        # to `requires()` and to `request.auth.scopes` readers, and cannot be changed.
+        self._scopes = tuple(sorted(scopes))
+
+    @property
+    def scopes(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self._scopes
 
 
 class ClientUser(BaseUser):
@@ -56,9 +72,46 @@ class ClientUser(BaseUser):
         return f"ClientUser({self.token.client_id!r})"
 
 
+def principal(access: AccessToken) -> tuple[TokenCredentials, ClientUser]:
+    """Starlette's `request.auth` and `request.user` for `access` (read-only, shareable)."""
+    return TokenCredentials(access.scopes), ClientUser(access)
+
+
+#: `request.auth` and `request.user` of a request without a token.
+UNAUTHENTICATED = (AuthCredentials(), UnauthenticatedUser())
+# Principals are shared per cached token; the memo keeps its tokens alive, so it stays small
+# (machine clients are few, and each presents one token for its lifetime).
+_MEMO_SIZE = 256
+
+
+class Principals:
+    """`request.auth` and `request.user` for the ASGI middleware. Both are read-only, so those
+    of a cached token are shared by its requests (memoised on cache hits only, by the token
+    object's id and holding that object, so the id cannot be reused meanwhile: a flood of new
+    tokens would otherwise keep hundreds of principals alive for nothing)."""
+
+    __slots__ = ("_memo",)
+
+    def __init__(self) -> None:
+        self._memo: dict[int, tuple[AccessToken, tuple[TokenCredentials, ClientUser]]] = {}
+
+    def __call__(self, access: AccessToken | None, hit: bool) -> tuple[Any, Any]:
+        if access is None:
+            return UNAUTHENTICATED
+        if not hit:
+            return principal(access)
+        memo = self._memo
+        found = memo.get(id(access))
+        if found is None or found[0] is not access:
+            if len(memo) >= _MEMO_SIZE:
+                memo.clear()
+            found = memo[id(access)] = (access, principal(access))
+        return found[1]
+
+
 def guard_error_response(error: GuardError, realm: str = "api", *,
                          resource_metadata: str | None = None) -> Response:
-    """A Starlette `Response` for `error`, rendered by the one renderer (DESIGN §4).
+    """A Starlette `Response` for `error`, rendered by the one renderer (docs/architecture.md).
 
     It only renders; the middleware and `exception_handlers` also report the refusal
     (`endpoints.render_refusal`).
@@ -74,17 +127,17 @@ def rendered_response(rendered: RenderedError) -> Response:
 
 
 def _realm_of(request: Request) -> str:
-    settings = request.scope.get("m2m_guard.settings")
+    settings = request.scope.get(SETTINGS_KEY)
     return getattr(settings, "realm", "api")
 
 
 async def _handle(request: Request, exc: Any) -> Response:
     # Inside an app the middleware guards, its verifier is in the scope: report the refusal
     # there and announce the resource metadata, as the middleware itself would.
-    verifier = request.scope.get("m2m_guard.verifier")
+    verifier = request.scope.get(VERIFIER_KEY)
     if isinstance(verifier, TokenVerifier):
         return rendered_response(
-            render_refusal(verifier, exc, request.scope.get("m2m_guard.token")))
+            render_refusal(verifier, exc, request.scope.get(TOKEN_KEY)))
     return guard_error_response(exc, _realm_of(request))
 
 

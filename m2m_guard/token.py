@@ -1,4 +1,4 @@
-"""`AccessToken`: the typed, read-only view of a verified token's claims (DESIGN §3, §6)."""
+"""`AccessToken`: the typed, read-only view of a verified token's claims (docs/architecture.md)."""
 
 from __future__ import annotations
 

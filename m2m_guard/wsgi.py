@@ -6,7 +6,7 @@ extracted (RFC 6750, with repeated `Authorization` headers recognised although t
 them), verified with the blocking engine (`TokenVerifier.verify_sync`: sync HTTP driver, one key
 set fetch per issuer across all threads), and the `AccessToken` placed in
 ``environ["m2m_guard.token"]`` and in `current_token()` while the app runs and while its response
-body is iterated and closed. A refusal is answered per DESIGN §4 with exactly the status, headers
+body is iterated and closed. A refusal is answered per the contract with exactly the status, headers
 and body the ASGI middleware sends, and reported once (log line, event).
 
 When configured (`health_path`, `resource`), the health endpoint and the RFC 9728 metadata
@@ -23,19 +23,18 @@ refreshes; `warm_up()` loads the key sets ahead of the first request.
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any
 
-from .bearer import authorization_from_environ, extract_bearer
-from .context import reset_current_token, set_current_token
-from .endpoints import OperationalEndpoints, render_refusal
-from .errors import GuardError, MissingToken
-from .health import EndpointResponse
-from .rules import PathRules, is_cors_preflight
+from ._core.answers import EndpointResponse
+from ._core.context import reset_current_token, set_current_token
+from ._core.gate import AUTHENTICATE, PASS, Gate
+from ._core.request import WsgiRequest
+from ._core.storage import SETTINGS_KEY, TOKEN_KEY
+from .errors import GuardError
 from .settings import GuardSettings
 from .token import AccessToken
 from .verifier import TokenVerifier
@@ -47,10 +46,8 @@ StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIEnvironment = dict[str, Any]
 WSGIApplication = Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]]
 
-logger = logging.getLogger("m2m_guard")
-
 #: Where the verified `AccessToken` is stored in the WSGI environ.
-ENVIRON_KEY = "m2m_guard.token"
+ENVIRON_KEY = TOKEN_KEY
 
 
 def token_from_environ(environ: WSGIEnvironment) -> AccessToken | None:
@@ -82,9 +79,7 @@ class M2MGuardWSGIMiddleware:
         self.verifier = verifier if verifier is not None else TokenVerifier(settings)
         self.settings = self.verifier.settings
         self._owns_verifier = verifier is None
-        self._paths = PathRules(tuple(self.settings.public_paths))
-        # Health and RFC 9728 endpoints (None unless configured).
-        self._endpoints = OperationalEndpoints.for_verifier(self.verifier)
+        self.gate = Gate(self.verifier)
         if warm_up:
             self.warm_up()
 
@@ -108,34 +103,21 @@ class M2MGuardWSGIMiddleware:
     # -- requests --------------------------------------------------------------------------
     def __call__(self, environ: WSGIEnvironment,
                  start_response: StartResponse) -> Iterable[bytes]:
-        settings = self.settings
-        path = environ.get("PATH_INFO") or "/"
-        if self._endpoints is not None:  # operational endpoints, before authentication
-            method = environ.get("REQUEST_METHOD", "")
-            answer = self._endpoints.answer(path, method)
-            if answer is not None:
-                return _send_answer(start_response, answer, head=method == "HEAD")
-        if self._paths.is_public(path) or (
-            settings.allow_cors_preflight and is_cors_preflight(
-                environ.get("REQUEST_METHOD", ""), "HTTP_ORIGIN" in environ,
-                "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ)
-        ):
+        request = WsgiRequest(environ)
+        decision = self.gate.decide(request)
+        if decision is PASS:
             # The environ stays untouched; a GuardError the app raises anyway (e.g.
             # `require_scopes` under a public prefix) is still answered per the contract.
             return self._run(environ, start_response, None)
-        access: AccessToken | None = None
+        if decision is not AUTHENTICATE:
+            return _send_answer(start_response, decision,  # type: ignore[arg-type]
+                                head=request.method == "HEAD")
         try:
-            token = extract_bearer(authorization_from_environ(environ),
-                                   environ.get("QUERY_STRING", ""),
-                                   max_token_bytes=settings.max_token_bytes)
-            if token is not None:
-                access = self.verifier.verify_sync(token)
-            elif settings.required:
-                raise MissingToken()
+            access = self.gate.authenticate_sync(request)
         except GuardError as exc:
             return self._refuse(start_response, exc)
         environ[ENVIRON_KEY] = access
-        environ["m2m_guard.settings"] = settings
+        environ[SETTINGS_KEY] = self.settings
         return self._run(environ, start_response, access)
 
     def _run(self, environ: WSGIEnvironment, start_response: StartResponse,
@@ -154,7 +136,7 @@ class M2MGuardWSGIMiddleware:
 
     def _refuse(self, start_response: StartResponse, exc: GuardError,
                 access: AccessToken | None = None, *, exc_info: Any = None) -> list[bytes]:
-        rendered = render_refusal(self.verifier, exc, access)
+        rendered = self.gate.refuse(exc, access)
         headers = list(rendered.headers)
         headers.append(("content-length", str(len(rendered.body))))
         start_response(_status_line(rendered.status), headers, exc_info)

@@ -31,8 +31,8 @@ from m2m_guard import (
     TokenVerifier,
     require_scopes,
 )
+from m2m_guard._core.endpoints import health_answer, render_refusal
 from m2m_guard.asgi import M2MGuardMiddleware
-from m2m_guard.endpoints import health_answer, render_refusal
 from m2m_guard.events import Event
 from m2m_guard.fastapi import M2MGuard, RequireScopes
 from m2m_guard.local_issuer import KeySetServer
@@ -164,7 +164,7 @@ def test_fastapi_with_middleware_and_guard(issuer: KeySetServer,
     guard = M2MGuard(app)
     with FastAPIClient(app) as client:
         assert client.get(HEALTH).status_code == 200  # the middleware warmed up and answers
-        assert guard._operational_endpoints() is None  # ... so the guard's own stays out
+        assert guard.operational_endpoints() is None  # ... so the guard's own stays out
         forbidden = client.get("/admin", headers={"Authorization": f"Bearer {issuer.mint()}"})
         assert forbidden.status_code == 403
         assert forbidden.headers["www-authenticate"].endswith(f'resource_metadata="{DOC_URL}"')

@@ -208,7 +208,7 @@ async def public_probe(request: Request) -> JSONResponse:
 
 
 def test_public_path_is_passed_untouched(settings: GuardSettings, issuer: KeySetServer) -> None:
-    """DESIGN §4: public paths pass through untouched: nothing is added to the scope, even when
+    """The contract: public paths pass through untouched: nothing is added to the scope, even when
     a valid token is sent (the guard does not look at it)."""
     app = Starlette(routes=[Route("/public", public_probe)], middleware=[
         Middleware(M2MGuardMiddleware, settings=settings.replace(public_paths=("/public",)))])
@@ -380,7 +380,7 @@ def test_decorator_without_guard_raises_missing_token() -> None:
 @pytest.mark.anyio
 async def test_decorator_reads_the_context_token(issuer: KeySetServer,
                                                  settings: GuardSettings) -> None:
-    from m2m_guard.context import reset_current_token, set_current_token
+    from m2m_guard._core.context import reset_current_token, set_current_token
 
     verifier = TokenVerifier(settings)
     try:
@@ -634,15 +634,15 @@ def test_shutdown_closes_owned_verifier_only(issuer: KeySetServer,
     guard = M2MGuardMiddleware(inner, settings=settings)
     with TestClient(guard) as client:
         assert client.get("/whoami", headers=bearer(issuer.mint())).status_code == 200
-        assert guard.verifier._closed is False
-    assert guard.verifier._closed is True
+        assert guard.verifier.key_store.closed is False
+    assert guard.verifier.key_store.closed is True
 
     shared = TokenVerifier(settings)
     guard = M2MGuardMiddleware(inner, verifier=shared)
     assert guard.settings is settings
     with TestClient(guard) as client:
         assert client.get("/whoami", headers=bearer(issuer.mint())).status_code == 200
-    assert shared._closed is False  # not ours to close
+    assert shared.key_store.closed is False  # not ours to close
     shared.close()
 
 
@@ -713,7 +713,7 @@ def test_fastapi_path_operations(issuer: KeySetServer, settings: GuardSettings) 
         invalid = client.get("/deployments/api-v1?limit=many", headers=bearer(token))
         assert invalid.status_code == 422
         assert invalid.json()["detail"][0]["loc"] == ["query", "limit"]
-        # the guard and the decorators answer per DESIGN §4
+        # the guard and the decorators answer per the contract
         assert client.get("/deployments/api-v1").status_code == 401
         denied = client.get("/admin/7", headers=bearer(token))
         assert denied.status_code == 403

@@ -7,9 +7,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed448, rsa
 
 from m2m_guard import GuardSettings, InvalidToken, TokenVerifier
-from m2m_guard.encoding import b64url_encode
-from m2m_guard.jws import verify_compact
-from m2m_guard.keys import KeyRejected, load_jwk
+from m2m_guard._core.encoding import b64url_encode
+from m2m_guard._core.jws import verify_compact
+from m2m_guard._core.keys import KeyRejected, load_jwk
 from m2m_guard.local_issuer import KeySetServer, SigningKey
 
 
@@ -125,7 +125,7 @@ def test_rsa_keys_over_8192_bits_are_rejected() -> None:
 def test_json_nesting_limit_is_the_same_on_every_python(opener: bytes, closer: bytes) -> None:
     """A fixed depth (MAX_JSON_DEPTH), not the interpreter's recursion limit, decides: 3.11
     refused ~1,000 levels by RecursionError while 3.13 parses 8,000."""
-    from m2m_guard.encoding import MAX_JSON_DEPTH, loads_json
+    from m2m_guard._core.encoding import MAX_JSON_DEPTH, loads_json
 
     def nested(levels: int) -> bytes:
         inner = b"1" if opener != b"[" else b""

@@ -1,4 +1,5 @@
-"""DESIGN §4, row by row, through a real Starlette app and a real key-set server on loopback.
+"""The behaviour contract (docs/architecture.md), row by row, through a real Starlette app and a
+real key-set server on loopback.
 
 Every test asserts the status, the exact `WWW-Authenticate` header (or its absence) and the exact
 JSON body, so a change in wording or framing of a refusal is a deliberate, visible change.

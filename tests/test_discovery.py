@@ -1,4 +1,4 @@
-"""Finding and fetching the key set (DESIGN §5): OpenID Connect discovery, then RFC 8414; the
+"""Finding and fetching the key set: OpenID Connect discovery, then RFC 8414; the
 discovery document's issuer must match; no foreign jwks_uri or cross-host redirects; size and
 key-count limits; an explicit jwks_url skips discovery. Every case runs through both fetch
 drivers (async front, and sync front on a worker thread) against a real `KeySetServer`."""
@@ -14,7 +14,7 @@ import anyio.to_thread
 import pytest
 
 from m2m_guard import GuardSettings, IssuerUnavailable, TokenVerifier
-from m2m_guard.fetch import discovery_urls
+from m2m_guard._core.fetch import discovery_urls
 from m2m_guard.local_issuer import KeySetServer, SigningKey
 
 OIDC = "/.well-known/openid-configuration"

@@ -1,6 +1,6 @@
 """The Django REST framework adapter through DRF views, Django's test client and a real key-set
 server on loopback: authentication with and without the middleware, `HasScopes` per method, and
-DRF's 401/403 answers carrying DESIGN §4's headers and bodies."""
+DRF's 401/403 answers carrying the contract's headers and bodies."""
 
 from __future__ import annotations
 

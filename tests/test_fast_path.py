@@ -58,7 +58,7 @@ def test_lookup_is_none_before_and_the_token_after_verification(
     access = verifier.verify_sync(token)
     assert verifier.cached_token(token) is access
     assert verifier.cached_token(token.encode("ascii")) is access
-    assert verifier._cache is not None and verifier._cache.get(_digest(token)) is not None
+    assert verifier.token_cache is not None and verifier.token_cache.get(_digest(token)) is not None
     verifier.close()
 
 
@@ -91,7 +91,7 @@ def test_lookup_rechecks_expiry_and_drops_the_entry(
     assert verifier.cached_token(token) is not None
     now[0] += 61
     assert verifier.cached_token(token) is None
-    assert verifier._cache is not None and len(verifier._cache) == 0
+    assert verifier.token_cache is not None and len(verifier.token_cache) == 0
     with pytest.raises(InvalidToken) as caught:
         verifier.verify_sync(token)
     assert caught.value.reason == "expired"

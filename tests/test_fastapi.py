@@ -237,7 +237,7 @@ def test_dependency_refusals_come_before_body_validation(
     assert sync_403.json()["scope"] == "admin:platform"
     assert two.status_code == 403
     assert two.json()["scope"] == "read:deployments deploy:applications"
-    # a GuardError raised in a path operation: rendered per DESIGN §4, not {"detail": ...}
+    # a GuardError raised in a path operation: rendered per the contract, not {"detail": ...}
     assert raised.status_code == 403
     assert raised.json() == {"error": "insufficient_scope", "scope": "billing:write",
                              "error_description": "The access token lacks the scope: "

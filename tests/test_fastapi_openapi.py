@@ -21,9 +21,9 @@ from m2m_guard import (
     require_any_scope,
     require_scopes,
 )
+from m2m_guard._core.fetch import read_token_endpoint
 from m2m_guard.asgi import M2MGuardMiddleware
 from m2m_guard.fastapi import SCHEME_NAME, M2MGuard, M2MToken, RequireScopes, m2m_token
-from m2m_guard.fetch import read_token_endpoint
 from m2m_guard.local_issuer import KeySetServer
 
 

@@ -40,8 +40,8 @@ import httpx
 import pytest
 
 from m2m_guard import GuardError, GuardSettings, IssuerUnavailable, TokenVerifier
-from m2m_guard.encoding import b64url_decode, b64url_encode
-from m2m_guard.fetch import parse_retry_after
+from m2m_guard._core.encoding import b64url_decode, b64url_encode
+from m2m_guard._core.fetch import parse_retry_after
 from m2m_guard.local_issuer import KeySetServer, SigningKey
 from m2m_guard.local_issuer.server import hostile_jwk, key_flood
 

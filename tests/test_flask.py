@@ -191,7 +191,8 @@ def test_one_verifier_per_app_in_factories(make_settings: Callable[..., GuardSet
     with pytest.raises(RuntimeError, match="not initialised"):
         guard.verifier_for(Flask(__name__))
     guard.close()
-    assert guard.verifier_for(first)._closed and guard.verifier_for(second)._closed
+    assert guard.verifier_for(first).key_store.closed
+    assert guard.verifier_for(second).key_store.closed
 
 
 def test_warm_up_at_init(settings: GuardSettings, issuer: KeySetServer,
@@ -281,7 +282,7 @@ def test_verifier_closed_when_the_app_goes_away(settings: GuardSettings) -> None
     guard = M2MGuard(settings=settings)
     app = build_app(guard)
     verifier = guard.verifier_for(app)
-    assert not verifier._closed
+    assert not verifier.key_store.closed
     del app
     gc.collect()
-    assert verifier._closed
+    assert verifier.key_store.closed

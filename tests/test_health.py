@@ -11,7 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from m2m_guard import ConfigurationError, GuardSettings, TokenVerifier
-from m2m_guard.endpoints import OperationalEndpoints
+from m2m_guard._core.endpoints import OperationalEndpoints
 from m2m_guard.health import SUGGESTED_HEALTH_PATH, health_response, request_refresh
 from m2m_guard.local_issuer import KeySetServer
 
@@ -68,7 +68,7 @@ def test_refresh_respects_the_failure_backoff(issuer: KeySetServer,
     now = [1000.0]
     verifier = TokenVerifier(settings, clock=lambda: now[0])
     assert health_response(verifier).status == 503
-    wait_for(lambda: verifier._issuers[issuer.url].flight is None
+    wait_for(lambda: verifier.key_store.issuers[issuer.url].flight is None
              and verifier.health()["issuers"][issuer.url]["fetches"] == 1)
     # The fetch failed: the backoff (1 s after a first failure) holds further probes back ...
     assert request_refresh(verifier) == 0
@@ -178,7 +178,7 @@ def test_health_document_is_built_once_per_request_with_a_cached_token(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A probe that sends a (cached) bearer token takes the full path, where the endpoint is
     answered; the fast path only looks the path up and never builds the document itself."""
-    from m2m_guard import endpoints
+    from m2m_guard._core import endpoints
 
     built: list[int] = []
     real = endpoints.health_response

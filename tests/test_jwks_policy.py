@@ -1,4 +1,4 @@
-"""The key-set cache policy (DESIGN §5) as pure functions of state and a fake clock (plain floats),
+"""The key-set cache policy as pure functions of state and a fake clock (plain floats),
 and the filtering `parse_jwks` applies when a key set is loaded."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from m2m_guard import GuardSettings
-from m2m_guard.encoding import b64url_decode, b64url_encode
-from m2m_guard.jwks import CachePolicy, Fetch, KeySetState, parse_max_age
-from m2m_guard.keys import KeyRejected, KeySet, load_jwk, parse_jwks
+from m2m_guard._core.encoding import b64url_decode, b64url_encode
+from m2m_guard._core.jwks import CachePolicy, Fetch, KeySetState, parse_max_age
+from m2m_guard._core.keys import KeyRejected, KeySet, load_jwk, parse_jwks
 from m2m_guard.local_issuer import SigningKey
 
 

@@ -699,7 +699,7 @@ async def test_tls_context_is_built_once_and_off_the_event_loop(
         issuer: KeySetServer, settings: GuardSettings, monkeypatch: pytest.MonkeyPatch) -> None:
     """Building a TLS context reads the CA bundle (tens of ms of blocking work): the async
     driver builds the shared one in a worker thread, once, whatever the number of fetches."""
-    from m2m_guard import fetch
+    from m2m_guard._core import fetch
 
     built_on: list[int] = []
     real = fetch.httpx.create_ssl_context

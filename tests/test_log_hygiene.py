@@ -21,9 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from starlette.testclient import TestClient
 
 from m2m_guard import GuardError, GuardSettings, TokenVerifier
-from m2m_guard.encoding import b64url_encode
+from m2m_guard._core.encoding import b64url_encode
+from m2m_guard._core.logs import format_fields
 from m2m_guard.local_issuer import KeySetServer, SigningKey
-from m2m_guard.logs import format_fields
 
 from .conftest import deployment_app
 

@@ -237,7 +237,7 @@ def test_stop_and_no_traces(issuer: KeySetServer, settings: GuardSettings,
     assert telemetry.value("m2m_guard.decisions") == 1
     assert telemetry.spans.get_finished_spans() == ()
     stop()
-    assert verifier._observer is None
+    assert not verifier.subscribed
     verifier.verify_sync(token)
     # Counters keep reporting the total reached (cumulative, never back to zero); the key-set
     # gauges of a stopped verifier go quiet.

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from m2m_guard import GuardSettings, InvalidToken, IssuerUnavailable, TokenVerifier
-from m2m_guard.encoding import b64url_decode
+from m2m_guard._core.encoding import b64url_decode
 from m2m_guard.testing import DEFAULT_AUDIENCE, M2MIssuer, TokenFactory
 
 pytest_plugins = ["pytester"]

@@ -10,14 +10,14 @@ import pytest
 from starlette.testclient import TestClient
 
 from m2m_guard import ConfigurationError, GuardSettings, IssuerUnavailable, MissingToken
-from m2m_guard.errors import render_error
-from m2m_guard.local_issuer import KeySetServer
-from m2m_guard.resource_metadata import (
+from m2m_guard._core.resource_metadata import (
     challenge_url,
     metadata_path,
     metadata_url,
     resource_metadata,
 )
+from m2m_guard.errors import render_error
+from m2m_guard.local_issuer import KeySetServer
 
 from .conftest import deployment_app
 

@@ -20,9 +20,9 @@ from m2m_guard import (
     MissingToken,
     TokenVerifier,
 )
+from m2m_guard._core.scopes import ScopeRequirement, scopes_from_claims, validate_scopes
 from m2m_guard.errors import render_error, safe_description
 from m2m_guard.local_issuer import KeySetServer
-from m2m_guard.scopes import ScopeRequirement, scopes_from_claims, validate_scopes
 
 DEFAULT_CLAIMS = ("scopes", "scope", "scp")
 RFC6750_CHARS = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*")

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from m2m_guard import GuardSettings, InvalidToken, TokenVerifier
+from m2m_guard._core.token_cache import VerifiedTokenCache
 from m2m_guard.local_issuer import KeySetServer, SigningKey
-from m2m_guard.token_cache import VerifiedTokenCache
 
 
 def test_bounded_by_entries_oldest_first() -> None:
@@ -43,7 +43,7 @@ def test_flood_of_distinct_valid_tokens_stays_within_bound() -> None:
                                                token_cache_size=50))
         for _ in range(300):
             verifier.verify_sync(issuer.mint())
-        assert verifier._cache is not None and len(verifier._cache) == 50
+        assert verifier.token_cache is not None and len(verifier.token_cache) == 50
 
 
 def test_hit_still_checks_expiry() -> None:
@@ -69,7 +69,7 @@ def test_failures_are_never_cached() -> None:
         for _ in range(3):
             with pytest.raises(InvalidToken):
                 verifier.verify_sync(bad)
-        assert verifier._cache is not None and len(verifier._cache) == 0
+        assert verifier.token_cache is not None and len(verifier.token_cache) == 0
 
 
 @pytest.mark.parametrize("send_etag", [True, False], ids=["304", "200-same-body"])
@@ -83,7 +83,7 @@ def test_refresh_keeps_cached_tokens_and_key_objects(send_etag: bool) -> None:
         issuer.send_etag = send_etag
         verifier = TokenVerifier(GuardSettings(issuer=issuer.url, audience="deployment-api",
                                                jwks_cache_ttl=10), clock=lambda: clock[0])
-        state = verifier._issuers[issuer.url].state
+        state = verifier.key_store.issuers[issuer.url].state
         token = issuer.mint()
         first = verifier.verify_sync(token)
         keys_before = state.keys
@@ -123,8 +123,8 @@ def test_claims_are_read_only_all_the_way_down() -> None:
 
 
 def test_header_cache_is_bounded_and_holds_only_valid_headers() -> None:
-    from m2m_guard.encoding import b64url_encode
-    from m2m_guard.jws import HeaderCache, parse_compact
+    from m2m_guard._core.encoding import b64url_encode
+    from m2m_guard._core.jws import HeaderCache, parse_compact
 
     cache = HeaderCache(size=4)
     key = SigningKey.generate("ES256")

@@ -1,4 +1,4 @@
-"""The verified-token cache never answers differently from a full verification (DESIGN §7).
+"""The verified-token cache never answers differently from a full verification.
 
 A hit re-checks `exp` and `nbf` (leeway included) against the clock and that the key which
 verified the token is still in its issuer's current key set; the cache stays within its bounds
@@ -16,7 +16,6 @@ from starlette.testclient import TestClient
 import m2m_guard.verifier as verifier_module
 from m2m_guard import GuardSettings, InvalidToken, TokenVerifier
 from m2m_guard.local_issuer import KeySetServer, SigningKey
-from m2m_guard.token_cache import VerifiedTokenCache
 
 from .conftest import AUDIENCE, deployment_app
 
@@ -46,7 +45,7 @@ def test_hit_past_exp_plus_leeway_is_refused() -> None:
         now[0] = exp + 30  # exp + leeway reached: refused, exactly as a full verification says
         assert _refused(verifier, token) == "expired"
         assert _refused(verifier, token) == "expired"
-        assert verifier._cache is not None and len(verifier._cache) == 0
+        assert verifier.token_cache is not None and len(verifier.token_cache) == 0
 
 
 def test_hit_before_nbf_minus_leeway_is_refused() -> None:
@@ -120,7 +119,7 @@ def test_flood_of_distinct_valid_tokens_never_passes_the_entry_bound() -> None:
     key = SigningKey.generate("EdDSA")
     with KeySetServer([key]) as issuer:
         verifier = TokenVerifier(_settings(issuer, token_cache_size=25))
-        cache = verifier._cache
+        cache = verifier.token_cache
         assert cache is not None
         most = 0
         for _ in range(200):
@@ -136,12 +135,13 @@ def test_flood_never_passes_the_byte_bound() -> None:
         sample = issuer.mint()
         size = len(sample) - len(sample.split(".")[2]) - 1 + 64  # signing input + signature
         bound = 10 * size + size // 2
-        verifier._cache = VerifiedTokenCache(1000, max_bytes=bound)
+        assert verifier.token_cache is not None
+        verifier.token_cache.max_bytes = bound
         most_bytes = most_entries = 0
         for _ in range(120):
             verifier.verify_sync(issuer.mint())
-            most_bytes = max(most_bytes, verifier._cache.bytes)
-            most_entries = max(most_entries, len(verifier._cache))
+            most_bytes = max(most_bytes, verifier.token_cache.bytes)
+            most_entries = max(most_entries, len(verifier.token_cache))
         assert 0 < most_bytes <= bound
         assert most_entries == 10  # the bytes, not the entry count, were the limit
 
@@ -157,11 +157,11 @@ def test_refused_tokens_are_never_cached_and_stay_refused() -> None:
         for _ in range(3):
             assert _refused(verifier, forged) == "bad_signature"
             assert _refused(verifier, wrong_audience) == "wrong_audience"
-        assert verifier._cache is not None and len(verifier._cache) == 0
+        assert verifier.token_cache is not None and len(verifier.token_cache) == 0
         # The genuine token is cached; its forged twin still is not.
         verifier.verify_sync(good)
         assert _refused(verifier, forged) == "bad_signature"
-        assert len(verifier._cache) == 1
+        assert len(verifier.token_cache) == 1
 
 
 def test_unknown_key_token_passes_only_through_a_real_verification_once_the_key_appears(
@@ -175,7 +175,7 @@ def test_unknown_key_token_passes_only_through_a_real_verification_once_the_key_
         token = issuer.mint(later)
         assert _refused(verifier, token) == "unknown_kid"
         assert _refused(verifier, token) == "unknown_kid"
-        assert verifier._cache is not None and len(verifier._cache) == 0
+        assert verifier.token_cache is not None and len(verifier.token_cache) == 0
         fetches = issuer.requests["/keys"]
         issuer.publish(known, later)
         assert _refused(verifier, token) == "unknown_kid"  # our set does not have it yet
@@ -183,7 +183,7 @@ def test_unknown_key_token_passes_only_through_a_real_verification_once_the_key_
         access = verifier.verify_sync(token)
         assert access.key_id == "snk_later"
         assert issuer.requests["/keys"] > fetches
-        assert len(verifier._cache) == 1
+        assert len(verifier.token_cache) == 1
         assert verifier.verify_sync(token) is access  # and only now a cache hit
 
 
@@ -196,7 +196,7 @@ def test_size_zero_disables_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
         settings = GuardSettings.from_env()
         assert settings.token_cache_size == 0
         verifier = TokenVerifier(settings)
-        assert verifier._cache is None
+        assert verifier.token_cache is None
         token = issuer.mint()
         first, second = verifier.verify_sync(token), verifier.verify_sync(token)
         assert first is not second  # each call verified in full
@@ -251,7 +251,7 @@ def test_shared_claim_objects_never_change_a_value_or_its_type(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Cached tokens of one shape share equal names and values; an equal-looking value of
     another type (1 and true, "1" and 1) is never swapped in."""
-    monkeypatch.setattr(verifier_module, "_SHARE_FROM", 0)  # share from the first entry on
+    monkeypatch.setattr(verifier_module, "SHARE_FROM", 0)  # share from the first entry on
     key = SigningKey.generate("EdDSA")
     with KeySetServer([key]) as issuer:
         verifier = TokenVerifier(_settings(issuer))
@@ -272,7 +272,7 @@ def test_shared_claim_objects_never_change_a_value_or_its_type(
 
 
 def test_claims_are_shared_only_once_the_cache_is_large(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(verifier_module, "_SHARE_FROM", 2)
+    monkeypatch.setattr(verifier_module, "SHARE_FROM", 2)
     key = SigningKey.generate("EdDSA")
     with KeySetServer([key]) as issuer:
         verifier = TokenVerifier(_settings(issuer))

@@ -49,9 +49,9 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from m2m_guard import GuardSettings, InvalidToken, TokenVerifier, current_token
+from m2m_guard._core.jws import check_signature, parse_compact, verify_compact
+from m2m_guard._core.keys import KeyRejected, KeySet, load_jwk, parse_jwks
 from m2m_guard.asgi import M2MGuardMiddleware
-from m2m_guard.jws import check_signature, parse_compact, verify_compact
-from m2m_guard.keys import KeyRejected, KeySet, load_jwk, parse_jwks
 from m2m_guard.local_issuer import KeySetServer, SigningKey
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
@@ -337,7 +337,7 @@ def test_wycheproof_refused_through_middleware(
 
 # tcId -> (kids that load, reasons the others are dropped for, does the token verify, what the
 # case asserts). Wycheproof's own expectations are whole-set refusals for "MixedKeySet" and
-# "DuplicateKid"; DESIGN §5 drops unusable keys from a set instead, so we assert the keys are
+# "DuplicateKid"; the key loader drops unusable keys from a set instead, so we assert the keys are
 # dropped and that the token is refused.
 JWK_CASES: dict[int, tuple[list[str], list[str], bool, str]] = {
     1: (["kid-ec-sign"], ["symmetric (oct) keys are never accepted"], False,

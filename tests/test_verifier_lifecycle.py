@@ -89,10 +89,10 @@ async def test_async_context_manager_cancels_background_refresh(es_key: SigningK
             with anyio.fail_after(5):
                 while issuer.requests["/keys"] < 2:
                     await anyio.sleep(0.01)
-            assert len(verifier._tasks) == 1
+            assert verifier.key_store.background == 1
             started = anyio.current_time()
         assert anyio.current_time() - started < 5  # cancelled, not waited for (30 s timeout)
-        assert not verifier._tasks
+        assert not verifier.key_store.background
         issuer.set_fault(None)
 
 
@@ -107,7 +107,7 @@ def test_sync_context_manager_and_refresh_thread(es_key: SigningKey) -> None:
         # close() joined the thread: the refresh is done and recorded.
         assert issuer.requests["/keys"] == 2
         assert verifier.health()["issuers"][issuer.url]["fetches"] == 2
-        assert not verifier._threads
+        assert not verifier.key_store.background
 
 
 @pytest.mark.anyio
@@ -141,14 +141,16 @@ async def test_async_request_waits_for_a_fetch_owned_by_a_thread(es_key: Signing
 async def test_unexpected_fetch_error_is_recorded_not_raised(
         es_key: SigningKey, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    import m2m_guard.verifier as verifier_module
+    class Broken:  # the injected fetcher seam: a bug in the I/O layer
+        async def fetch_async(self, *args: object, **kwargs: object) -> None:
+            raise RuntimeError("injected fetch bug")
 
-    async def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("injected fetch bug")
+        def fetch_sync(self, *args: object, **kwargs: object) -> None:
+            raise RuntimeError("injected fetch bug")
 
-    monkeypatch.setattr(verifier_module, "fetch_key_set_async", broken)
     with KeySetServer([es_key]) as issuer:
-        verifier = TokenVerifier(GuardSettings(issuer=issuer.url, audience="deployment-api"))
+        verifier = TokenVerifier(GuardSettings(issuer=issuer.url, audience="deployment-api"),
+                                 fetcher=Broken())  # type: ignore[arg-type]
         with pytest.raises(IssuerUnavailable):
             await verifier.verify(issuer.mint())
         state = verifier.health()["issuers"][issuer.url]

@@ -24,7 +24,7 @@ from m2m_guard import (
     current_token,
     require_scopes,
 )
-from m2m_guard.bearer import authorization_from_environ, split_credentials
+from m2m_guard._core.bearer import authorization_from_environ, split_credentials
 from m2m_guard.local_issuer import KeySetServer
 from m2m_guard.wsgi import M2MGuardWSGIMiddleware, token_from_environ
 
@@ -224,11 +224,11 @@ def test_guard_error_after_the_first_chunk_propagates(settings: GuardSettings,
 def test_close_stops_an_owned_verifier_only(settings: GuardSettings) -> None:
     owned = M2MGuardWSGIMiddleware(json_app, settings)
     owned.close()
-    assert owned.verifier._closed
+    assert owned.verifier.key_store.closed
     shared = TokenVerifier(settings)
     with M2MGuardWSGIMiddleware(json_app, verifier=shared):
         pass
-    assert not shared._closed
+    assert not shared.key_store.closed
     shared.close()
     with pytest.raises(ValueError, match="either settings or a verifier"):
         M2MGuardWSGIMiddleware(json_app, settings.replace(realm="other"), verifier=shared)

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from ..encoding import b64url_decode, b64url_encode
+from .._core.encoding import b64url_decode, b64url_encode
 from ..settings import GuardSettings
 from .common import EXIT_FAILED, EXIT_OK, CommandError, wait_for_stop
 
@@ -63,8 +63,8 @@ def deployment_api(settings: GuardSettings) -> Any:
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
+    from .._core.context import current_token, require_scopes
     from ..asgi import M2MGuardMiddleware
-    from ..context import current_token, require_scopes
 
     deployments = [{"id": "dep_1", "service": "billing", "version": "1.4.2", "status": "live"}]
 

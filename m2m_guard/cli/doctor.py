@@ -21,9 +21,8 @@ from typing import Any
 
 import httpx
 
-from ..encoding import loads_json
-from ..errors import ConfigurationError
-from ..fetch import (
+from .._core.encoding import loads_json
+from .._core.fetch import (
     FetchedDocument,
     FetchError,
     discovery_urls,
@@ -32,8 +31,9 @@ from ..fetch import (
     read_key_set,
     shared_tls_context,
 )
-from ..jwks import CachePolicy
-from ..keys import KeySet
+from .._core.jwks import CachePolicy
+from .._core.keys import KeySet
+from ..errors import ConfigurationError
 from ..settings import DEFAULT_JWKS_TTL, ENV_PREFIX, GuardSettings, IssuerSettings
 from .common import EXIT_FAILED, EXIT_OK, CommandError
 

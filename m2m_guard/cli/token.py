@@ -17,9 +17,9 @@ from urllib.parse import quote
 
 import httpx
 
-from ..encoding import loads_json
+from .._core.encoding import loads_json
+from .._core.fetch import discovery_urls
 from ..errors import safe_description
-from ..fetch import discovery_urls
 from .common import (
     EXIT_FAILED,
     EXIT_OK,

@@ -13,8 +13,8 @@ import json
 import sys
 from datetime import datetime, timezone
 
+from .._core.scopes import ScopeRequirement, validate_scopes
 from ..errors import ConfigurationError, GuardError, InsufficientScope
-from ..scopes import ScopeRequirement, validate_scopes
 from ..settings import GuardSettings
 from ..verifier import TokenVerifier
 from .common import EXIT_FAILED, EXIT_OK, CommandError, plain, read_stdin_value, split_scopes

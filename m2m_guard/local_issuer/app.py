@@ -27,8 +27,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..bearer import extract_bearer
-from ..encoding import loads_json
+from .._core.bearer import extract_bearer
+from .._core.encoding import loads_json
 from ..errors import GuardError, MissingToken, render_error
 from .clients import ApiError, bad_request, rfc3339
 

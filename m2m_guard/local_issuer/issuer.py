@@ -23,12 +23,13 @@ from typing import Any
 
 from starlette.applications import Starlette
 
-from ..encoding import loads_json
+from .._core.claims import ClaimRules
+from .._core.encoding import loads_json
+from .._core.jws import check_signature, parse_compact
+from .._core.keys import KeyRejected, VerificationKey, load_jwk
 from ..errors import ConfigurationError, InvalidToken
-from ..jws import check_signature, parse_compact
-from ..keys import KeyRejected, VerificationKey, load_jwk
 from ..settings import GuardSettings
-from ..verifier import TokenVerifier
+from .app import build_app
 from .clients import ClientRecord, Clients
 from .ids import new_id
 from .keyring import KeyRing, KeyState
@@ -41,7 +42,7 @@ _ADMIN_LEEWAY = 30.0
 
 
 class LocalIssuer:
-    """A local authorization server that speaks Scalekit's API (DESIGN §6a).
+    """A local authorization server that speaks Scalekit's API (docs/local-issuer.md).
 
     - `db`: SQLite file name (created with its schema on first use) or ``":memory:"``.
     - `issuer_url`: the `iss` of its tokens and the base of its discovery document; None means
@@ -87,10 +88,15 @@ class LocalIssuer:
             self.store.close()
             raise
         self._verification_keys: dict[str, VerificationKey] = {}
-        self._admin_rules: dict[str, TokenVerifier] = {}
-        from .app import build_app  # the app module needs this class's names
+        self._admin_rules: dict[str, ClaimRules] = {}
+        self._app: Starlette | None = None
 
-        self.app: Starlette = build_app(self)
+    @property
+    def app(self) -> Starlette:
+        """The issuer's HTTP API as an ASGI app (`app.build_app`), built on first use."""
+        if self._app is None:
+            self._app = build_app(self)
+        return self._app
 
     # -- Python API ------------------------------------------------------------------------------
     def create_client(self, organization_id: str, *, name: str, description: str = "",
@@ -178,13 +184,13 @@ class LocalIssuer:
         if claims.get("iss") != issuer:
             raise InvalidToken("The token was not issued by this server.",
                                reason="untrusted_issuer")
-        self._admin_claim_rules(issuer).check_claims(claims)
+        self._admin_claim_rules(issuer).check(claims, self.clock())
         if not (isinstance(claims.get("sub"), str)
                 and secrets.compare_digest(claims["sub"], self.admin_client_id)):
             raise InvalidToken("The token does not belong to the environment API client.",
                                reason="not_admin")
 
-    def _admin_claim_rules(self, issuer: str) -> TokenVerifier:
+    def _admin_claim_rules(self, issuer: str) -> ClaimRules:
         """The guard's own claim rules (time claims with leeway, claim types), for management
         tokens: made only for an issuer URL that signed tokens name, a few at most."""
         rules = self._admin_rules.get(issuer)
@@ -197,7 +203,7 @@ class LocalIssuer:
                                    reason="untrusted_issuer") from None
             if len(self._admin_rules) >= 8:
                 self._admin_rules.clear()
-            rules = self._admin_rules[issuer] = TokenVerifier(settings, wall_clock=self.clock)
+            rules = self._admin_rules[issuer] = ClaimRules(settings)
         return rules
 
     def _verification_key(self, kid: str) -> VerificationKey:

@@ -42,7 +42,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 
-from ..encoding import b64url_encode
+from .._core.encoding import b64url_encode
 from .signing import SigningKey, scalekit_claims
 
 __all__ = ["HOSTILE_KINDS", "KeySetServer", "hostile_jwk", "key_flood"]

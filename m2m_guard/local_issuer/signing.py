@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from ..encoding import b64url_encode
+from .._core.encoding import b64url_encode
 
 __all__ = ["SigningKey", "scalekit_claims"]
 
@@ -128,7 +128,7 @@ def scalekit_claims(issuer: str, *, client_id: str = "m2morg_68315758685323697",
                     audience: tuple[str, ...] | list[str] | None = ("deployment-api",),
                     custom_claims: dict[str, Any] | None = None, lifetime: int = 3600,
                     now: float | None = None, **extra: Any) -> dict[str, Any]:
-    """Claims shaped like a Scalekit client-credentials token (DESIGN §6a)."""
+    """Claims shaped like a Scalekit client-credentials token (docs/local-issuer.md)."""
     issued = int(time.time() if now is None else now)
     claims: dict[str, Any] = {"iss": issuer, "sub": client_id, "client_id": client_id,
                               "oid": organization_id, "scopes": list(scopes),

@@ -16,10 +16,10 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from m2m_guard import GuardError, GuardSettings
+from m2m_guard._core.bearer import extract_bearer
+from m2m_guard._core.encoding import b64url_encode, loads_json
+from m2m_guard._core.jws import CompactJWS, HeaderCache, parse_compact
 from m2m_guard.asgi import M2MGuardMiddleware
-from m2m_guard.bearer import extract_bearer
-from m2m_guard.encoding import b64url_encode, loads_json
-from m2m_guard.jws import CompactJWS, HeaderCache, parse_compact
 
 from .conftest import counted
 

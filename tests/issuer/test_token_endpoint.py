@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from m2m_guard import GuardSettings, TokenVerifier
-from m2m_guard.encoding import b64url_decode
+from m2m_guard._core.encoding import b64url_decode
 
 from .conftest import ORG, Rig
 

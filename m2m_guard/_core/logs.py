@@ -21,21 +21,18 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from .events import key_ids, never_raises, safe_text, token_fingerprint
+from ..events import RefusalContext, key_ids, never_raises, safe_text
 
 if TYPE_CHECKING:
-    from .errors import GuardError
+    from ..errors import GuardError
     from .fetch import FetchResult
     from .keys import KeySet
-    from .token import AccessToken
-    from .verifier import TokenVerifier, _Job
 
-__all__ = ["format_fields", "log_key_set", "log_refusal", "logger", "report_refusal"]
+__all__ = ["format_fields", "log_key_set", "log_refusal", "logger"]
 
 logger = logging.getLogger("m2m_guard")
 
 _PLAIN = frozenset(chr(c) for c in range(0x21, 0x7F)) - {'"', "=", "\\"}
-_CLIENT_CLAIMS = ("client_id", "azp", "sub")
 
 
 def _value(value: object) -> str:
@@ -63,32 +60,15 @@ def _emit(level: int, what: str, fields: dict[str, object]) -> None:
 
 
 @never_raises
-def log_refusal(token: object, job: _Job | None, error: GuardError,
-                access: AccessToken | None = None) -> None:
-    """One INFO line for a refused request.
-
-    `job` (the verifier's parsed token) or `access` (a verified token refused later, e.g. for
-    its scopes) supply the issuer, `kid` and client id; on a refusal by the verifier these
-    come from a token that failed verification, so they are what the token claims.
-    """
+def log_refusal(error: GuardError, context: RefusalContext) -> None:
+    """One INFO line for a refused request; `context` supplies the issuer, `kid`, client id and
+    fingerprint (of a token that failed verification: what it claims, made safe)."""
     if not logger.isEnabledFor(logging.INFO):
         return
-    issuer = kid = client = None
-    fingerprint: str | None
-    if job is not None:
-        issuer = job.issuer.settings.issuer
-        kid = safe_text(job.jws.kid)
-        client = next((safe_text(v) for v in (job.claims.get(n) for n in _CLIENT_CLAIMS)
-                       if isinstance(v, str)), None)
-        fingerprint = job.digest[:8].hex()
-    elif access is not None:
-        issuer, kid = access.issuer, safe_text(access.key_id)
-        client, fingerprint = safe_text(access.client_id), access.fingerprint
-    else:
-        fingerprint = token_fingerprint(token)
     _emit(logging.INFO, "refused", {
         "kind": "refused", "reason": error.reason, "status": error.status_code,
-        "issuer": issuer, "kid": kid, "client_id": client, "fingerprint": fingerprint,
+        "issuer": context.issuer, "kid": context.kid, "client_id": safe_text(context.client_id),
+        "fingerprint": context.fingerprint,
     })
 
 
@@ -117,19 +97,3 @@ def log_key_set(issuer: str, result: FetchResult | None, error: str | None,
         _emit(logging.WARNING, "key dropped",
               {"kind": "key_dropped", "issuer": issuer, "kid": safe_text(kid),
                "reason": reason})
-
-
-def report_refusal(verifier: TokenVerifier, error: GuardError,
-                   access: AccessToken | None = None) -> None:
-    """For adapters: log a refusal they render and send it to the event stream, unless the
-    verifier already did (refusals raised by `verify` are reported there, with more detail).
-
-    `access` is the request's verified token, if any (e.g. refused later for its scopes).
-    """
-    if error._reported:
-        return
-    error._reported = True
-    log_refusal(None, None, error, access)
-    observer = verifier._observer
-    if observer is not None:
-        observer.refused_request(error, access)

@@ -25,10 +25,10 @@ import anyio.to_thread
 import httpcore  # noqa: F401 - httpx imports it lazily on first use: not on the event loop
 import httpx
 
+from ..settings import GuardSettings, IssuerSettings
 from .encoding import loads_json
 from .jwks import parse_max_age
 from .keys import KeySet, parse_jwks
-from .settings import GuardSettings, IssuerSettings
 
 __all__ = [
     "FetchError",

@@ -13,18 +13,17 @@ from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from typing import Any, TypeVar, cast
 
-from .errors import MissingToken
+from ..errors import MissingToken
+from ..token import AccessToken
 from .scopes import ScopeRequirement, validate_scopes
-from .token import AccessToken
+from .storage import REQUEST_ATTRIBUTE, TOKEN_KEY
 
-__all__ = ["current_token", "require_any_scope", "require_scopes", "scope_requirements",
-           "set_current_token"]
+__all__ = ["current_token", "require_any_scope", "require_scopes", "reset_current",
+           "reset_current_token", "scope_requirements", "set_current", "set_current_token"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _CURRENT: ContextVar[AccessToken | None] = ContextVar("m2m_guard_token", default=None)
-_SCOPE_KEY = "m2m_guard.token"
-_REQUEST_ATTRIBUTE = "m2m_token"  # Django: request.m2m_token
 
 
 def current_token() -> AccessToken | None:
@@ -42,17 +41,22 @@ def reset_current_token(marker: Token[AccessToken | None]) -> None:
     _CURRENT.reset(marker)
 
 
+# The same two, without the wrapper call (adapters' hot paths).
+set_current = _CURRENT.set
+reset_current = _CURRENT.reset
+
+
 def _token_from_arguments(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> AccessToken | None:
     """Find the token on a request object among the arguments (Starlette `Request`,
     ASGI scope, Django's and DRF's `request.m2m_token`), for code that runs outside the context
     the middleware set (e.g. DRF authentication without the Django middleware)."""
     for value in (*args, *kwargs.values()):
-        found = getattr(value, _REQUEST_ATTRIBUTE, None)
+        found = getattr(value, REQUEST_ATTRIBUTE, None)
         if isinstance(found, AccessToken):
             return found
         scope = getattr(value, "scope", None)
         if isinstance(scope, Mapping):
-            found = scope.get(_SCOPE_KEY)
+            found = scope.get(TOKEN_KEY)
             if isinstance(found, AccessToken):
                 return found
     return None

@@ -5,7 +5,7 @@ A JWK becomes a `VerificationKey` only if it is a public asymmetric signing key 
 with a point on the curve) or OKP (Ed25519, Ed448); no private members; `use`, when present, is
 `sig`; `key_ops`, when present, contains `verify`; `alg`, when present, is an asymmetric algorithm
 that fits the key and then pins it. Anything else raises `KeyRejected` with the reason, and
-`parse_jwks` drops such keys from a key set (DESIGN §5).
+`parse_jwks` drops such keys from a key set (docs/architecture.md).
 
 The cryptography objects (public key, padding, hash) are built once here, so verifying a
 signature allocates nothing that could have been made in advance.
@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from ..settings import ASYMMETRIC_ALGORITHMS
 from .encoding import b64url_decode, loads_json
-from .settings import ASYMMETRIC_ALGORITHMS
 
 __all__ = ["KeyRejected", "KeySet", "VerificationKey", "load_jwk", "parse_jwks"]
 

@@ -1,4 +1,6 @@
-"""The key-set cache policy, sans-IO: plain functions of a `KeySetState` and a clock (DESIGN §5).
+"""The key-set cache policy, sans-IO: plain functions of a `KeySetState` and a clock.
+
+The numbers and rules are listed in docs/architecture.md ("Where each rule lives").
 
 Nothing here does I/O or reads the time; the verifier passes `now` (monotonic seconds) and
 performs what a `Plan` asks for. The rules:
@@ -24,8 +26,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import Enum
 
+from ..settings import DEFAULT_JWKS_TTL, GuardSettings
 from .keys import KeySet
-from .settings import DEFAULT_JWKS_TTL, GuardSettings
 
 __all__ = [
     "CachePolicy",
@@ -93,7 +95,7 @@ class KeySetState:
 
 @dataclass(frozen=True, slots=True)
 class CachePolicy:
-    """The numbers of DESIGN §5 and the decisions made with them."""
+    """The key-set numbers (docs/architecture.md) and the decisions made with them."""
 
     ttl: float | None = None
     min_ttl: float = 60.0

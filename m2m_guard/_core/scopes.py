@@ -1,6 +1,6 @@
 """Scopes: reading them from verified claims, and the requirements routes place on them.
 
-Claims are read by name (default ``scopes``, ``scope``, ``scp``; DESIGN §6), each in its own
+Claims are read by name (default ``scopes``, ``scope``, ``scp``), each in its own
 shape: ``scopes`` an array of scope-token strings (Scalekit), ``scope`` a string of scope-tokens
 separated by single spaces (RFC 6749 §3.3, RFC 8693), ``scp`` and any other configured claim
 either of the two (Okta and Entra use both; Auth0's ``permissions`` is an array). Any other shape
@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import InsufficientScope
+from ..errors import InsufficientScope
 
 if TYPE_CHECKING:
-    from .token import AccessToken
+    from ..token import AccessToken
 
 __all__ = ["ScopeReader", "ScopeRequirement", "scopes_from_claims", "validate_scopes"]
 

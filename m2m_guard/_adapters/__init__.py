@@ -1,0 +1,1 @@
+"""Framework-specific helpers of the public adapters (private: see docs/architecture.md)."""

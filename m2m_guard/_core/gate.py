@@ -1,0 +1,162 @@
+"""`Gate`: what every adapter does with a request, decided once, framework-free.
+
+For each request an adapter builds a `RequestView` and asks the gate, in this order:
+
+1. ``gate.answer(request)``: the guard's own endpoints (health, RFC 9728 metadata) answer before
+   anything else, without a token; a non-None `EndpointResponse` is sent as is (no body for
+   HEAD) and the request goes no further;
+2. ``gate.passes(request)``: a public path, or an allowed CORS preflight, runs the app with no
+   token checked (adapters may add their own reasons, e.g. Flask's public endpoints);
+3. ``await gate.authenticate(request)`` or ``gate.authenticate_sync(request)``: the credentials
+   (`credentials`: RFC 6750 framing), the token verified (`TokenVerifier`), then every `Check`
+   in `checks`; the `AccessToken`, or None when there is no token and none is required. Every
+   refusal is a `GuardError`, which the adapter answers with ``gate.refuse(error, access)``
+   (reported once, rendered with the configured realm and resource metadata).
+
+`decide(request)` runs steps 1 and 2 in one call for adapters that branch on the outcome.
+
+Checks after verification (sender-constrained tokens, claim rules, client rules) plug in here
+and only here: `default_checks(settings)` lists the ones the settings turn on, and every adapter
+runs them. A check reads the `RequestView` (method, URL, headers, client certificate), the raw
+token and the verified `AccessToken`, and raises a `GuardError` to refuse. While any check is
+configured, adapters' cache-hit fast paths are off (`fast_path`), so no request skips a check.
+See docs/architecture.md ("How to add a check").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from ..errors import GuardError, MissingToken, RenderedError
+from .answers import EndpointResponse
+from .bearer import extract_bearer
+from .endpoints import OperationalEndpoints, render_refusal
+from .request import RequestView
+from .rules import PathRules, is_cors_preflight
+
+if TYPE_CHECKING:
+    from ..settings import GuardSettings
+    from ..token import AccessToken
+    from ..verifier import TokenVerifier
+
+__all__ = ["AUTHENTICATE", "PASS", "Check", "Gate", "default_checks"]
+
+
+class Check:
+    """A rule every authenticated request must pass after its token is verified.
+
+    Override `check` (synchronous; it must not block, it runs on the event loop under ASGI) and,
+    for a rule that needs I/O, `check_async` as well. Raise a `GuardError` to refuse: it is
+    answered and reported like every other refusal.
+    """
+
+    def check(self, request: RequestView, token: str, access: AccessToken) -> None:
+        raise NotImplementedError
+
+    async def check_async(self, request: RequestView, token: str, access: AccessToken) -> None:
+        self.check(request, token, access)
+
+
+def default_checks(settings: GuardSettings) -> tuple[Check, ...]:
+    """The checks `settings` turn on, in the order they run (none yet: the bearer token's own
+    verification is the whole decision)."""
+    return ()
+
+
+class _Decision:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+#: `Gate.decide`: run the app without checking a token.
+PASS = _Decision("PASS")
+#: `Gate.decide`: authenticate the request (`authenticate` / `authenticate_sync`).
+AUTHENTICATE = _Decision("AUTHENTICATE")
+
+
+class Gate:
+    """The decisions of one `TokenVerifier` for every adapter (see the module doc).
+
+    `checks` default to `default_checks(verifier.settings)`.
+    """
+
+    __slots__ = ("checks", "endpoints", "fast_path", "paths", "settings", "verifier")
+
+    def __init__(self, verifier: TokenVerifier, *, checks: Iterable[Check] | None = None) -> None:
+        self.verifier = verifier
+        self.settings = settings = verifier.settings
+        self.paths = PathRules(tuple(settings.public_paths))
+        #: Health and RFC 9728 endpoints (None unless configured).
+        self.endpoints = OperationalEndpoints.for_verifier(verifier)
+        self.checks = tuple(checks) if checks is not None else default_checks(settings)
+        #: May an adapter answer a cached token without `authenticate`? Only without checks.
+        self.fast_path = settings.token_cache_size > 0 and not self.checks
+
+    # -- before authentication ---------------------------------------------------------------
+    def answer(self, request: RequestView) -> EndpointResponse | None:
+        """The answer of an operational endpoint to `request`, or None when it is not one."""
+        if self.endpoints is None:
+            return None
+        return self.endpoints.answer(request.path, request.method)
+
+    def passes(self, request: RequestView) -> bool:
+        """True for a public path or an allowed CORS preflight: no token is checked."""
+        if self.paths.is_public(request.path):
+            return True
+        return self.settings.allow_cors_preflight and request.method == "OPTIONS" \
+            and is_cors_preflight(request.method, request.has_header("origin"),
+                                  request.has_header("access-control-request-method"))
+
+    def decide(self, request: RequestView) -> EndpointResponse | _Decision:
+        """Steps 1 and 2 of the module doc: an answer to send, `PASS` or `AUTHENTICATE`."""
+        answer = self.answer(request)
+        if answer is not None:
+            return answer
+        return PASS if self.passes(request) else AUTHENTICATE
+
+    # -- authentication ----------------------------------------------------------------------
+    def credentials(self, request: RequestView) -> str | None:
+        """The request's bearer token, or None without credentials; `GuardError` for malformed
+        or ambiguous ones (RFC 6750 framing, a token in the query)."""
+        return extract_bearer(request.authorization(), request.query_string,
+                              max_token_bytes=self.settings.max_token_bytes)
+
+    def _no_token(self, required: bool | None) -> None:
+        if self.settings.required if required is None else required:
+            raise MissingToken()
+
+    async def authenticate(self, request: RequestView, *,
+                           required: bool | None = None) -> AccessToken | None:
+        """Credentials, verification and checks (see the module doc); raises `GuardError`.
+        `required` overrides `settings.required` (a dependency that demands a token)."""
+        token = self.credentials(request)
+        if token is None:
+            self._no_token(required)
+            return None
+        access = await self.verifier.verify(token)
+        for check in self.checks:
+            await check.check_async(request, token, access)
+        return access
+
+    def authenticate_sync(self, request: RequestView, *,
+                          required: bool | None = None) -> AccessToken | None:
+        """The blocking `authenticate` (WSGI, Django's sync chain, DRF)."""
+        token = self.credentials(request)
+        if token is None:
+            self._no_token(required)
+            return None
+        access = self.verifier.verify_sync(token)
+        for check in self.checks:
+            check.check(request, token, access)
+        return access
+
+    # -- refusals ----------------------------------------------------------------------------
+    def refuse(self, error: GuardError, access: AccessToken | None = None) -> RenderedError:
+        """The answer to a refused request: reported once, rendered with this configuration."""
+        return render_refusal(self.verifier, error, access)
