@@ -30,7 +30,7 @@ unit: $(STAMP)
 
 # The suites that judge parsing and verification, again with the [speedups] extra turned off:
 # behaviour must be the same with and without it.
-NO_SPEEDUPS_TESTS := tests/fuzz tests/test_attacks.py tests/test_vectors.py \
+NO_SPEEDUPS_TESTS := tests/fuzz tests/attacks tests/test_vectors.py \
 	tests/test_claims_and_keys_edges.py tests/test_scopes_and_token.py tests/test_speedups.py
 
 unit-no-speedups: $(STAMP)

@@ -20,10 +20,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from m2m_guard import _speedups
-from m2m_guard.encoding import b64url_decode, loads_json
+from m2m_guard._core import speedups as _speedups
+from m2m_guard._core.encoding import _loads_strict, b64url_decode
+from m2m_guard._core.token_cache import VerifiedTokenCache
 from m2m_guard.local_issuer import SigningKey, scalekit_claims
-from m2m_guard.token_cache import VerifiedTokenCache
 
 from .harness import Config, interleave, per_round
 from .report import Row, text_table, with_best
@@ -83,12 +83,12 @@ def _admission(key: SigningKey, config: Config) -> list[Row]:
 
     for _ in range(1000):
         token = fresh()
-        cache.put(token, object(), len(token))
+        cache.put(token, object())
     value = object()
 
     def insert_and_evict() -> None:  # today: every verified token goes in, the oldest goes out
         token = fresh()
-        cache.put(token, value, len(token))
+        cache.put(token, value)
 
     seen: dict[int, None] = {}
 
@@ -96,7 +96,7 @@ def _admission(key: SigningKey, config: Config) -> list[Row]:
         token = fresh()
         mark = hash(token)
         if mark in seen:
-            cache.put(token, value, len(token))
+            cache.put(token, value)
             return
         if len(seen) >= 4096:
             seen.clear()
@@ -114,7 +114,7 @@ def _admission(key: SigningKey, config: Config) -> list[Row]:
 
 def _json(payload: bytes, config: Config) -> list[Row]:
     contenders: dict[str, Callable[[], Any]] = {"strict standard library (today)":
-                                                lambda: loads_json(payload)}
+                                                lambda: _loads_strict(payload)}
     if _speedups.ACTIVE["json"] is not None:
         fast = _speedups.loads_fast
         contenders["[speedups] msgspec with the duplicate-name guard"] = lambda: fast(payload)

@@ -12,7 +12,7 @@ import sys
 
 from m2m_guard import GuardSettings
 
-PROBE = "import json; from m2m_guard import _speedups; print(json.dumps(_speedups.ACTIVE))"
+PROBE = "import json; from m2m_guard._core import speedups; print(json.dumps(speedups.ACTIVE))"
 
 
 def _active(**env: str) -> dict[str, str | None]:

@@ -1,4 +1,4 @@
-"""The `[speedups]` JSON path never answers differently from the strict standard-library parser.
+"""The `[speedups]` parsers never answer differently from the standard library's.
 
 `loads_fast` may decline (`UNDECIDED`, and the strict parser decides); when it answers, the value
 must be the strict parser's, type for type (1 is not 1.0 nor True, -0.0 is not 0.0, key order
@@ -16,17 +16,17 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from m2m_guard import _speedups
-from m2m_guard._speedups import UNDECIDED, loads_fast
-from m2m_guard.encoding import _nested_deeper, loads_json
+from m2m_guard._core import speedups as _speedups
+from m2m_guard._core.encoding import _loads_strict, loads_json
+from m2m_guard._core.speedups import UNDECIDED, loads_fast
 
 from .conftest import counted
 
-pytestmark = pytest.mark.skipif(_speedups.ACTIVE["json"] is None,
+pytestmark = pytest.mark.skipif(None in _speedups.ACTIVE.values(),
                                 reason="the [speedups] extra is not installed or is off")
 
 
-strict = loads_json  # the standard-library path alone
+strict = _loads_strict  # the standard-library path alone
 
 
 def same(a: Any, b: Any) -> bool:
@@ -101,16 +101,16 @@ def json_texts(draw: Any) -> bytes:
 @example(b"\xef\xbb\xbf{}")
 @example(b"[" * 40 + b"]" * 40)
 def test_fast_json_answers_only_what_the_strict_parser_answers(data: bytes) -> None:
-    counted("speedups.loads_fast")
-    fast = loads_fast(data)
-    if fast is not UNDECIDED and _nested_deeper(fast):  # the depth rule applies to both paths
-        fast = UNDECIDED
+    counted("speedups.loads_json")
     try:
         expected = strict(data)
     except ValueError:
-        assert fast is UNDECIDED, data
+        with pytest.raises(ValueError):
+            loads_json(data)  # the guard's parser, [speedups] in use
         return
+    fast = loads_fast(data)
     assert fast is UNDECIDED or same(fast, expected), (data, fast, expected)
+    assert same(loads_json(data), expected), data
 
 
 def test_fast_json_decides_the_usual_claims() -> None:
@@ -120,3 +120,30 @@ def test_fast_json_decides_the_usual_claims() -> None:
               b'"aud":["api"],"custom_claims":{"environment":"production"}}')
     assert same(loads_fast(claims), json.loads(claims))
     assert loads_fast(b'{"a":1,"a":2}') is UNDECIDED
+
+
+STANDARD = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+@given(st.binary(max_size=64).map(lambda raw: __import__("base64").b64encode(raw)),
+       st.lists(st.tuples(st.integers(0, 200), st.sampled_from(b"!=A\n \x00+/")), max_size=2))
+def test_fast_base64_decodes_and_refuses_as_binascii_strict(encoded: bytes,
+                                                            damage: list[tuple[int, int]]) -> None:
+    counted("speedups.b64decode")
+    fast = _speedups.b64decode
+    assert fast is not None
+    data = bytearray(encoded)
+    for at, byte in damage:
+        if data:
+            data[at % len(data)] = byte
+    import binascii
+
+    try:
+        expected: bytes | None = binascii.a2b_base64(bytes(data), strict_mode=True)
+    except binascii.Error:
+        expected = None
+    try:
+        got: bytes | None = fast(bytes(data))
+    except binascii.Error:
+        got = None
+    assert got == expected, bytes(data)

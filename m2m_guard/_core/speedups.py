@@ -65,6 +65,8 @@ if _decode is not None:
     def loads_fast(data: bytes) -> Any:
         """The value of `data` when msgspec's parse is certainly the strict parser's; otherwise
         `UNDECIDED`."""
+        if type(data) is not bytes:
+            return UNDECIDED
         try:
             value = _fast_decode(data)
         except Exception:  # noqa: BLE001 - any refusal: the strict parser decides
