@@ -36,7 +36,6 @@ from ._core.asgi_io import (
     send_answer,
     send_refusal,
 )
-from ._core.bearer import query_has_access_token
 from ._core.context import reset_current, set_current
 from ._core.gate import Gate
 from ._core.request import AsgiRequest
@@ -93,7 +92,7 @@ class M2MGuardMiddleware:
         self._fast_path = self.gate.fast_path
         self._preflight = self.settings.allow_cors_preflight
         self._has_public_paths = bool(self.settings.public_paths)
-        self._cached_token = self.verifier.cached_token
+        self._cached_bearer = self.gate.cached_bearer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self._announced:
@@ -123,13 +122,11 @@ class M2MGuardMiddleware:
             gate = self.gate
             if (found is not None and found[:7] == b"Bearer "
                     and not (self._has_public_paths and gate.paths.is_public(scope["path"]))
-                    and not (scope.get("query_string")
-                             and query_has_access_token(scope["query_string"]))
                     and (gate.endpoints is None or kind == "websocket"
                          or not gate.endpoints.serves(scope["path"]))
                     and not (scope.get("method") == "OPTIONS" and self._preflight
                              and gate.passes(AsgiRequest(scope)))):
-                access = self._cached_token(found[7:])
+                access = self._cached_bearer(found, scope.get("query_string", b""))
                 hit = access is not None
         if not hit:
             outcome = await self._authenticate(scope, receive, send)
@@ -167,7 +164,8 @@ class M2MGuardMiddleware:
             await self._call_app(scope, receive, send, None, untouched=True)
             return _HANDLED
         try:
-            return await self.gate.authenticate(request)
+            # The fast path above was tried (or did not apply): no second cache lookup.
+            return await self.gate.authenticate(request, fast=False)
         except GuardError as exc:
             await self._refuse(scope, receive, send, exc)
             return _HANDLED
