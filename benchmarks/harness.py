@@ -3,7 +3,11 @@ inputs; the result of a contender is the median of its per-round figures, and it
 interquartile range of those figures.
 
 Interleaving matters on a shared machine: a slow patch (another process, a frequency change)
-then hits every contender alike instead of whichever happened to run at that moment. For the same
+then hits every contender alike instead of whichever happened to run at that moment. In-process
+figures are the measuring thread's CPU time (`time.thread_time`), not wall time: on a machine
+shared with other work, a batch preempted halfway would otherwise be charged for the time other
+processes ran (seen: a load average of 10 on 2 cores made wall time 3x the CPU time). What
+remains (caches, frequency) is what the spread shows. For the same
 reason a ratio between two contenders is taken round by round (both figures of a round were
 measured moments apart) and only then summarised: `Spread.of(ratios)`.
 """
@@ -11,9 +15,9 @@ measured moments apart) and only then summarised: `Spread.of(ratios)`.
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from time import thread_time as _clock
 
 __all__ = ["Config", "Result", "Spread", "interleave", "interleave_async", "per_round"]
 
@@ -105,9 +109,9 @@ def interleave(contenders: dict[str, Callable[[int], None]], config: Config) -> 
     for round_no in range(config.rounds):
         shift = round_no % len(names)
         for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
+            start = _clock()
             contenders[name](config.batch)
-            results[name].samples.append((time.perf_counter() - start) / config.batch)
+            results[name].samples.append((_clock() - start) / config.batch)
     return results
 
 
@@ -121,7 +125,7 @@ async def interleave_async(contenders: dict[str, Callable[[int], Awaitable[None]
     for round_no in range(config.rounds):
         shift = round_no % len(names)
         for name in names[shift:] + names[:shift]:
-            start = time.perf_counter()
+            start = _clock()
             await contenders[name](config.batch)
-            results[name].samples.append((time.perf_counter() - start) / config.batch)
+            results[name].samples.append((_clock() - start) / config.batch)
     return results
