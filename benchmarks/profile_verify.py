@@ -112,6 +112,77 @@ def _hit_stages(verifier: TokenVerifier, token: str) -> dict[str, Callable[[], A
     }
 
 
+def _asgi_stages(verifier: TokenVerifier, token: str
+                 ) -> tuple[dict[str, Callable[[], Any]], Callable[[], Any]]:
+    """The ASGI middleware's work on a cache hit, piece by piece, against the whole middleware
+    around an app that only sends its two messages (so "the whole call" is the guard alone plus
+    that app; the app alone is a stage too)."""
+    import asyncio
+
+    from m2m_guard._core.asgi_io import SendTracker
+    from m2m_guard._core.context import reset_current, set_current
+    from m2m_guard.asgi import M2MGuardMiddleware
+
+    from .inprocess_bench import _headers, _receive, _scope
+
+    start = {"type": "http.response.start", "status": 200, "headers": []}
+    body = {"type": "http.response.body", "body": b"hello"}
+
+    async def send(message: Any) -> None:
+        return None
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send(start)
+        await send(body)
+
+    verifier.verify_sync(token)
+    guard = M2MGuardMiddleware(app, verifier=verifier)
+    headers = _headers(token)
+    found = headers[-1][1]
+    gate, principals = guard.gate, guard._principals
+    access = verifier.cached_token(token)
+    assert access is not None and principals is not None
+    loop = asyncio.new_event_loop()
+
+    def drive(coroutine: Any) -> None:
+        try:
+            coroutine.send(None)
+        except StopIteration:
+            pass
+
+    def header_scan() -> Any:
+        value = None
+        for name, item in headers:
+            if name == b"authorization":
+                value = item
+        return value
+
+    def scope_keys() -> None:
+        scope = {}
+        scope["m2m_guard.token"] = access
+        scope["m2m_guard.settings"] = guard.settings
+        scope["m2m_guard.verifier"] = verifier
+        scope["auth"], scope["user"] = principals(access, True)
+
+    def context_and_tracker() -> None:
+        marker = set_current(access)
+        tracker = SendTracker(send)
+        drive(tracker(start))
+        drive(tracker(body))
+        reset_current(marker)
+
+    stages: dict[str, Callable[[], Any]] = {
+        "the app alone (two messages sent)": lambda: drive(app(_scope(headers), _receive, send)),
+        "finding the one Authorization header": header_scan,
+        "cache lookup: Gate.cached_bearer (token bytes as key, hit checks)":
+            lambda: gate.cached_bearer(found, b""),
+        "scope keys and Starlette principals (memoised)": scope_keys,
+        "current_token() set and reset, send tracked (2 messages)": context_and_tracker,
+    }
+    loop.close()
+    return stages, lambda: drive(guard(_scope(headers), _receive, send))
+
+
 def _raw(key: SigningKey, token: str) -> Callable[[], Any]:
     from .verify_bench import _raw_checker
 
@@ -131,6 +202,8 @@ def run(config: Config) -> list[Row]:
                        config, inside=frozenset({RAW}))
         rows += profile(_hit_stages(cached, token), lambda: cached.verify_sync(token),
                         "cache hit (verify_sync)", config)
+        stages, whole = _asgi_stages(cached, token)
+        rows += profile(stages, whole, "ASGI middleware, cache hit (app: two sends)", config)
         full.close()
         cached.close()
     return rows
