@@ -1,21 +1,8 @@
-"""RFC 6750 credential framing: `split_credentials`, `authorization_from_environ`, and more.
+"""RFC 6750 credential framing: `extract_bearer`, `split_credentials`, `authorization_from_environ`.
 
-A stable import path for names the documentation shows; the implementation is private
-(`m2m_guard._core.bearer`, see docs/architecture.md).
-"""
+Documented import path; the implementation lives in the private core (docs/architecture.md)."""
 
-from ._core.bearer import (
-    authorization_from_environ,
-    extract_bearer,
-    is_b64token,
-    query_has_access_token,
-    split_credentials,
-)
+from ._core import bearer as core
+from ._core.bearer import *  # noqa: F403 - this module re-exports exactly the core's public names
 
-__all__ = [
-    "authorization_from_environ",
-    "extract_bearer",
-    "is_b64token",
-    "query_has_access_token",
-    "split_credentials",
-]
+__all__ = core.__all__

@@ -1,23 +1,8 @@
-"""Strict base64url and JSON (`MAX_JSON_DEPTH`, `loads_json`).
+"""Strict base64url and JSON: `MAX_JSON_DEPTH`, `loads_json`, `b64url_decode`.
 
-A stable import path for names the documentation shows; the implementation is private
-(`m2m_guard._core.encoding`, see docs/architecture.md).
-"""
+Documented import path; the implementation lives in the private core (docs/architecture.md)."""
 
-from ._core.encoding import (
-    MAX_JSON_DEPTH,
-    b64url_decode,
-    b64url_encode,
-    is_b64url,
-    is_b64url_framing,
-    loads_json,
-)
+from ._core import encoding as core
+from ._core.encoding import *  # noqa: F403 - this module re-exports exactly the core's public names
 
-__all__ = [
-    "MAX_JSON_DEPTH",
-    "b64url_decode",
-    "b64url_encode",
-    "is_b64url",
-    "is_b64url_framing",
-    "loads_json",
-]
+__all__ = core.__all__

@@ -1,19 +1,8 @@
 """The guard's own answers: `render_refusal`, `health_answer`, `OperationalEndpoints`.
 
-A stable import path for names the documentation shows; the implementation is private
-(`m2m_guard._core.endpoints`, see docs/architecture.md).
-"""
+Documented import path; the implementation lives in the private core (docs/architecture.md)."""
 
-from ._core.endpoints import (
-    OperationalEndpoints,
-    health_answer,
-    read_only_answer,
-    render_refusal,
-)
+from ._core import endpoints as core
+from ._core.endpoints import *  # noqa: F403 - this module re-exports exactly the core's public names
 
-__all__ = [
-    "OperationalEndpoints",
-    "health_answer",
-    "read_only_answer",
-    "render_refusal",
-]
+__all__ = core.__all__

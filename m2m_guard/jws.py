@@ -1,23 +1,8 @@
-"""Strict compact JWS verification (`verify_compact`), documented in the changelog.
+"""Strict compact JWS: `verify_compact` and the parts it is built from.
 
-A stable import path for names the documentation shows; the implementation is private
-(`m2m_guard._core.jws`, see docs/architecture.md).
-"""
+Documented import path; the implementation lives in the private core (docs/architecture.md)."""
 
-from ._core.jws import (
-    CompactJWS,
-    HeaderCache,
-    check_signature,
-    check_token_size,
-    parse_compact,
-    verify_compact,
-)
+from ._core import jws as core
+from ._core.jws import *  # noqa: F403 - this module re-exports exactly the core's public names
 
-__all__ = [
-    "CompactJWS",
-    "HeaderCache",
-    "check_signature",
-    "check_token_size",
-    "parse_compact",
-    "verify_compact",
-]
+__all__ = core.__all__

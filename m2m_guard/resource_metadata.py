@@ -1,23 +1,8 @@
-"""RFC 9728 protected resource metadata (`resource_metadata(settings)`).
+"""RFC 9728 protected resource metadata: `resource_metadata(settings)` and more.
 
-A stable import path for names the documentation shows; the implementation is private
-(`m2m_guard._core.resource_metadata`, see docs/architecture.md).
-"""
+Documented import path; the implementation lives in the private core (docs/architecture.md)."""
 
-from ._core.resource_metadata import (
-    WELL_KNOWN,
-    challenge_url,
-    metadata_path,
-    metadata_url,
-    resource_metadata,
-    resource_metadata_response,
-)
+from ._core import resource_metadata as core
+from ._core.resource_metadata import *  # noqa: F403 - this module re-exports exactly the core's public names
 
-__all__ = [
-    "WELL_KNOWN",
-    "challenge_url",
-    "metadata_path",
-    "metadata_url",
-    "resource_metadata",
-    "resource_metadata_response",
-]
+__all__ = core.__all__

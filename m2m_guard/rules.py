@@ -1,15 +1,8 @@
-"""Public-path and CORS-preflight rules shared by every adapter.
+"""Public-path and CORS-preflight rules shared by every adapter (`PathRules`).
 
-A stable import path for names the documentation shows; the implementation is private
-(`m2m_guard._core.rules`, see docs/architecture.md).
-"""
+Documented import path; the implementation lives in the private core (docs/architecture.md)."""
 
-from ._core.rules import (
-    PathRules,
-    is_cors_preflight,
-)
+from ._core import rules as core
+from ._core.rules import *  # noqa: F403 - this module re-exports exactly the core's public names
 
-__all__ = [
-    "PathRules",
-    "is_cors_preflight",
-]
+__all__ = core.__all__

@@ -64,6 +64,20 @@ class _Job(NamedTuple):
 _new_job = tuple.__new__
 
 
+# The pipeline: yields what it needs, is sent the exception satisfying it raised (or None).
+_Flow = Generator[Need, "Exception | None", AccessToken]
+
+
+def _resume(flow: _Flow | None, error: Exception | None) -> Need | AccessToken:
+    """Run `flow` to its next `Need` or its result, raising `error` inside it if given."""
+    assert flow is not None
+    try:
+        return flow.throw(error) if error is not None else flow.send(None)
+    except StopIteration as done:
+        access: AccessToken = done.value
+        return access
+
+
 # token, the key that verified it and the key set it was in, its issuer, and its validity window
 # (not_after, not_before)
 _CacheEntry = tuple[AccessToken, VerificationKey, KeySet | None, IssuerKeys, float, float]
@@ -117,44 +131,20 @@ class TokenVerifier:
     # -- public fronts: they only drive the pipeline ----------------------------------------
     async def verify(self, token: str) -> AccessToken:
         """Verify `token` (the bearer string) and return its `AccessToken`; raise `GuardError`."""
-        flow = self._start(token)
-        if isinstance(flow, AccessToken):
-            return flow
-        keys = self._keys
-        try:
-            need = next(flow)
-            while True:
-                try:
-                    await keys.satisfy_async(need)
-                except Exception as exc:  # noqa: BLE001 - the pipeline turns it into a refusal
-                    need = flow.throw(exc)
-                else:
-                    need = next(flow)
-        except StopIteration as done:
-            access: AccessToken = done.value
-            return access
+        flow, step = self._start(token)
+        while type(step) is Need:
+            step = _resume(flow, await self._keys.satisfy_async(step))
+        return step  # type: ignore[return-value]
 
     def verify_sync(self, token: str) -> AccessToken:
         """The blocking twin of `verify` (sync HTTP driver; safe from many threads).
 
         Do not call it on an event loop's thread: use `await verify(...)` there.
         """
-        flow = self._start(token)
-        if isinstance(flow, AccessToken):
-            return flow
-        keys = self._keys
-        try:
-            need = next(flow)
-            while True:
-                try:
-                    keys.satisfy_sync(need)
-                except Exception as exc:  # noqa: BLE001 - the pipeline turns it into a refusal
-                    need = flow.throw(exc)
-                else:
-                    need = next(flow)
-        except StopIteration as done:
-            access: AccessToken = done.value
-            return access
+        flow, step = self._start(token)
+        while type(step) is Need:
+            step = _resume(flow, self._keys.satisfy_sync(step))
+        return step  # type: ignore[return-value]
 
     async def warm_up(self) -> None:
         """Load every issuer's key set now (issuers in parallel).
@@ -286,17 +276,19 @@ class TokenVerifier:
         self.close()
 
     # -- the pipeline ------------------------------------------------------------------------
-    def _start(self, token: str) -> AccessToken | Generator[Need, None, AccessToken]:
+    def _start(self, token: str) -> tuple[_Flow | None, Need | AccessToken]:
         """The token, when it is cached or its keys are at hand and nothing needs reporting
-        (the usual case, run here without a generator); else the pipeline to drive."""
+        (the usual case, run here without a generator); else the pipeline started: its first
+        `Need`, or its result."""
         if self._observer is not None or type(token) is not str \
                 or len(token) > self._max_token_bytes:
-            return self._flow(token, None)
+            flow = self._flow(token, None)
+            return flow, _resume(flow, None)
         raw = token.encode("utf-8", "surrogatepass")
         if self._cache is not None:
             cached = self._hit(raw)
             if cached is not None:
-                return cached
+                return None, cached
         # `_flow`'s steps up to key selection, without its generator (~0.5 µs per token); a key
         # set to fetch or refresh continues in `_flow`. Refusals are reported as there.
         job: _Job | None = None
@@ -305,17 +297,18 @@ class TokenVerifier:
             job = _new_job(_Job, (raw, jws, claims, issuer))
             key = self._keys.select(issuer, jws)
             if isinstance(key, VerificationKey):
-                return self._finish(job, key)
+                return None, self._finish(job, key)
         except GuardError as exc:
             self._refused(exc, token, job, None, 0.0)
             raise
         except Exception as exc:  # noqa: BLE001 - never let a bug become a 500
             raise self._internal(token, exc, job, None, 0.0) from None
-        return self._flow(token, raw, job, key)
+        flow = self._flow(token, raw, job, key)
+        return flow, _resume(flow, None)
 
     def _flow(self, token: str, raw: bytes | None, job: _Job | None = None,
               selection: Generator[Need, None, VerificationKey] | None = None,
-              ) -> Generator[Need, None, AccessToken]:
+              ) -> _Flow:
         """The whole verification (see the module doc). `raw` (the token's bytes, the cache
         key) is given when `_start` has already looked the token up in the cache; `job` and
         `selection` when it has also parsed it and key selection must wait for the key store."""

@@ -262,12 +262,14 @@ def test_shared_claim_objects_never_change_a_value_or_its_type(
         assert second.claims["ver"] is True
         assert third.claims["ver"] == "1" and third.claims["tid"] == "tenant-2"
         assert second.claims["tid"] == "tenant-1"
-        # Equal strings and string arrays are one object between cached claim sets.
-        assert second._raw["iss"] is first._raw["iss"]
-        assert second._raw["aud"] is first._raw["aud"]
-        assert second._raw["tid"] is first._raw["tid"]
-        assert [name for name in second._raw] == [name for name in first._raw]
-        assert all(a is b for a, b in zip(second._raw, first._raw))
+        # Equal strings and string arrays are one object between cached claim sets (seen
+        # through the public read-only claims, which keep the strings and names they copy).
+        assert second.claims["iss"] is first.claims["iss"]
+        assert all(a is b for a, b in zip(second.claims["aud"], first.claims["aud"],
+                                          strict=True))
+        assert second.claims["tid"] is first.claims["tid"]
+        assert [name for name in second.claims] == [name for name in first.claims]
+        assert all(a is b for a, b in zip(second.claims, first.claims, strict=True))
         assert third.audience == ("deployment-api",) and third.scopes == first.scopes
 
 

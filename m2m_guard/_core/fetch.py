@@ -15,6 +15,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -79,7 +80,7 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, min(when.timestamp() - time.time(), 86400.0))
 
 
-def _http_error(what: str, status: int, headers: httpx.Headers) -> FetchError:
+def _http_error(what: str, status: int, headers: Mapping[str, str]) -> FetchError:
     retry_after = parse_retry_after(headers.get("retry-after")) if status in (429, 503) else None
     return FetchError(f"{what} answered HTTP {status}", retry_after=retry_after)
 
@@ -98,12 +99,27 @@ class FetchResult:
 
 @dataclass(frozen=True, slots=True)
 class FetchedDocument:
-    """A fetched document: its final URL (after same-origin redirects), status, headers, body."""
+    """A fetched document: its final URL (after same-origin redirects), status, headers (names
+    in lower case: a plain mapping, or httpx's case-insensitive one), body."""
 
     url: str
     status: int
-    headers: httpx.Headers
+    headers: Mapping[str, str]
     body: bytes
+
+
+def _discovery(issuer: IssuerSettings) -> Generator[str, FetchedDocument, tuple[str, str | None]]:
+    """Discovery, sans-IO: yields each URL to GET and is sent its document; returns the
+    `jwks_uri` and the token endpoint. OpenID Connect first; a 404 moves on to RFC 8414."""
+    errors = []
+    for url in discovery_urls(issuer.issuer):
+        response = yield url
+        if response.status == 404:
+            errors.append(f"{url} answered 404")
+            continue
+        return _read_discovery(issuer, response.url, response.status, response.body,
+                               response.headers)
+    raise FetchError("no discovery document: " + "; ".join(errors))
 
 
 def discovery_urls(issuer: str) -> tuple[str, str]:
@@ -131,7 +147,7 @@ def redirect_target(current: str, status: int, location: str | None) -> str:
 
 
 def read_discovery(issuer: IssuerSettings, url: str, status: int, body: bytes,
-                   settings: GuardSettings, headers: httpx.Headers | None = None) -> str:
+                   settings: GuardSettings, headers: Mapping[str, str] | None = None) -> str:
     """The `jwks_uri` of a discovery document, after checking that its `issuer` matches."""
     return _read_discovery(issuer, url, status, body, headers)[0]
 
@@ -155,10 +171,10 @@ def read_token_endpoint(issuer: IssuerSettings, doc: dict[str, Any]) -> str | No
 
 
 def _read_discovery(issuer: IssuerSettings, url: str, status: int, body: bytes,
-                    headers: httpx.Headers | None = None) -> tuple[str, str | None]:
+                    headers: Mapping[str, str] | None = None) -> tuple[str, str | None]:
     """`read_discovery` plus the document's token endpoint (see `read_token_endpoint`)."""
     if status != 200:
-        raise _http_error(f"discovery at {url}", status, headers or httpx.Headers())
+        raise _http_error(f"discovery at {url}", status, headers or {})
     try:
         doc: Any = loads_json(body)
     except ValueError as exc:
@@ -185,9 +201,10 @@ def _read_discovery(issuer: IssuerSettings, url: str, status: int, body: bytes,
     return jwks_uri, read_token_endpoint(issuer, doc)
 
 
-def read_key_set(url: str, status: int, headers: httpx.Headers, body: bytes,
+def read_key_set(url: str, status: int, headers: Mapping[str, str], body: bytes,
                  settings: GuardSettings) -> FetchResult:
-    """Interpret a key-set response: 200 with a JWKS, or 304 Not Modified."""
+    """Interpret a key-set response: 200 with a JWKS, or 304 Not Modified (header names in
+    lower case)."""
     max_age = parse_max_age(headers.get("cache-control"))
     etag = headers.get("etag")
     if status == 304:
@@ -277,15 +294,14 @@ async def fetch_key_set_async(issuer: IssuerSettings, settings: GuardSettings, *
 
 async def _discover_async(client: httpx.AsyncClient, issuer: IssuerSettings,
                           settings: GuardSettings) -> tuple[str, str | None]:
-    errors = []
-    for url in discovery_urls(issuer.issuer):
-        response = await _get_async(client, url, settings)
-        if response.status == 404:
-            errors.append(f"{url} answered 404")
-            continue
-        return _read_discovery(issuer, response.url, response.status, response.body,
-                               response.headers)
-    raise FetchError("no discovery document: " + "; ".join(errors))
+    steps = _discovery(issuer)
+    url = next(steps)
+    try:
+        while True:
+            url = steps.send(await _get_async(client, url, settings))
+    except StopIteration as done:
+        found: tuple[str, str | None] = done.value
+        return found
 
 
 # -- sync driver -----------------------------------------------------------------------------
@@ -380,18 +396,15 @@ def fetch_key_set_sync(issuer: IssuerSettings, settings: GuardSettings, *,
     with _Deadline(deadline) as watchdog, httpx.Client(
             timeout=_timeout(settings), verify=_tls(), follow_redirects=False) as client:
         if jwks_url is None:
-            errors = []
-            for url in discovery_urls(issuer.issuer):
-                response = _get_sync(client, url, settings, deadline, watchdog=watchdog)
-                if response.status == 404:
-                    errors.append(f"{url} answered 404")
-                    continue
-                jwks_url, token_endpoint = _read_discovery(issuer, response.url, response.status,
-                                                           response.body, response.headers)
-                etag = None
-                break
-            else:
-                raise FetchError("no discovery document: " + "; ".join(errors))
+            steps = _discovery(issuer)
+            url = next(steps)
+            try:
+                while True:
+                    url = steps.send(_get_sync(client, url, settings, deadline,
+                                               watchdog=watchdog))
+            except StopIteration as done:
+                jwks_url, token_endpoint = done.value
+            etag = None
         response = _get_sync(client, jwks_url, settings, deadline, etag, watchdog)
     result = read_key_set(response.url, response.status, response.headers, response.body,
                           settings)

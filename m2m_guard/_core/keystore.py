@@ -15,11 +15,12 @@ with `satisfy_async` or `satisfy_sync`. The I/O is behind a `Fetcher` (httpx dri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
@@ -230,19 +231,28 @@ class KeyStore:
         raise InvalidToken("The token's signing key is not in its issuer's key set.",
                            reason="unknown_kid")
 
-    async def satisfy_async(self, need: Need) -> None:
-        """Do what `need` asks, without blocking the event loop."""
-        if need.kind is Need.REFRESH:
-            self.spawn_async(need.issuer)
-        else:
-            await self.fetch_async(need.issuer, join_only=need.kind is Need.JOIN)
+    async def satisfy_async(self, need: Need) -> Exception | None:
+        """Do what `need` asks, without blocking the event loop; an unexpected exception is
+        returned (for the pipeline to refuse with), never raised."""
+        try:
+            if need.kind is Need.REFRESH:
+                self.spawn_async(need.issuer)
+            else:
+                await self.fetch_async(need.issuer, join_only=need.kind is Need.JOIN)
+        except Exception as exc:  # noqa: BLE001 - the pipeline turns it into a refusal
+            return exc
+        return None
 
-    def satisfy_sync(self, need: Need) -> None:
-        """Do what `need` asks, blocking this thread while a fetch runs."""
-        if need.kind is Need.REFRESH:
-            self.spawn_thread(need.issuer)
-        else:
-            self.fetch_sync(need.issuer, join_only=need.kind is Need.JOIN)
+    def satisfy_sync(self, need: Need) -> Exception | None:
+        """Do what `need` asks, blocking this thread while a fetch runs (as `satisfy_async`)."""
+        try:
+            if need.kind is Need.REFRESH:
+                self.spawn_thread(need.issuer)
+            else:
+                self.fetch_sync(need.issuer, join_only=need.kind is Need.JOIN)
+        except Exception as exc:  # noqa: BLE001 - the pipeline turns it into a refusal
+            return exc
+        return None
 
     # -- fetching: one step each, the two drivers differ only in how they wait -------------
     def _start_flight(self, issuer: IssuerKeys, *, async_owner: bool,
@@ -258,55 +268,48 @@ class KeyStore:
         return {"jwks_url": issuer.jwks_url,
                 "etag": issuer.state.etag if issuer.state.keys is not None else None}
 
-    def _failed(self, issuer: IssuerKeys, exc: Exception) -> None:
-        if isinstance(exc, FetchError):
-            self._store(issuer, None, str(exc), exc.retry_after)
-            return
-        logger.error("m2m_guard unexpected error fetching keys of %s", issuer.settings.issuer,
-                     exc_info=exc)
-        self._store(issuer, None, f"unexpected error: {type(exc).__name__}")
-
-    def _land(self, issuer: IssuerKeys, flight: _Flight) -> None:
-        with issuer.lock:
-            issuer.flight = None
-        flight.finish()
+    @contextlib.contextmanager
+    def _owning(self, issuer: IssuerKeys, flight: _Flight) -> Iterator[list[FetchResult]]:
+        """The owner's fetch, which puts its result in the list it is given: a failed fetch
+        becomes the issuer's state (never raised), a result is stored, and the flight lands
+        whatever happens, waking its waiters."""
+        fetched: list[FetchResult] = []
+        try:
+            try:
+                yield fetched
+            except Exception as exc:  # a failed fetch is state, not an error
+                if isinstance(exc, FetchError):
+                    self._store(issuer, None, str(exc), exc.retry_after)
+                else:
+                    logger.error("m2m_guard unexpected error fetching keys of %s",
+                                 issuer.settings.issuer, exc_info=exc)
+                    self._store(issuer, None, f"unexpected error: {type(exc).__name__}")
+            else:
+                self._store(issuer, fetched[0], None)
+        finally:
+            with issuer.lock:
+                issuer.flight = None
+            flight.finish()
 
     async def fetch_async(self, issuer: IssuerKeys, *, join_only: bool = False) -> None:
         """Fetch `issuer`'s key set (or wait for the fetch in progress); never raises."""
         flight, owner = self._start_flight(issuer, async_owner=True, join_only=join_only)
-        if flight is None:
-            return
-        if not owner:
+        if flight is not None and not owner:
             await flight.wait_async(self._wait)
-            return
-        try:
-            try:
-                result = await self.fetcher.fetch_async(issuer.settings,
-                                                        **self._conditions(issuer))
-            except Exception as exc:  # noqa: BLE001 - a failed fetch is state, not an error
-                self._failed(issuer, exc)
-            else:
-                self._store(issuer, result, None)
-        finally:
-            self._land(issuer, flight)
+        elif flight is not None:
+            with self._owning(issuer, flight) as fetched:
+                fetched.append(await self.fetcher.fetch_async(issuer.settings,
+                                                              **self._conditions(issuer)))
 
     def fetch_sync(self, issuer: IssuerKeys, *, join_only: bool = False) -> None:
         """The blocking `fetch_async`."""
         flight, owner = self._start_flight(issuer, async_owner=False, join_only=join_only)
-        if flight is None:
-            return
-        if not owner:
+        if flight is not None and not owner:
             flight.done.wait(self._wait)
-            return
-        try:
-            try:
-                result = self.fetcher.fetch_sync(issuer.settings, **self._conditions(issuer))
-            except Exception as exc:  # noqa: BLE001 - a failed fetch is state, not an error
-                self._failed(issuer, exc)
-            else:
-                self._store(issuer, result, None)
-        finally:
-            self._land(issuer, flight)
+        elif flight is not None:
+            with self._owning(issuer, flight) as fetched:
+                fetched.append(self.fetcher.fetch_sync(issuer.settings,
+                                                       **self._conditions(issuer)))
 
     def _store(self, issuer: IssuerKeys, result: FetchResult | None, error: str | None,
                retry_after: float | None = None) -> None:

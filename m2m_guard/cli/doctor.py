@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,7 +169,7 @@ def _check_keys(keys: KeySet, settings: GuardSettings, report: IssuerReport) -> 
                                  "this issuer would be refused")
 
 
-def _check_cache(headers: httpx.Headers, max_age: float | None, settings: GuardSettings,
+def _check_cache(headers: Mapping[str, str], max_age: float | None, settings: GuardSettings,
                  report: IssuerReport) -> None:
     policy = CachePolicy.from_settings(settings)
     ttl = policy.ttl_for(max_age)
