@@ -4,14 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit venv bench fuzz soak clean
+.PHONY: demo test lint typecheck unit unit-no-speedups venv bench fuzz soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e ".[test,server]"
+	$(BIN)/python -m pip install --quiet -e ".[test,server,speedups]"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -28,7 +28,15 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest
 
-test: lint typecheck unit
+# The suites that judge parsing and verification, again with the [speedups] extra turned off:
+# behaviour must be the same with and without it.
+NO_SPEEDUPS_TESTS := tests/fuzz tests/attacks tests/test_vectors.py \
+	tests/test_claims_and_keys_edges.py tests/test_scopes_and_token.py tests/test_speedups.py
+
+unit-no-speedups: $(STAMP)
+	M2M_GUARD_SPEEDUPS=off $(BIN)/python -m pytest -q $(NO_SPEEDUPS_TESTS)
+
+test: lint typecheck unit unit-no-speedups
 
 # Not part of `make test`: side-by-side benchmarks (benchmark-only dependencies in the bench
 # extra), a long fuzz run (Hypothesis properties and schemathesis against the local issuer), and
@@ -36,7 +44,7 @@ test: lint typecheck unit
 BENCH_STAMP := $(VENV)/.installed-bench
 
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[test,server,bench]"
+	$(BIN)/python -m pip install --quiet -e ".[test,server,speedups,bench]"
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)

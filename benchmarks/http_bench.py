@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from .apps import ASGI_VARIANTS, WSGI_VARIANTS, wsgi_guard_class
-from .harness import Config
+from .harness import Config, Spread
 from .inprocess_bench import ASGI_NAMES, WSGI_NAMES
 from .report import Row
 
@@ -114,8 +114,9 @@ def _wrk(url: str, seconds: float, script: Path | None, header: str | None) -> f
 
 
 def _measure(kind: str, variants: dict[str, str], issuer: str, tokens: list[str],
-             config: Config) -> dict[str, float]:
-    """Median requests/s per variant name; the servers run together, the rounds alternate."""
+             config: Config) -> dict[str, Spread]:
+    """Requests/s per variant name (median and spread of the rounds); the servers run
+    together, the rounds alternate."""
     size = max(1, len(tokens) // 2)
     with tempfile.TemporaryDirectory() as scratch:
         script = _token_script(Path(scratch), "unique", tokens)
@@ -139,7 +140,7 @@ def _measure(kind: str, variants: dict[str, str], issuer: str, tokens: list[str]
         finally:
             for server in servers.values():
                 server.stop()
-    return {name: sorted(values)[len(values) // 2] for name, values in rates.items()}
+    return {name: Spread.of(values) for name, values in rates.items()}
 
 
 def run(issuer: str, tokens: list[str], config: Config, *, enabled: bool) -> list[Row]:
@@ -157,9 +158,11 @@ def run(issuer: str, tokens: list[str], config: Config, *, enabled: bool) -> lis
                 for name in wsgi_names.values()]
     rows: list[Row] = []
     rates = _measure("asgi", asgi_names, issuer, tokens, config)
-    base = rates["no auth"]
-    for name, rate in rates.items():
-        row = Row(asgi_section, name, rate, "req/s", ratio=rate / base, baseline="no-auth")
+    base = rates["no auth"].median
+    for name, spread in rates.items():
+        rate = spread.median
+        row = Row.measured(asgi_section, name, spread, "req/s", ratio=rate / base,
+                           baseline="no-auth")
         if name == "no auth":
             row.ratio, row.baseline, row.note = None, "", "baseline"
         elif name == "m2m_guard, repeated token":
@@ -167,22 +170,22 @@ def run(issuer: str, tokens: list[str], config: Config, *, enabled: bool) -> lis
         elif name == "m2m_guard, unique tokens":
             row.target, row.met = "≥ 0.38x no-auth", rate / base >= 0.38
         rows.append(row)
-    speedup = rates["m2m_guard, unique tokens"] / rates["BaseHTTPMiddleware + PyJWT"]
+    speedup = rates["m2m_guard, unique tokens"].median / rates["BaseHTTPMiddleware + PyJWT"].median
     rows.append(Row(asgi_section, "unique tokens: times BaseHTTPMiddleware + PyJWT", speedup, "x",
                     target="≥ 3x", met=speedup >= 3))
     available = wsgi_guard_class() is not None
     measured = {variant: name for variant, name in wsgi_names.items()
                 if available or not variant.startswith("m2m")}
     rates = _measure("wsgi", measured, issuer, tokens, config)
-    base = rates["no auth"]
+    base = rates["no auth"].median
     for variant in WSGI_VARIANTS:
         name = wsgi_names[variant]
         if name not in rates:
             rows.append(Row(wsgi_section, name, None, "req/s",
                             note="m2m_guard WSGI: not available in this build"))
             continue
-        row = Row(wsgi_section, name, rates[name], "req/s", ratio=rates[name] / base,
-                  baseline="no-auth")
+        row = Row.measured(wsgi_section, name, rates[name], "req/s",
+                           ratio=rates[name].median / base, baseline="no-auth")
         if name == "no auth":
             row.ratio, row.baseline, row.note = None, "", "baseline"
         rows.append(row)

@@ -1,4 +1,8 @@
-"""The benchmark table: rows with a median, a ratio to the section's baseline and a target.
+"""The benchmark table: rows with a median, its spread over the rounds, a ratio to the section's
+baseline and a target with its verdict.
+
+A verdict whose limit lies inside the row's spread (the interquartile range of the per-round
+figures) is marked "inside the noise": another run on the same machine could give the other one.
 
 Printed as plain text and written as Markdown with the machine (CPU model, cores, Python, OS)
 and the versions of the packages measured.
@@ -12,7 +16,9 @@ import sys
 from dataclasses import dataclass
 from importlib import metadata
 
-__all__ = ["Row", "machine", "markdown", "text_table", "versions"]
+from .harness import Spread
+
+__all__ = ["Row", "machine", "markdown", "text_table", "versions", "with_best"]
 
 PACKAGES = ("m2m-guard", "cryptography", "PyJWT", "joserfc", "Authlib", "starlette", "uvicorn",
             "waitress", "httpx")
@@ -31,23 +37,54 @@ class Row:
     target: str = ""
     met: bool | None = None
     note: str = ""
+    spread: Spread | None = None
+    inside_noise: bool = False
+
+    @classmethod
+    def measured(cls, section: str, name: str, spread: Spread, unit: str, *,
+                 ratio: float | None = None, baseline: str = "", note: str = "") -> Row:
+        """A row whose value is the median of `spread`."""
+        return cls(section, name, spread.median, unit, ratio=ratio, baseline=baseline,
+                   note=note, spread=spread)
+
+    def at_most(self, limit: float, shown: str) -> Row:
+        """Target: value ≤ `limit` (`shown` is the target as printed)."""
+        assert self.value is not None
+        self.target, self.met = shown, self.value <= limit
+        self.inside_noise = self.spread is not None and self.spread.contains(limit)
+        return self
+
+    def at_least(self, limit: float, shown: str) -> Row:
+        """Target: value ≥ `limit`."""
+        assert self.value is not None
+        self.target, self.met = shown, self.value >= limit
+        self.inside_noise = self.spread is not None and self.spread.contains(limit)
+        return self
 
     def shown_value(self) -> str:
-        if self.value is None:
+        return self._format(self.value)
+
+    def shown_spread(self) -> str:
+        if self.spread is None:
+            return ""
+        return f"{self._format(self.spread.low)} to {self._format(self.spread.high)}"
+
+    def _format(self, value: float | None) -> str:
+        if value is None:
             return "n/a"
         if self.unit == "µs":
-            return f"{self.value:.2f} µs" if self.value < 100 else f"{self.value:.0f} µs"
+            return f"{value:.2f} µs" if value < 100 else f"{value:.0f} µs"
         if self.unit == "req/s":
-            return f"{self.value:,.0f} req/s"
+            return f"{value:,.0f} req/s"
         if self.unit == "MB":
-            return f"{self.value:.2f} MB"
+            return f"{value:.2f} MB"
         if self.unit == "s":
-            return f"{self.value:.3f} s"
+            return f"{value:.3f} s"
         if self.unit == "x":
-            return f"{self.value:.2f}x"
+            return f"{value:.3f}x" if value < 0.1 else f"{value:.2f}x"
         if self.unit == "B":
-            return f"{self.value:,.0f} B"
-        return f"{self.value:,.0f}" if self.value == int(self.value) else f"{self.value:g}"
+            return f"{value:,.0f} B"
+        return f"{value:,.0f}" if value == int(value) else f"{value:g}"
 
     def shown_ratio(self) -> str:
         if self.ratio is None:
@@ -55,15 +92,23 @@ class Row:
         return f"{self.ratio:.2f}x {self.baseline}".strip()
 
     def shown_met(self) -> str:
-        return "" if self.met is None else ("met" if self.met else "NOT met")
+        if self.met is None:
+            return ""
+        verdict = "met" if self.met else "NOT met"
+        return f"{verdict} (inside the noise)" if self.inside_noise else verdict
 
 
-_HEAD = ("Section", "Contender", "Median", "Ratio", "Target", "Result", "Note")
+_HEAD = ("Section", "Contender", "Median", "Spread (IQR)", "Ratio", "Target", "Result", "Note")
+
+SPREAD_NOTE = ("Spread: the interquartile range of the per-round figures (min to max below 4 "
+               "rounds); a ratio is taken within each round, then summarised. \"inside the "
+               "noise\": the target's limit lies inside that range, so another run could give "
+               "the other verdict.")
 
 
 def _cells(row: Row) -> tuple[str, ...]:
-    return (row.section, row.name, row.shown_value(), row.shown_ratio(), row.target,
-            row.shown_met(), row.note)
+    return (row.section, row.name, row.shown_value(), row.shown_spread(), row.shown_ratio(),
+            row.target, row.shown_met(), row.note)
 
 
 def text_table(rows: list[Row]) -> str:
@@ -73,6 +118,16 @@ def text_table(rows: list[Row]) -> str:
              .rstrip() for line in cells]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def with_best(rows: list[Row]) -> list[Row]:
+    """`rows` with each one's fastest round in its note (µs rows): on a loaded machine the
+    fastest round is the best estimate of a micro-benchmark's own cost, since load only adds."""
+    for row in rows:
+        if row.spread is not None and row.unit == "µs" and row.spread.best == row.spread.best:
+            best = f"best round {row._format(row.spread.best)}"
+            row.note = f"{best}; {row.note}" if row.note else best
+    return rows
 
 
 def _cpu_model() -> str:

@@ -4,7 +4,8 @@ Prints the table of medians, ratios and targets, and writes it as Markdown to
 `benchmarks/results/<date>-<time>-<mode>.md` and `benchmarks/results/latest.md`.
 
 Options: ``--quick`` (a fast smoke run: fewer rounds and tokens, 1 s HTTP rounds), ``--no-http``
-(skip the wrk measurements), ``--out DIR`` (where to write the Markdown).
+(skip the measurements over HTTP: wrk, and uvicorn with 1 and 2 workers), ``--out DIR`` (where
+to write the Markdown).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from pathlib import Path
 
 from m2m_guard.local_issuer import KeySetServer, SigningKey, scalekit_claims
 
-from . import bench_events, cache_bench, http_bench, inprocess_bench, signature_bench, verify_bench
+from . import (bench_events, cache_bench, http_bench, inprocess_bench, signature_bench,
+               verify_bench, workers_bench)
 from .harness import Config
-from .report import Row, markdown, text_table
+from .report import SPREAD_NOTE, Row, markdown, text_table
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -58,6 +60,10 @@ def run(config: Config, *, http: bool = True, log: bool = True) -> list[Row]:
         rows += inprocess_bench.run_wsgi(issuer.url, public, "RS256", pools["RS256"], config)
         say("HTTP (wrk) ...")
         rows += http_bench.run(issuer.url, pools["RS256"], config, enabled=http)
+        say("uvicorn --workers 1 and 2 ...")
+        rows += workers_bench.run(issuer, pools["RS256"][0], config) if http else [
+            Row(workers_bench.SECTION, name, None, "req/s", note="not run (--no-http)")
+            for name in ("1 worker", "2 workers", "2 workers vs 1: throughput")]
         say("cache memory and bound ...")
         rows += cache_bench.run_memory(keys["EdDSA"], issuer.url, config)
     say("events and metrics on and off ...")
@@ -87,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a fast smoke run")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # test suite
-    parser.add_argument("--no-http", action="store_true", help="skip the wrk measurements")
+    parser.add_argument("--no-http", action="store_true", help="skip the measurements over HTTP")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the Markdown")
     args = parser.parse_args(argv)
     config = _config(args)
@@ -99,11 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     took = time.monotonic() - started
     met = [row for row in rows if row.met is not None]
-    summary = f"Targets met: {sum(1 for row in met if row.met)} of {len(met)}; took {took:.0f} s."
+    noisy = sum(1 for row in met if row.inside_noise)
+    summary = (f"Targets met: {sum(1 for row in met if row.met)} of {len(met)} "
+               f"({noisy} verdicts inside the noise); took {took:.0f} s.")
     print(summary)
+    print(SPREAD_NOTE)
     document = markdown(rows, title="m2m_guard benchmarks",
                         when=now.strftime("%Y-%m-%d %H:%M UTC"), mode=mode,
-                        extra=[summary, "", "Reproduce: `make bench` (or "
+                        extra=[summary, "", SPREAD_NOTE, "", "Reproduce: `make bench` (or "
                                "`python -m benchmarks.run --quick` for a smoke run)."])
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"{now.strftime('%Y-%m-%d-%H%M%S')}-{mode}.md"

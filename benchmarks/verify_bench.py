@@ -3,11 +3,16 @@
 Contenders: the raw `cryptography` signature check (the limit: no parsing, no claims), PyJWT's
 `jwt.decode` with a prepared key, joserfc, authlib, and `TokenVerifier` uncached (cache off, so
 every call is a full verification) and cached (one token again and again: a cache hit).
+
+Targets: the overhead ratio (TokenVerifier uncached - raw) / (PyJWT - raw) ≤ 0.10 for RS256,
+ES256 and EdDSA, and a cache hit ≤ 0.025x PyJWT's full decode; each ratio is taken within a
+round, then summarised (median and spread).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -22,12 +27,19 @@ from m2m_guard._core.encoding import b64url_decode
 from m2m_guard.local_issuer import SigningKey
 
 from .apps import AUDIENCE, guard_settings
-from .harness import Config, interleave
+from .harness import Config, interleave, per_round
 from .report import Row
 
 ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
-# Issue 5's targets for an uncached verification, as a multiple of the raw signature check.
-UNCACHED_TARGET = {"RS256": 1.5, "ES256": 1.3, "EdDSA": 1.3}
+# Targets as ratios within one run (ratios to the C-level signature check alone swing with the
+# machine; Python work compared with Python work does not):
+# - overhead: (TokenVerifier uncached - raw) / (PyJWT - raw), for these algorithms;
+# - a cache hit against PyJWT's full decode, for every algorithm.
+OVERHEAD_TARGET = 0.10
+OVERHEAD_ALGORITHMS = ("RS256", "ES256", "EdDSA")
+HIT_TARGET = 0.025
+OVERHEAD_ROW = "overhead ratio vs PyJWT"
+HIT_ROW = "cache hit vs PyJWT full decode"
 
 
 def _raw_checker(key: SigningKey, token: str) -> Callable[[], None]:
@@ -127,27 +139,25 @@ def run(keys: dict[str, SigningKey], issuer: str, pools: dict[str, list[str]],
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # joserfc flags EdDSA (RFC 9864) as deprecated
             results = interleave(contenders(keys[alg], issuer, pools[alg]), config)
-        us = {name: result.median * 1e6 for name, result in results.items()}
         section = f"verify {alg}" + (" (2048-bit)" if alg[:2] in ("RS", "PS") else "")
-        raw = us["raw cryptography"]
-        for name, value in us.items():
-            row = Row(section, name, value, "µs", ratio=value / raw, baseline="raw")
+        raw = results["raw cryptography"]
+        for name, result in results.items():
+            row = Row.measured(section, name, result.spread.scaled(1e6), "µs",
+                               ratio=result.median / raw.median, baseline="raw")
             if name == "raw cryptography":
                 row.ratio, row.baseline, row.note = None, "", "the limit"
-            if name == "TokenVerifier uncached" and alg in UNCACHED_TARGET:
-                limit = UNCACHED_TARGET[alg]
-                row.target = f"≤ {limit}x raw"
-                row.met = value / raw <= limit
-            if name == "TokenVerifier cached":
-                row.target = "≤ 3 µs"
-                row.met = value <= 3.0
             rows.append(row)
-        pyjwt = us["PyJWT jwt.decode"]
-        speedup = pyjwt / us["TokenVerifier uncached"]
-        rows.append(Row(section, "uncached: times faster than PyJWT", speedup, "x",
-                        target="≥ 2.5x" if alg == "RS256" else "",
-                        met=speedup >= 2.5 if alg == "RS256" else None))
-        speedup = pyjwt / us["TokenVerifier cached"]
-        rows.append(Row(section, "cached: times faster than PyJWT", speedup, "x",
-                        target="≥ 25x", met=speedup >= 25))
+        pyjwt, uncached = results["PyJWT jwt.decode"], results["TokenVerifier uncached"]
+        cached = results["TokenVerifier cached"]
+        # Python's own work per token, against PyJWT's: both minus the signature check.
+        overhead = Row.measured(section, OVERHEAD_ROW, per_round(
+            lambda r, m, p: (m - r) / (p - r) if p > r else math.inf, raw, uncached, pyjwt), "x",
+            note="(uncached - raw) / (PyJWT - raw)")
+        if alg in OVERHEAD_ALGORITHMS:
+            overhead.at_most(OVERHEAD_TARGET, f"≤ {OVERHEAD_TARGET}")
+        rows.append(overhead)
+        rows.append(Row.measured(section, HIT_ROW, per_round(lambda c, p: c / p, cached, pyjwt),
+                                 "x", note="cached / PyJWT").at_most(HIT_TARGET, f"≤ {HIT_TARGET}"))
+        rows.append(Row.measured(section, "uncached: times faster than PyJWT",
+                                 per_round(lambda p, m: p / m, pyjwt, uncached), "x"))
     return rows

@@ -49,7 +49,6 @@ from ._core.asgi_io import (
     send_answer,
     send_refusal,
 )
-from ._core.bearer import query_has_access_token
 from ._core.context import reset_current, set_current
 from ._core.gate import Gate
 from ._core.request import AsgiRequest
@@ -65,7 +64,8 @@ if TYPE_CHECKING:
 
 __all__ = ["M2MGuardMiddleware", "PathRules", "TokenCredentials"]
 
-_HANDLED = object()  # the request was answered (or passed on) before the app call
+_HANDLED = object()  # the request was answered before the app call
+_PASS = object()  # a public path or preflight: the app runs with no token checked
 # Stands in for settings that failed to load from the environment, so that the middleware can
 # be built and report the failure (it never verifies anything with them).
 _PLACEHOLDER_SETTINGS = GuardSettings(issuer="https://configuration-error.invalid",
@@ -119,7 +119,7 @@ class M2MGuardMiddleware:
         self._fast_path = self.gate.fast_path
         self._preflight = self.settings.allow_cors_preflight
         self._has_public_paths = bool(self.settings.public_paths)
-        self._cached_token = self.verifier.cached_token
+        self._cached_bearer = self.gate.cached_bearer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._misconfigured is not None:
@@ -152,25 +152,44 @@ class M2MGuardMiddleware:
             gate = self.gate
             if (found is not None and found[:7] == b"Bearer "
                     and not (self._has_public_paths and gate.paths.is_public(scope["path"]))
-                    and not (scope.get("query_string")
-                             and query_has_access_token(scope["query_string"]))
                     and (gate.endpoints is None or kind == "websocket"
                          or not gate.endpoints.serves(scope["path"]))
                     and not (scope.get("method") == "OPTIONS" and self._preflight
                              and gate.passes(AsgiRequest(scope)))):
-                access = self._cached_token(found[7:])
+                access = self._cached_bearer(found, scope.get("query_string", b""))
                 hit = access is not None
+        untouched = False
         if not hit:
             outcome = await self._authenticate(scope, receive, send)
             if outcome is _HANDLED:
                 return
-            access = outcome  # type: ignore[assignment]
-        scope[TOKEN_KEY] = access
-        scope[SETTINGS_KEY] = self.settings
-        scope[VERIFIER_KEY] = self.verifier  # for exception handlers inside the app
-        if self._principals is not None:
-            scope["auth"], scope["user"] = self._principals(access, hit)
-        await self._call_app(scope, receive, send, access)
+            if outcome is _PASS:
+                untouched = True  # a public path or preflight: the scope stays as it came
+            else:
+                access = outcome  # type: ignore[assignment]
+        if not untouched:
+            scope[TOKEN_KEY] = access
+            scope[SETTINGS_KEY] = self.settings
+            scope[VERIFIER_KEY] = self.verifier  # for exception handlers inside the app
+            if self._principals is not None:
+                scope["auth"], scope["user"] = self._principals(access, hit)
+        if kind == "websocket":
+            await self._call_websocket(scope, receive, send, access, untouched=untouched)
+            return
+        # The app, with `access` current. A `GuardError` it raises is answered per the contract
+        # while nothing was sent, never as a 500 (also on a public path, e.g. `require_scopes`
+        # under a public prefix). Inline, not a helper coroutine: one frame less per request.
+        marker = None if untouched else set_current(access)
+        tracker = SendTracker(send)
+        try:
+            await self.app(scope, receive, tracker)
+        except GuardError as exc:
+            if tracker.started:
+                raise
+            await self._refuse(scope, receive, send, exc)
+        finally:
+            if marker is not None:
+                reset_current(marker)
 
     def _announce(self, scope: Scope) -> None:
         """Tell the app's `M2MGuard` (``app.state.m2m_guard``), if any, of this middleware."""
@@ -182,8 +201,8 @@ class M2MGuardMiddleware:
 
     async def _authenticate(self, scope: Scope, receive: Receive,
                             send: Send) -> AccessToken | object | None:
-        """The full path: the gate's decision (an operational answer, or a public path or
-        preflight passed on: `_HANDLED`), then the token authenticated; a refusal is sent here
+        """The full path: the gate's decision (an operational answer sent: `_HANDLED`; a public
+        path or preflight: `_PASS`), then the token authenticated; a refusal is sent here
         (`_HANDLED`). Otherwise the `AccessToken`, or None (no token, not required)."""
         request = AsgiRequest(scope)
         gate = self.gate
@@ -193,29 +212,28 @@ class M2MGuardMiddleware:
                 await send_answer(send, answer, head=scope["method"] == "HEAD")
                 return _HANDLED
         if gate.passes(request):
-            await self._call_app(scope, receive, send, None, untouched=True)
-            return _HANDLED
+            return _PASS
         try:
-            return await self.gate.authenticate(request)
+            # The fast path above was tried (or did not apply): no second cache lookup.
+            return await self.gate.authenticate(request, fast=False)
         except GuardError as exc:
             await self._refuse(scope, receive, send, exc)
             return _HANDLED
 
-    async def _call_app(self, scope: Scope, receive: Receive, send: Send,
-                        access: AccessToken | None, *, untouched: bool = False) -> None:
-        """Run the app with `access` current. A `GuardError` it raises is answered per the
-        contract while nothing was sent, never as a 500 (also on a public path, e.g.
-        `require_scopes` under a public prefix; the scope stays untouched there)."""
+    async def _call_websocket(self, scope: Scope, receive: Receive, send: Send,
+                              access: AccessToken | None, *, untouched: bool = False) -> None:
+        """`__call__`'s app call for a websocket: the same, and a refusal after the app read the
+        connect event still denies the handshake."""
         marker = None if untouched else set_current(access)
         tracker = SendTracker(send)
-        receiver = ReceiveTracker(receive) if scope["type"] == "websocket" else None
+        receiver = ReceiveTracker(receive)
         try:
-            await self.app(scope, receiver or receive, tracker)
+            await self.app(scope, receiver, tracker)
         except GuardError as exc:
             if tracker.started:
                 raise
             await self._refuse(scope, receive, send, exc,
-                               connect_consumed=receiver is not None and receiver.connect_consumed)
+                               connect_consumed=receiver.connect_consumed)
         finally:
             if marker is not None:
                 reset_current(marker)

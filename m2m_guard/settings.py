@@ -29,6 +29,8 @@ __all__ = [
 ]
 
 ENV_PREFIX = "M2M_GUARD_"
+# Process-level switches read by other modules at import, not settings of a guard.
+_PROCESS_VARIABLES = frozenset({"M2M_GUARD_SPEEDUPS"})
 
 ASYMMETRIC_ALGORITHMS: tuple[str, ...] = (
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
@@ -332,7 +334,7 @@ class GuardSettings:
         names = public_fields()
         unknown = []
         for key, raw in env.items():
-            if not key.startswith(prefix):
+            if not key.startswith(prefix) or key in _PROCESS_VARIABLES:
                 continue
             suffix = key[len(prefix):]
             name = suffix.lower()

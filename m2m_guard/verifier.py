@@ -55,7 +55,7 @@ class _Job(NamedTuple):
 
     Immutable; built with `_new_job(_Job, (...))` on the hot path (no Python-level `__new__`)."""
 
-    digest: bytes
+    raw: bytes  # the token's bytes: the cache key, and what the fingerprint is computed from
     jws: CompactJWS
     claims: dict[str, Any]
     issuer: IssuerKeys
@@ -277,65 +277,88 @@ class TokenVerifier:
 
     # -- the pipeline ------------------------------------------------------------------------
     def _start(self, token: str) -> tuple[_Flow | None, Need | AccessToken]:
-        """A usable cached token when nothing needs reporting, else the pipeline started: its
-        first `Need`, or its result."""
+        """The token, when it is cached or its keys are at hand and nothing needs reporting
+        (the usual case, run here without a generator); else the pipeline started: its first
+        `Need`, or its result."""
         if self._observer is not None or type(token) is not str \
                 or len(token) > self._max_token_bytes:
             flow = self._flow(token, None)
             return flow, _resume(flow, None)
-        digest = _sha256(token.encode("utf-8", "surrogatepass")).digest()
+        raw = token.encode("utf-8", "surrogatepass")
         if self._cache is not None:
-            cached = self._hit(digest)
+            cached = self._hit(raw)
             if cached is not None:
                 return None, cached
-        flow = self._flow(token, digest)
-        return flow, _resume(flow, None)
-
-    def _flow(self, token: str, digest: bytes | None) -> _Flow:
-        """The whole verification (see the module doc). `digest` is given when `_start` has
-        hashed the token and already looked it up in the cache."""
-        observer = self._observer  # events hook: None unless someone subscribed
-        started = observer.start() if observer is not None else 0.0
+        # `_flow`'s steps up to key selection, without its generator (~0.5 µs per token); a key
+        # set to fetch or refresh continues in `_flow`. Refusals are reported as there.
         job: _Job | None = None
         try:
-            if digest is None:
-                if not isinstance(token, str):
-                    raise InvalidToken("The token must be a string.", reason="malformed")
-                if len(token) > self._max_token_bytes:
-                    check_token_size(token, self._max_token_bytes)  # before hashing it
-                digest = _sha256(token.encode("utf-8", "surrogatepass")).digest()
-                cached = self._hit(digest) if self._cache is not None else None
-                if cached is not None:
-                    if observer is not None:
-                        observer.allowed(cached, started, cached=True)
-                    return cached
             jws, claims, issuer = self._parse(token)
-            job = _new_job(_Job, (digest, jws, claims, issuer))
+            job = _new_job(_Job, (raw, jws, claims, issuer))
             key = self._keys.select(issuer, jws)
-            if not isinstance(key, VerificationKey):
-                key = yield from key
+            if isinstance(key, VerificationKey):
+                return None, self._finish(job, key)
+        except GuardError as exc:
+            self._refused(exc, token, job, None, 0.0)
+            raise
+        except Exception as exc:  # noqa: BLE001 - never let a bug become a 500
+            raise self._internal(token, exc, job, None, 0.0) from None
+        flow = self._flow(token, raw, job, key)
+        return flow, _resume(flow, None)
+
+    def _flow(self, token: str, raw: bytes | None, job: _Job | None = None,
+              selection: Generator[Need, None, VerificationKey] | None = None,
+              ) -> _Flow:
+        """The whole verification (see the module doc). `raw` (the token's bytes, the cache
+        key) is given when `_start` has already looked the token up in the cache; `job` and
+        `selection` when it has also parsed it and key selection must wait for the key store."""
+        observer = self._observer  # events hook: None unless someone subscribed
+        started = observer.start() if observer is not None else 0.0
+        try:
+            if job is None or selection is None:
+                if raw is None:
+                    if not isinstance(token, str):
+                        raise InvalidToken("The token must be a string.", reason="malformed")
+                    if len(token) > self._max_token_bytes:
+                        check_token_size(token, self._max_token_bytes)  # before copying it
+                    raw = token.encode("utf-8", "surrogatepass")
+                    cached = self._hit(raw) if self._cache is not None else None
+                    if cached is not None:
+                        if observer is not None:
+                            observer.allowed(cached, started, cached=True)
+                        return cached
+                jws, claims, issuer = self._parse(token)
+                job = _new_job(_Job, (raw, jws, claims, issuer))
+                found = self._keys.select(issuer, jws)
+                key = found if isinstance(found, VerificationKey) else (yield from found)
+            else:
+                key = yield from selection
             access = self._finish(job, key)
             if observer is not None:
                 observer.allowed(access, started, cached=False)
             return access
         except GuardError as exc:
-            context = _context(token, job)
-            self._reported.add(exc)  # adapters do not report it again
-            log_refusal(exc, context)
-            if observer is not None:
-                observer.refused(exc, context, started)
+            self._refused(exc, token, job, observer, started)
             raise
         except Exception as exc:  # noqa: BLE001 - never let a bug become a 500
-            error = self._internal(token, exc)
-            if observer is not None:
-                observer.refused(error, _context(token, job), started)
-            raise error from None
+            raise self._internal(token, exc, job, observer, started) from None
 
-    def _hit(self, digest: bytes) -> AccessToken | None:
-        """The cached token under `digest` if it may still be used; a stale entry is dropped."""
+    def _refused(self, exc: GuardError, token: object, job: _Job | None,
+                 observer: EventStream | None, started: float) -> None:
+        """Report a refusal raised inside the pipeline: logged, marked as reported (adapters do
+        not report it again) and sent as an event."""
+        context = _context(token, job)
+        self._reported.add(exc)
+        log_refusal(exc, context)
+        if observer is not None:
+            observer.refused(exc, context, started)
+
+    def _hit(self, raw: bytes) -> AccessToken | None:
+        """The cached token of `raw` (the token's bytes) if it may still be used; a stale entry
+        is dropped."""
         cache = self._cache
         assert cache is not None
-        entry = cache.get(digest)
+        entry = cache.get(raw)
         if entry is None:
             return None
         access, key, key_set, issuer, not_after, not_before = entry
@@ -344,7 +367,7 @@ class TokenVerifier:
             # The set that verified it, or a later one that still holds that very key object.
             if keys is key_set or (keys is not None and keys.contains(key)):
                 return access
-        cache.discard(digest)
+        cache.discard(raw)
         return None
 
     def cached_token(self, token: str | bytes) -> AccessToken | None:
@@ -352,8 +375,8 @@ class TokenVerifier:
         used now (the same checks as in `verify`: `exp`/`nbf`, fresh key set, key still in it);
         otherwise None, meaning "call `verify`". Never raises, never fetches, never logs.
 
-        For adapters' fast paths, `token` may be the raw header bytes after the scheme (an ASCII
-        token hashes the same as bytes or as str; other bytes never match a verified token).
+        For adapters' fast paths, `token` may be the raw header bytes after the scheme (the cache
+        is keyed by the token's bytes; other bytes never match a verified token).
         None as well while events are subscribed (`verify` reports them), when the cache is off
         or the token is over `max_token_bytes`.
         """
@@ -364,7 +387,7 @@ class TokenVerifier:
         if self._cache is None or self._observer is not None \
                 or len(token) > self._max_token_bytes:
             return None
-        return self._hit(_sha256(token).digest())
+        return self._hit(token)
 
     def _parse(self, token: str) -> tuple[CompactJWS, dict[str, Any], IssuerKeys]:
         jws = parse_compact(token, max_bytes=self._max_token_bytes,
@@ -399,7 +422,7 @@ class TokenVerifier:
                                reason="cty_refused")
 
     def _finish(self, job: _Job, key: VerificationKey) -> AccessToken:
-        jws, claims, digest = job.jws, job.claims, job.digest
+        jws, claims = job.jws, job.claims
         check_signature(jws, key)
         not_after, not_before = self._claims.check(claims, self._wall())
         cache = self._cache
@@ -407,22 +430,26 @@ class TokenVerifier:
             claims = self._strings.share(claims)
         access = AccessToken.from_claims(
             claims, self._read_scopes(claims), algorithm=jws.alg,
-            key_id=jws.kid, fingerprint=digest[:8].hex(),
+            key_id=jws.kid, fingerprint=_sha256(job.raw).hexdigest()[:16],
         )
         if cache is not None:
             # Remember the current set only if it holds the key (a refresh may have replaced
             # the set the key came from); a hit then needs only an identity check.
             keys = job.issuer.state.keys
             key_set = keys if keys is not None and keys.contains(key) else None
-            cache.put(digest, (access, key, key_set, job.issuer, not_after, not_before),
-                      len(jws.signing_input) + len(jws.signature))
+            cache.put(job.raw, (access, key, key_set, job.issuer, not_after, not_before))
         return access
 
-    def _internal(self, token: object, exc: Exception) -> InvalidToken:
+    def _internal(self, token: object, exc: Exception, job: _Job | None,
+                  observer: EventStream | None, started: float) -> InvalidToken:
+        """An unexpected exception inside the pipeline, as the refusal it becomes (logged at
+        ERROR with its traceback, sent as an event)."""
         logger.error("m2m_guard unexpected error verifying fingerprint=%s", _fingerprint(token),
                      exc_info=exc)
         error = InvalidToken("The token could not be verified.", reason="internal_error")
         self._reported.add(error)  # logged above, at ERROR
+        if observer is not None:
+            observer.refused(error, _context(token, job), started)
         return error
 
 
@@ -437,7 +464,7 @@ def _context(token: object, job: _Job | None) -> RefusalContext:
     client = next((safe_text(v) for v in (claims.get(n) for n in _CLIENT_CLAIMS)
                    if isinstance(v, str)), None)
     return RefusalContext(job.issuer.settings.issuer, safe_text(job.jws.kid), job.jws.alg, client,
-                          job.digest[:8].hex())
+                          _sha256(job.raw).hexdigest()[:16])
 
 
 def _fingerprint(token: object) -> str:

@@ -44,10 +44,6 @@ def client(make_settings: Callable[..., GuardSettings]) -> Iterator[TestClient]:
         yield c
 
 
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode("ascii")).digest()
-
-
 # -- the engine's lookup ---------------------------------------------------------------------
 
 def test_lookup_is_none_before_and_the_token_after_verification(
@@ -58,7 +54,10 @@ def test_lookup_is_none_before_and_the_token_after_verification(
     access = verifier.verify_sync(token)
     assert verifier.cached_token(token) is access
     assert verifier.cached_token(token.encode("ascii")) is access
-    assert verifier.token_cache is not None and verifier.token_cache.get(_digest(token)) is not None
+    cache = verifier.token_cache
+    assert cache is not None and cache.get(token.encode("ascii")) is not None  # keyed by the token
+    assert cache.get(hashlib.sha256(token.encode("ascii")).digest()) is None  # not its digest
+    assert access.fingerprint == hashlib.sha256(token.encode("ascii")).hexdigest()[:16]
     verifier.close()
 
 

@@ -14,23 +14,25 @@ from m2m_guard.local_issuer import KeySetServer, SigningKey
 def test_bounded_by_entries_oldest_first() -> None:
     cache: VerifiedTokenCache[str] = VerifiedTokenCache(3)
     for i in range(5):
-        cache.put(bytes([i]), f"v{i}", 100)
+        cache.put(bytes([i]) * 100, f"v{i}")
     assert len(cache) == 3
-    assert cache.get(b"\x00") is None and cache.get(b"\x01") is None
-    assert [cache.get(bytes([i])) for i in (2, 3, 4)] == ["v2", "v3", "v4"]
+    assert cache.get(b"\x00" * 100) is None and cache.get(b"\x01" * 100) is None
+    assert [cache.get(bytes([i]) * 100) for i in (2, 3, 4)] == ["v2", "v3", "v4"]
+    assert cache.get(b"\x04" * 99) is None  # whole keys are compared
     assert cache.bytes == 300
 
 
 def test_bounded_by_bytes_and_large_tokens_not_cached() -> None:
     cache: VerifiedTokenCache[str] = VerifiedTokenCache(1000, max_bytes=1000, max_token_bytes=400)
-    cache.put(b"big", "x", 401)
-    assert cache.get(b"big") is None and len(cache) == 0
+    cache.put(b"b" * 401, "x")
+    assert cache.get(b"b" * 401) is None and len(cache) == 0
     for i in range(10):
-        cache.put(bytes([i]), str(i), 300)
+        cache.put(bytes([i]) * 300, str(i))
     assert cache.bytes <= 1000 and len(cache) == 3
-    cache.put(b"\x09", "again", 300)  # replacing an entry does not count it twice
-    assert cache.bytes == 900
-    cache.discard(b"\x09")
+    cache.put(b"\x09" * 300, "again")  # replacing an entry does not count it twice
+    assert cache.bytes == 900 and cache.get(b"\x09" * 300) == "again"
+    cache.discard(b"\x09" * 300)
+    cache.discard(b"\x09" * 300)  # not there any more: nothing changes
     assert cache.bytes == 600
     cache.clear()
     assert cache.bytes == 0 and len(cache) == 0

@@ -7,7 +7,9 @@ For each request an adapter builds a `RequestView` and asks the gate, in this or
    HEAD) and the request goes no further;
 2. ``gate.passes(request)``: a public path, or an allowed CORS preflight, runs the app with no
    token checked (adapters may add their own reasons, e.g. Flask's public endpoints);
-3. ``await gate.authenticate(request)`` or ``gate.authenticate_sync(request)``: the credentials
+3. ``await gate.authenticate(request)`` or ``gate.authenticate_sync(request)``: a token the
+   verified-token cache holds, sent as exactly ``Bearer <token>``, is answered at once
+   (`cached`, the fast path, with the full path's outcome); otherwise the credentials
    (`credentials`: RFC 6750 framing), the token verified (`TokenVerifier`), then every `Check`
    in `checks`; the `AccessToken`, or None when there is no token and none is required. Every
    refusal is a `GuardError`, which the adapter answers with ``gate.refuse(error, access)``
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import GuardError, MissingToken, RenderedError
 from .answers import EndpointResponse
-from .bearer import extract_bearer
+from .bearer import extract_bearer, query_has_access_token
 from .endpoints import OperationalEndpoints, render_refusal
 from .request import RequestView
 from .rules import PathRules, is_cors_preflight
@@ -86,7 +88,8 @@ class Gate:
     `checks` default to `default_checks(verifier.settings)`.
     """
 
-    __slots__ = ("checks", "endpoints", "fast_path", "paths", "settings", "verifier")
+    __slots__ = ("_cached_token", "checks", "endpoints", "fast_path", "paths", "settings",
+                 "verifier")
 
     def __init__(self, verifier: TokenVerifier, *, checks: Iterable[Check] | None = None) -> None:
         self.verifier = verifier
@@ -97,6 +100,7 @@ class Gate:
         self.checks = tuple(checks) if checks is not None else default_checks(settings)
         #: May an adapter answer a cached token without `authenticate`? Only without checks.
         self.fast_path = settings.token_cache_size > 0 and not self.checks
+        self._cached_token = verifier.cached_token
 
     # -- before authentication ---------------------------------------------------------------
     def answer(self, request: RequestView) -> EndpointResponse | None:
@@ -121,6 +125,33 @@ class Gate:
         return PASS if self.passes(request) else AUTHENTICATE
 
     # -- authentication ----------------------------------------------------------------------
+    def cached(self, request: RequestView) -> AccessToken | None:
+        """The cache-hit fast path: `request`'s token when its one `Authorization` header reads
+        exactly ``Bearer <token>`` and the verified-token cache holds a usable entry for it
+        (`cached_bearer`); None means "take the full path". `authenticate` asks it first."""
+        if not self.fast_path:
+            return None
+        value = request.single_authorization()
+        return None if value is None else self.cached_bearer(value, request.query_string)
+
+    def cached_bearer(self, authorization: str | bytes,
+                      query_string: str | bytes) -> AccessToken | None:
+        """The usable cached token of one `Authorization` value, raw (bytes under ASGI), or
+        None. The same outcome as the full path for every request it answers: a cache key is a
+        verified token, a canonical compact JWS, so ``Bearer <key>`` passes every rule of
+        `extract_bearer` (a value holding several credentials, joined by a WSGI server, is no
+        key); a query naming `access_token` is refused there, so it is declined here; while
+        events are subscribed the verifier declines (`TokenVerifier.cached_token`) so that hits
+        are reported. Callers check `fast_path` (no checks configured)."""
+        if type(authorization) is bytes:
+            if authorization[:7] != b"Bearer ":
+                return None
+        elif authorization[:7] != "Bearer ":
+            return None
+        if query_string and query_has_access_token(query_string):
+            return None
+        return self._cached_token(authorization[7:])
+
     def credentials(self, request: RequestView) -> str | None:
         """The request's bearer token, or None without credentials; `GuardError` for malformed
         or ambiguous ones (RFC 6750 framing, a token in the query)."""
@@ -131,10 +162,15 @@ class Gate:
         if self.settings.required if required is None else required:
             raise MissingToken()
 
-    async def authenticate(self, request: RequestView, *,
-                           required: bool | None = None) -> AccessToken | None:
+    async def authenticate(self, request: RequestView, *, required: bool | None = None,
+                           fast: bool = True) -> AccessToken | None:
         """Credentials, verification and checks (see the module doc); raises `GuardError`.
-        `required` overrides `settings.required` (a dependency that demands a token)."""
+        `required` overrides `settings.required` (a dependency that demands a token); `fast`
+        False skips the cache-hit fast path (a caller that has just tried it)."""
+        if fast and self.fast_path:
+            access = self.cached(request)
+            if access is not None:
+                return access
         token = self.credentials(request)
         if token is None:
             self._no_token(required)
@@ -144,9 +180,13 @@ class Gate:
             await check.check_async(request, token, access)
         return access
 
-    def authenticate_sync(self, request: RequestView, *,
-                          required: bool | None = None) -> AccessToken | None:
+    def authenticate_sync(self, request: RequestView, *, required: bool | None = None,
+                          fast: bool = True) -> AccessToken | None:
         """The blocking `authenticate` (WSGI, Django's sync chain, DRF)."""
+        if fast and self.fast_path:
+            access = self.cached(request)
+            if access is not None:
+                return access
         token = self.credentials(request)
         if token is None:
             self._no_token(required)

@@ -67,6 +67,11 @@ class RequestView:
         repeated headers: see `bearer.split_credentials`)."""
         raise NotImplementedError
 
+    def single_authorization(self) -> str | bytes | None:
+        """The raw value of the one `Authorization` header, unsplit and undecoded (bytes under
+        ASGI), or None when there is none or more than one: for the cache-hit fast path."""
+        raise NotImplementedError
+
     @property
     def client_cert(self) -> str | None:
         """The client's TLS certificate (PEM) when the server passes it on, else None."""
@@ -123,6 +128,15 @@ class AsgiRequest(RequestView):
     def authorization(self) -> list[str]:
         return [value.decode("latin-1") for key, value in self.scope.get("headers", ())
                 if key == b"authorization"]
+
+    def single_authorization(self) -> bytes | None:
+        found = None
+        for key, value in self.scope.get("headers", ()):
+            if key == b"authorization":
+                if found is not None:
+                    return None
+                found = value
+        return found
 
     @property
     def client_cert(self) -> str | None:
@@ -183,6 +197,11 @@ class WsgiRequest(RequestView):
 
     def authorization(self) -> list[str]:
         return authorization_from_environ(self.environ)
+
+    def single_authorization(self) -> str | None:
+        # A server joins repeated headers with commas: then it is no token (tokens hold none).
+        value = self.environ.get("HTTP_AUTHORIZATION")
+        return value if type(value) is str else None
 
     @property
     def client_cert(self) -> str | None:

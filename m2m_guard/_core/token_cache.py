@@ -1,7 +1,7 @@
 """The verified-token cache's storage: bounded by entries and by the bytes of the tokens held.
 
-Only the policy-free part lives here: a map from a token digest (never the token) to what the
-verifier stored, evicting oldest-first. Whether a hit may be used (time claims, key still in the
+Only the policy-free part lives here: a map from a token (its bytes) to what the verifier
+stored, evicting oldest-first. Whether a hit may be used (time claims, key still in the
 set) is the verifier's decision. Reads take no lock; writes do.
 """
 
@@ -28,11 +28,14 @@ SHARE_FROM = 1024
 class VerifiedTokenCache(Generic[T]):
     """At most `max_entries` entries and `max_bytes` of token bytes; oldest evicted first.
 
-    Tokens over `max_token_bytes` are not cached at all. `get` is the plain dictionary lookup
-    (no lock: a dict read is atomic), since it runs on every request.
+    Keyed by the token bytes themselves: a lookup hashes the key and then compares whole keys,
+    so one token is never served another's entry, and no digest is computed per request. The
+    bytes held are the keys' (a key's size is its length); tokens over `max_token_bytes` are not
+    cached at all. `get` is the plain dictionary lookup (no lock: a dict read is atomic), since it
+    runs on every request.
     """
 
-    __slots__ = ("_bytes", "_entries", "_lock", "_sizes", "get", "max_bytes", "max_entries",
+    __slots__ = ("_bytes", "_entries", "_lock", "get", "max_bytes", "max_entries",
                  "max_token_bytes")
 
     def __init__(self, max_entries: int, *, max_bytes: int = MAX_TOTAL_BYTES,
@@ -41,38 +44,35 @@ class VerifiedTokenCache(Generic[T]):
         self.max_bytes = max_bytes
         self.max_token_bytes = max_token_bytes
         self._entries: dict[bytes, T] = {}
-        self._sizes: dict[bytes, int] = {}
         self._bytes = 0
         self._lock = threading.Lock()
         self.get: Callable[[bytes], T | None] = self._entries.get
 
-    def put(self, digest: bytes, value: T, size: int) -> None:
+    def put(self, token: bytes, value: T) -> None:
+        size = len(token)
         if size > self.max_token_bytes or self.max_entries <= 0:
             return
         with self._lock:
-            entries, sizes = self._entries, self._sizes
-            if digest in sizes:
-                del entries[digest]
-                self._bytes -= sizes.pop(digest)
-            while sizes and (len(sizes) >= self.max_entries
-                             or self._bytes + size > self.max_bytes):
-                oldest = next(iter(sizes))  # both dicts hold the same keys in the same order
+            entries = self._entries
+            if token in entries:
+                del entries[token]
+                self._bytes -= size
+            while entries and (len(entries) >= self.max_entries
+                               or self._bytes + size > self.max_bytes):
+                oldest = next(iter(entries))
                 del entries[oldest]
-                self._bytes -= sizes.pop(oldest)
-            entries[digest] = value
-            sizes[digest] = size
+                self._bytes -= len(oldest)
+            entries[token] = value
             self._bytes += size
 
-    def discard(self, digest: bytes) -> None:
+    def discard(self, token: bytes) -> None:
         with self._lock:
-            if digest in self._sizes:
-                del self._entries[digest]
-                self._bytes -= self._sizes.pop(digest)
+            if self._entries.pop(token, _MISSING) is not _MISSING:
+                self._bytes -= len(token)
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
-            self._sizes.clear()
             self._bytes = 0
 
     @property
@@ -81,7 +81,10 @@ class VerifiedTokenCache(Generic[T]):
         return self._bytes
 
     def __len__(self) -> int:
-        return len(self._sizes)
+        return len(self._entries)
+
+
+_MISSING: Any = object()
 
 
 class SharedStrings:
