@@ -103,7 +103,9 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
 
 
 def _basic_credentials(values: list[str]) -> tuple[str, list[str]] | None:
-    """(client id, secret candidates) from HTTP Basic, or None without an Authorization header.
+    """(client id, secret candidates) from HTTP Basic, or None without a Basic Authorization
+    header: another scheme (the Scalekit SDKs send their own ``Bearer`` token beside form
+    credentials) is not a client authentication method (RFC 6749 §2.3).
 
     RFC 6749 §2.3.1 form-encodes id and secret before joining them; many clients (authlib,
     requests, httpx) send them raw. Both readings of the secret are tried, decoded first.
@@ -114,8 +116,7 @@ def _basic_credentials(values: list[str]) -> tuple[str, list[str]] | None:
         raise OAuthError("invalid_request", "The request has more than one Authorization header.")
     scheme, _, encoded = values[0].strip().partition(" ")
     if scheme.lower() != "basic":
-        raise _invalid_client("Authenticate the client with HTTP Basic or with client_id and "
-                              "client_secret in the form body.")
+        return None
     try:
         raw = base64.b64decode(encoded.strip(), validate=True)
     except (binascii.Error, ValueError):
