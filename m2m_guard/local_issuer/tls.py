@@ -72,7 +72,7 @@ def tls_directory(db: str) -> Path | None:
     None for an in-memory database (nothing to keep them beside)."""
     if db == ":memory:" or db.startswith("file:"):
         return None
-    return Path(db + ".tls")
+    return Path(db + ".tls").absolute()
 
 
 def ensure_certificates(directory: str | os.PathLike[str], *,
