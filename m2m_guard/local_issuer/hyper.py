@@ -14,6 +14,7 @@ import asyncio
 import socket
 import threading
 from pathlib import Path
+from typing import Any
 
 from starlette.types import ASGIApp
 
@@ -74,6 +75,7 @@ class HyperServer:
 
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
+            self._loop.set_exception_handler(_quiet_cancellation)
             self._stop = asyncio.Event()
             ready.set()
             await serve(self.app, config, shutdown_trigger=self._stop.wait)  # type: ignore[arg-type]
@@ -109,3 +111,11 @@ class HyperServer:
                 pass
         if thread is not None:
             thread.join(_STOP_TIMEOUT)
+
+
+def _quiet_cancellation(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Connections still open at shutdown are cancelled; asyncio's stream callback then reports
+    the cancellation as an error (hypercorn on Python 3.11). Anything else is reported."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)
