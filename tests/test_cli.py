@@ -8,6 +8,7 @@ import os
 import queue
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -535,11 +536,14 @@ def test_demo_serve_keeps_running_until_ctrl_c() -> None:
         assert "Both servers keep running" in text, text
         api = re.search(r"curl -i (http://127\.0\.0\.1:\d+)/deployments$", text, re.MULTILINE)
         assert api, text
-        curl_token = re.search(r"TOKEN=\$\(curl -s (\S+) -d grant_type=client_credentials",
-                               text)
+        curl_token = re.search(r"TOKEN=\$\(curl -s (?:--cacert (\S+) )?(\S+) "
+                               r"-d grant_type=client_credentials", text)
         credentials = re.search(r"-d client_id=(\S+) -d client_secret=(\S+)", text)
         assert curl_token and credentials
-        token = httpx.post(curl_token.group(1), data={
+        # With the emulator extra the issuer is served over HTTPS by a local CA.
+        verify: Any = (ssl.create_default_context(cafile=curl_token.group(1))
+                       if curl_token.group(1) else True)
+        token = httpx.post(curl_token.group(2), verify=verify, data={
             "grant_type": "client_credentials", "client_id": credentials.group(1),
             "client_secret": credentials.group(2)}).json()["access_token"]
         answer = httpx.get(api.group(1) + "/deployments",
