@@ -55,7 +55,7 @@ class IssuerProcess:
 
     @property
     def url(self) -> str:
-        match = re.search(r"running at (http://127\.0\.0\.1:\d+)", self.banner[0])
+        match = re.search(r"running at (https?://127\.0\.0\.1:\d+)", self.banner[0])
         assert match, self.banner
         return match.group(1)
 
@@ -241,6 +241,37 @@ def test_issuer_prints_the_secret_once_stops_cleanly_and_keeps_its_clients(
     finally:
         code, rest = again.stop(signal.SIGTERM)
     assert code == 0 and "local issuer stopped" in rest
+
+
+def test_issuer_with_tls_prints_the_trust_lines_and_keeps_its_ca(tmp_path: Path) -> None:
+    pytest.importorskip("hypercorn", reason="--tls needs the emulator extra")
+    db = tmp_path / "issuer.db"
+    first = start_issuer(db, "--tls")
+    try:
+        url, ca = first.url, str(tmp_path / "issuer.db.tls" / "ca.pem")
+        assert url.startswith("https://127.0.0.1:")
+        for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
+                     "NODE_EXTRA_CA_CERTS"):
+            assert first.exported(name) == ca
+        text = "".join(first.banner)
+        assert "scalekit.v1.clients.ClientService" in text  # gRPC comes with --tls
+        assert first.exported("SCALEKIT_ENVIRONMENT_URL") == url
+        trusted = ssl.create_default_context(cafile=ca)
+        discovery = httpx.get(f"{url}/.well-known/openid-configuration", verify=trusted)
+        assert discovery.json()["issuer"] == url
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{url}/keys")
+    finally:
+        code, _ = first.stop(signal.SIGTERM)
+    assert code == 0
+    pem = Path(ca).read_bytes()
+    again = start_issuer(db, "--tls")
+    try:
+        assert again.exported("SSL_CERT_FILE") == ca and Path(ca).read_bytes() == pem
+        assert httpx.get(f"{again.url}/keys", verify=ssl.create_default_context(cafile=ca)) \
+            .status_code == 200
+    finally:
+        again.stop(signal.SIGTERM)
 
 
 def test_issuer_takes_the_environment_client_from_the_environment(tmp_path: Path) -> None:
