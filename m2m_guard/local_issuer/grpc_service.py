@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..bearer import extract_bearer
 from ..errors import GuardError, MissingToken
+from .app import MAX_JSON_BYTES
 from .clients import ApiError
 
 if TYPE_CHECKING:
@@ -97,17 +98,28 @@ def build_grpc_app(issuer: LocalIssuer) -> ASGIApp:
         """Authorize the call as the REST gate does, then run `function` in a worker thread."""
         if issuer.unavailable:
             raise ConnectError(Code.UNAVAILABLE, "The issuer is unavailable (simulated outage).")
-        # grpcio sends the call credentials' header and the SDK's own metadata: the same token.
-        values = list(dict.fromkeys(ctx.request_headers.getall("authorization")))
-        try:
-            token = extract_bearer(values)
-            if token is None:
-                raise MissingToken("The management API needs the access token of the "
-                                   "environment API client (client credentials of skc_…).")
-            await run_in_threadpool(issuer.check_admin_token, token,
-                                    issuer.base_url(_BASE_URL.get("")))
-        except GuardError as exc:
-            raise ConnectError(Code.UNAUTHENTICATED, exc.description) from None
+        # The Python SDK sends two Authorization values: its channel's call credentials (the
+        # token it had when it was made) and its metadata (its current token). The call is
+        # authorized when one of them is a valid token of the environment API client.
+        values = list(dict.fromkeys(ctx.request_headers.getall("authorization"))) or [None]
+        refusal: GuardError | None = None
+        for value in values[:2]:
+            try:
+                token = extract_bearer([value] if value is not None else [])
+                if token is None:
+                    raise MissingToken("The management API needs the access token of the "
+                                       "environment API client (client credentials of skc_…).")
+                await run_in_threadpool(issuer.check_admin_token, token,
+                                        issuer.base_url(_BASE_URL.get("")))
+            except GuardError as exc:
+                refusal = refusal or exc
+            else:
+                refusal = None
+                break
+        if refusal is not None or len(values) > 2:
+            description = refusal.description if refusal is not None else \
+                "The request has more than two Authorization values."
+            raise ConnectError(Code.UNAUTHENTICATED, description)
         try:
             return await run_in_threadpool(function, *args)
         except ApiError as exc:
@@ -232,7 +244,7 @@ def build_grpc_app(issuer: LocalIssuer) -> ASGIApp:
             return f"/{SERVICE}"
 
     app = ClientServiceApp(service=ClientService(), endpoints=endpoints,
-                           codecs=google_protobuf_codecs())
+                           codecs=google_protobuf_codecs(), read_max_bytes=MAX_JSON_BYTES)
     return cast(ASGIApp, app)  # connectrpc types the ASGI scope more narrowly than Starlette
 
 

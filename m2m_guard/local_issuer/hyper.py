@@ -11,6 +11,7 @@ once (port 0: a free one) and a bind error is raised to the caller.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 from pathlib import Path
@@ -70,7 +71,10 @@ class HyperServer:
             listener.close()
             raise
         self.port = int(listener.getsockname()[1])
-        config.bind = [f"fd://{listener.fileno()}"]  # hypercorn owns and closes the socket
+        # hypercorn gets its own descriptor of the listening socket and closes it when it stops;
+        # ours is closed now (the socket stays open through the copy).
+        config.bind = [f"fd://{os.dup(listener.fileno())}"]
+        listener.close()
         ready = threading.Event()
 
         async def main() -> None:
@@ -87,10 +91,6 @@ class HyperServer:
                 self._failure = exc
             finally:
                 ready.set()
-                try:
-                    listener.close()
-                except OSError:
-                    pass
 
         self._thread = threading.Thread(target=run, name="m2m-guard-local-issuer-h2",
                                         daemon=True)

@@ -73,9 +73,13 @@ def emulator(ca_file: Path) -> Iterator[RunningIssuer]:
 
 
 @pytest.fixture(scope="module")
-def sdk(emulator: RunningIssuer) -> Any:
+def sdk(emulator: RunningIssuer) -> Iterator[Any]:
     # The quickstart's construction, with the local environment URL and credentials.
-    return ScalekitClient(emulator.url, ADMIN_ID, ADMIN_SECRET)
+    client = ScalekitClient(emulator.url, ADMIN_ID, ADMIN_SECRET)
+    yield client
+    # its channel would go on reconnecting (and pinging) in grpcio's threads after the server
+    # stopped, for the rest of the test session
+    client.core_client.grpc_secure_channel.close()
 
 
 def _trusting() -> ssl.SSLContext:
@@ -269,6 +273,14 @@ def test_grpc_calls_need_the_environment_clients_token(emulator: RunningIssuer,
         assert not_admin.value.code() == grpc.StatusCode.UNAUTHENTICATED
         admin = (("authorization", "Bearer " + sdk.get_client_access_token()),)
         assert stub.ListOrganizationClients(request, metadata=admin, timeout=10).total_size >= 1
+        # The SDK's channel keeps the token it was made with beside the current one: one valid
+        # token of the environment client among the two values authorizes the call.
+        stale = (("authorization", "Bearer " + m2m_token),) + admin
+        assert stub.ListOrganizationClients(request, metadata=stale, timeout=10).total_size >= 1
+        with pytest.raises(grpc.RpcError) as both_bad:
+            stub.ListOrganizationClients(request, timeout=10, metadata=(
+                ("authorization", "Bearer " + m2m_token), ("authorization", "Bearer x.y.z")))
+        assert both_bad.value.code() == grpc.StatusCode.UNAUTHENTICATED
         emulator.issuer.unavailable = True
         try:
             with pytest.raises(grpc.RpcError) as down:
