@@ -238,7 +238,7 @@ def build_grpc_app(issuer: LocalIssuer) -> ASGIApp:
             table[f"/{SERVICE}/{name}"] = Endpoint.unary(info, getattr(service, attribute))
         return table
 
-    class ClientServiceApp(ConnectASGIApplication[ClientService]):
+    class ClientServiceApp(ConnectASGIApplication[ClientService]):  # type: ignore[misc, unused-ignore]
         @property
         def path(self) -> str:
             return f"/{SERVICE}"
