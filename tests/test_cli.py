@@ -264,6 +264,13 @@ def test_issuer_with_tls_prints_the_trust_lines_and_keeps_its_ca(tmp_path: Path)
         assert discovery.json()["issuer"] == url
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{url}/keys")
+        # the printed SSL_CERT_FILE line is enough for m2m-guard's own commands (httpx)
+        env = {**clean_env(), "SSL_CERT_FILE": ca, "SCALEKIT_ENVIRONMENT_URL": url,
+               "SCALEKIT_CLIENT_ID": first.exported("SCALEKIT_CLIENT_ID") or "",
+               "SCALEKIT_CLIENT_SECRET": first.exported("SCALEKIT_CLIENT_SECRET") or ""}
+        rotated = m2m("rotate-keys", "--publish-delay", "0", env=env)
+        assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+        assert "new signing key snk_" in rotated.stdout
     finally:
         code, _ = first.stop(signal.SIGTERM)
     assert code == 0
