@@ -70,6 +70,12 @@ def _running(issuer: Any, args: argparse.Namespace) -> Any:
     if grpc and not grpc_available():
         raise CommandError("--grpc needs the emulator extra (Python 3.11+): "
                            "pip install 'm2m-guard[emulator]'")
+    if args.tls:
+        try:
+            import hypercorn  # noqa: F401
+        except ImportError:
+            raise CommandError("--tls needs the emulator extra (hypercorn): "
+                               "pip install 'm2m-guard[emulator]'") from None
     try:
         return RunningIssuer(issuer, host=args.host, port=args.port, tls=args.tls, grpc=grpc)
     except OSError as exc:
