@@ -41,7 +41,7 @@ from .clients import ApiError
 if TYPE_CHECKING:
     from .issuer import LocalIssuer
 
-__all__ = ["SERVICE", "GrpcUnavailable", "build_grpc_app", "with_grpc"]
+__all__ = ["SERVICE", "GrpcUnavailable", "build_grpc_app", "grpc_available", "with_grpc"]
 
 SERVICE = "scalekit.v1.clients.ClientService"
 T = TypeVar("T")
