@@ -4,17 +4,32 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit unit-no-speedups venv bench fuzz soak clean
+.PHONY: demo test lint typecheck unit unit-no-speedups venv node-sdk bench fuzz soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e ".[test,server,speedups]"
+	$(BIN)/python -m pip install --quiet -e ".[test,server,speedups,emulator]"
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# The official Scalekit Node SDK for tests/issuer/test_scalekit_node.py, when npm exists (the
+# tests say so when Node is missing, and fail in CI). One pinned package, no lock file kept.
+NODE_DIR := tests/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+
+$(NODE_STAMP): $(NODE_DIR)/package.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm install --prefix $(NODE_DIR) --no-audit --no-fund --no-package-lock --loglevel=error \
+			&& touch $@; \
+	else \
+		echo "npm not found: the Node SDK tests will report that Node is missing"; \
+	fi
+
+node-sdk: $(NODE_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
@@ -25,7 +40,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict m2m_guard
 
-unit: $(STAMP)
+unit: $(STAMP) node-sdk
 	$(BIN)/python -m pytest
 
 # The suites that judge parsing and verification, again with the [speedups] extra turned off:
@@ -44,7 +59,7 @@ test: lint typecheck unit unit-no-speedups
 BENCH_STAMP := $(VENV)/.installed-bench
 
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[test,server,speedups,bench]"
+	$(BIN)/python -m pip install --quiet -e ".[test,server,speedups,emulator,bench]"
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
@@ -57,4 +72,4 @@ soak: $(STAMP)
 	$(BIN)/python -m tests.soak
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info $(NODE_DIR)/node_modules

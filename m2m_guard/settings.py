@@ -13,6 +13,7 @@ import ipaddress
 import math
 import os
 import re
+import ssl
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -164,6 +165,7 @@ class GuardSettings:
     resource_metadata_url: str | None = None
     resource_scopes: tuple[str, ...] | Sequence[str] = ()
     events_client_id: bool = False
+    ca_bundle: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -267,6 +269,8 @@ class GuardSettings:
                 f"got {self.realm!r}."
             )
         _check_operations(self)
+        if self.ca_bundle is not None:
+            _check_ca_bundle(self.ca_bundle)
 
     @staticmethod
     def _duration(name: str, value: Any) -> float:
@@ -363,6 +367,25 @@ class GuardSettings:
 # RFC 6749 §3.3 scope-token; and what may stand inside a quoted challenge parameter.
 _SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
 _HEADER_SAFE_URL = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
+
+
+def _check_ca_bundle(path: Any) -> None:
+    """`path` must name a readable PEM file of CA certificates (the trusted roots of the
+    issuers' URLs instead of the system's: for a private CA or the local issuer's)."""
+    if not isinstance(path, str) or not path:
+        raise ConfigurationError(f"ca_bundle must be the path of a PEM file of CA certificates, "
+                                 f"got {path!r}.")
+    if not os.path.isfile(path):
+        raise ConfigurationError(f"ca_bundle is {path!r}, which is not a file: give the path of "
+                                 f"a PEM file of CA certificates (e.g. the local issuer's ca.pem).")
+    try:
+        context = ssl.create_default_context(cafile=path)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise ConfigurationError(f"ca_bundle {path!r} cannot be read as PEM CA certificates: "
+                                 f"{exc}.") from None
+    if not context.get_ca_certs():
+        raise ConfigurationError(f"ca_bundle {path!r} holds no CA certificate (a server "
+                                 f"certificate alone cannot be trusted as a root).")
 
 
 def _check_operations(settings: GuardSettings) -> None:
@@ -509,4 +532,5 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "resource_metadata_url": _parse_str,
     "resource_scopes": _parse_list,
     "events_client_id": _parse_bool,
+    "ca_bundle": _parse_str,
 }

@@ -8,6 +8,7 @@ import os
 import queue
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -54,7 +55,7 @@ class IssuerProcess:
 
     @property
     def url(self) -> str:
-        match = re.search(r"running at (http://127\.0\.0\.1:\d+)", self.banner[0])
+        match = re.search(r"running at (https?://127\.0\.0\.1:\d+)", self.banner[0])
         assert match, self.banner
         return match.group(1)
 
@@ -240,6 +241,47 @@ def test_issuer_prints_the_secret_once_stops_cleanly_and_keeps_its_clients(
     finally:
         code, rest = again.stop(signal.SIGTERM)
     assert code == 0 and "local issuer stopped" in rest
+
+
+def test_issuer_with_tls_prints_the_trust_lines_and_keeps_its_ca(tmp_path: Path) -> None:
+    pytest.importorskip("hypercorn", reason="--tls needs the emulator extra")
+    db = tmp_path / "issuer.db"
+    first = start_issuer(db, "--tls")
+    try:
+        url, ca = first.url, str(tmp_path / "issuer.db.tls" / "ca.pem")
+        assert url.startswith("https://127.0.0.1:")
+        for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
+                     "NODE_EXTRA_CA_CERTS"):
+            assert first.exported(name) == ca
+        text = "".join(first.banner)
+        from m2m_guard.local_issuer.grpc_service import grpc_available
+
+        # gRPC comes with --tls when the emulator extra is complete
+        assert ("scalekit.v1.clients.ClientService" in text) == grpc_available()
+        assert first.exported("SCALEKIT_ENVIRONMENT_URL") == url
+        trusted = ssl.create_default_context(cafile=ca)
+        discovery = httpx.get(f"{url}/.well-known/openid-configuration", verify=trusted)
+        assert discovery.json()["issuer"] == url
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{url}/keys")
+        # the printed SSL_CERT_FILE line is enough for m2m-guard's own commands (httpx)
+        env = {**clean_env(), "SSL_CERT_FILE": ca, "SCALEKIT_ENVIRONMENT_URL": url,
+               "SCALEKIT_CLIENT_ID": first.exported("SCALEKIT_CLIENT_ID") or "",
+               "SCALEKIT_CLIENT_SECRET": first.exported("SCALEKIT_CLIENT_SECRET") or ""}
+        rotated = m2m("rotate-keys", "--publish-delay", "0", env=env)
+        assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+        assert "new signing key snk_" in rotated.stdout
+    finally:
+        code, _ = first.stop(signal.SIGTERM)
+    assert code == 0
+    pem = Path(ca).read_bytes()
+    again = start_issuer(db, "--tls")
+    try:
+        assert again.exported("SSL_CERT_FILE") == ca and Path(ca).read_bytes() == pem
+        assert httpx.get(f"{again.url}/keys", verify=ssl.create_default_context(cafile=ca)) \
+            .status_code == 200
+    finally:
+        again.stop(signal.SIGTERM)
 
 
 def test_issuer_takes_the_environment_client_from_the_environment(tmp_path: Path) -> None:
@@ -551,11 +593,14 @@ def test_demo_serve_keeps_running_until_ctrl_c() -> None:
         assert "Both servers keep running" in text, text
         api = re.search(r"curl -i (http://127\.0\.0\.1:\d+)/deployments$", text, re.MULTILINE)
         assert api, text
-        curl_token = re.search(r"TOKEN=\$\(curl -s (\S+) -d grant_type=client_credentials",
-                               text)
+        curl_token = re.search(r"TOKEN=\$\(curl -s (?:--cacert (\S+) )?(\S+) "
+                               r"-d grant_type=client_credentials", text)
         credentials = re.search(r"-d client_id=(\S+) -d client_secret=(\S+)", text)
         assert curl_token and credentials
-        token = httpx.post(curl_token.group(1), data={
+        # With the emulator extra the issuer is served over HTTPS by a local CA.
+        verify: Any = (ssl.create_default_context(cafile=curl_token.group(1))
+                       if curl_token.group(1) else True)
+        token = httpx.post(curl_token.group(2), verify=verify, data={
             "grant_type": "client_credentials", "client_id": credentials.group(1),
             "client_secret": credentials.group(2)}).json()["access_token"]
         answer = httpx.get(api.group(1) + "/deployments",

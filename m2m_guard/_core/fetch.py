@@ -229,19 +229,33 @@ def read_key_set(url: str, status: int, headers: Mapping[str, str], body: bytes,
 _tls_context: ssl.SSLContext | None = None
 
 
-def _tls() -> ssl.SSLContext:
+_bundle_contexts: dict[str, ssl.SSLContext] = {}
+
+
+def _tls(ca_bundle: str | None = None) -> ssl.SSLContext:
     """The TLS context shared by every fetch. Building one reads the CA bundle (tens of
     milliseconds of blocking work), so it is built once, and off the event loop by the async
-    driver, instead of by each new client."""
+    driver, instead of by each new client. With `ca_bundle` (the `ca_bundle` setting) the
+    certificates of that file are the ones trusted, one shared context per file."""
     global _tls_context
+    if ca_bundle is not None:
+        context = _bundle_contexts.get(ca_bundle)
+        if context is None:
+            context = _bundle_contexts[ca_bundle] = ssl.create_default_context(cafile=ca_bundle)
+        return context
     if _tls_context is None:
         _tls_context = httpx.create_ssl_context()
     return _tls_context
 
 
-def shared_tls_context() -> ssl.SSLContext:
+def _ready_tls(ca_bundle: str | None) -> ssl.SSLContext | None:
+    """The shared context if it is built already (no blocking work), else None."""
+    return _tls_context if ca_bundle is None else _bundle_contexts.get(ca_bundle)
+
+
+def shared_tls_context(ca_bundle: str | None = None) -> ssl.SSLContext:
     """The TLS context every fetch uses (built on first use; blocking: call it off the loop)."""
-    return _tls()
+    return _tls(ca_bundle)
 
 
 def _timeout(settings: GuardSettings) -> httpx.Timeout:
@@ -289,8 +303,9 @@ async def fetch_key_set_async(issuer: IssuerSettings, settings: GuardSettings, *
     """Discover (when `jwks_url` is None) and fetch the issuer's key set, within the timeout."""
     try:
         with anyio.fail_after(settings.http_timeout * (1 if jwks_url else 2)):
-            tls = _tls_context if _tls_context is not None else \
-                await anyio.to_thread.run_sync(_tls)
+            tls = _ready_tls(settings.ca_bundle)
+            if tls is None:
+                tls = await anyio.to_thread.run_sync(_tls, settings.ca_bundle)
             async with httpx.AsyncClient(timeout=_timeout(settings), verify=tls,
                                          follow_redirects=False) as client:
                 token_endpoint = None
@@ -410,7 +425,8 @@ def fetch_key_set_sync(issuer: IssuerSettings, settings: GuardSettings, *,
     deadline = time.monotonic() + settings.http_timeout * (1 if jwks_url else 2)
     token_endpoint = None
     with _Deadline(deadline) as watchdog, httpx.Client(
-            timeout=_timeout(settings), verify=_tls(), follow_redirects=False) as client:
+            timeout=_timeout(settings), verify=_tls(settings.ca_bundle),
+            follow_redirects=False) as client:
         if jwks_url is None:
             steps = _discovery(issuer)
             url = next(steps)

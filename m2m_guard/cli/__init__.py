@@ -69,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     issuer.add_argument("--issuer-url", default=None,
                         help="the issuer URL put in tokens and discovery, when clients reach "
                              "the server under another name (default: the listening URL)")
+    issuer.add_argument("--tls", action="store_true",
+                        help="serve HTTPS (HTTP/1.1 and HTTP/2) with a local CA and server "
+                             "certificate kept in <db>.tls, and print the lines that make "
+                             "clients trust it; with the emulator extra, the Scalekit gRPC "
+                             "client-management service too")
+    issuer.add_argument("--grpc", action="store_true",
+                        help="serve the Scalekit gRPC client-management service beside the "
+                             "HTTP API on the same port (needs the emulator extra)")
 
     rotate = commands.add_parser(
         "rotate-keys", formatter_class=_Formatter, epilog=_EPILOG,

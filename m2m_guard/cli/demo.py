@@ -8,6 +8,10 @@
 3. That client gets its access token with the client-credentials grant.
 4. It calls the API: allowed calls, a route needing a scope it lacks (403 with ``scope=``), no
    token (401), a tampered token (401).
+5. With the ``emulator`` extra: Scalekit's Python quickstart, run with the official SDK
+   (`scalekit_quickstart`): gRPC registration, token, the API, validation. The issuer is then
+   served over HTTPS with the gRPC service (a temporary local CA, which the guard trusts by its
+   ``ca_bundle`` setting); without the extra, over plain HTTP as before, and step 5 says so.
 
 Every step is real HTTP; the transcript shows each call's status, and the exit code is 1 if any
 status differs from the expected one. `run_demo` takes the API's app factory, so the source
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -184,21 +189,28 @@ def run_demo(app_factory: AppFactory = deployment_api, *, serve: bool = False,
     Ctrl-C (or `stop` is set).
     """
     from ..local_issuer import LocalIssuer, serve_issuer
+    from ..local_issuer.grpc_service import grpc_available
 
     t = _Transcript(out)
     admin_id = f"skc_{10**16 + secrets.randbelow(9 * 10**16)}"
     admin_secret = secrets.token_urlsafe(32)
+    emulate = grpc_available()
     issuer = LocalIssuer(":memory:", admin_client_id=admin_id, admin_client_secret=admin_secret)
     try:
-        with serve_issuer(issuer, host=host, port=0) as running:
+        with serve_issuer(issuer, host=host, port=0, tls=emulate, grpc=emulate) as running:
+            ca = str(running.tls.ca_cert) if running.tls is not None else None
             settings = GuardSettings(issuer=running.url, audience=AUDIENCE,
-                                     public_paths=("/health",))
+                                     public_paths=("/health",), ca_bundle=ca)
+            verify: Any = ssl.create_default_context(cafile=ca) if ca else True
             # trust_env=False: every call goes to loopback, never through a configured proxy
             with serve_app(app_factory(settings), host) as api, \
-                    httpx.Client(timeout=30, trust_env=False) as http:
+                    httpx.Client(timeout=30, trust_env=False, verify=verify) as http:
                 t.say("m2m_guard demo: the machine-to-machine flow, end to end on loopback")
                 t.say()
-                t.say(f"issuer   {running.url}   local Scalekit-compatible issuer (in memory)")
+                t.say(f"issuer   {running.url}   local Scalekit-compatible issuer (in memory"
+                      + (", HTTPS + gRPC)" if emulate else ")"))
+                if ca:
+                    t.say(f"                                   its local CA {ca}")
                 t.say(f"api      {api}   deployment API, m2m_guard trusts {running.url}")
                 t.say(f"                                   and requires audience {AUDIENCE}")
                 t.say()
@@ -212,12 +224,24 @@ def run_demo(app_factory: AppFactory = deployment_api, *, serve: bool = False,
                 t.say("4. The client calls the deployment API")
                 _call_api(t, http, api, token)
                 t.say()
+                t.say("5. Scalekit's Python quickstart with the official SDK, unchanged but for "
+                      "the environment URL and credentials")
+                if ca:
+                    from .scalekit_quickstart import run_quickstart
+
+                    run_quickstart(t, env_url=running.url, client_id=admin_id,
+                                   client_secret=admin_secret, organization_id=ORGANIZATION_ID,
+                                   api_url=api, ca_file=ca)
+                else:
+                    t.say("        (not run: it needs the emulator extra, Python 3.11+: "
+                          "pip install 'm2m-guard[emulator]')")
+                t.say()
                 if t.failures:
                     t.say(f"{t.failures} call(s) did not answer as expected")
                 else:
                     t.say("all calls answered as expected")
                 if serve and not t.failures:
-                    _print_curl(t, running.url, api, client_id, client_secret)
+                    _print_curl(t, running.url, api, client_id, client_secret, ca)
                     wait_for_stop(stop)
     finally:
         issuer.close()
@@ -268,11 +292,14 @@ def _call_api(t: _Transcript, http: httpx.Client, api: str, token: str) -> None:
 
 
 def _print_curl(t: _Transcript, issuer_url: str, api: str, client_id: str,
-                client_secret: str) -> None:
+                client_secret: str, ca: str | None = None) -> None:
     t.say()
     t.say("Both servers keep running; try it by hand (Ctrl-C stops):")
     t.say()
-    t.say(f"  TOKEN=$(curl -s {issuer_url}/oauth/token -d grant_type=client_credentials \\")
+    if ca:
+        t.say(f"  export SSL_CERT_FILE={ca} M2M_GUARD_CA_BUNDLE={ca}")
+    cacert = f"--cacert {ca} " if ca else ""
+    t.say(f"  TOKEN=$(curl -s {cacert}{issuer_url}/oauth/token -d grant_type=client_credentials \\")
     t.say(f"          -d client_id={client_id} -d client_secret={client_secret} \\")
     t.say("          | python3 -c 'import json,sys;print(json.load(sys.stdin)[\"access_token\"])')")
     t.say(f"  curl -i {api}/deployments -H \"Authorization: Bearer $TOKEN\"")

@@ -201,7 +201,8 @@ def check_issuer(issuer: IssuerSettings, settings: GuardSettings) -> IssuerRepor
     """Fetch `issuer`'s discovery document (unless its jwks_url is set) and key set, and judge
     them by the guard's rules."""
     report = IssuerReport(issuer.issuer)
-    with httpx.Client(timeout=httpx.Timeout(settings.http_timeout), verify=shared_tls_context(),
+    with httpx.Client(timeout=httpx.Timeout(settings.http_timeout),
+                      verify=shared_tls_context(settings.ca_bundle),
                       follow_redirects=False) as client:
         jwks_url = issuer.jwks_url
         if jwks_url is not None:

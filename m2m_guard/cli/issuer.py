@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from ..local_issuer.tls import export_lines
 from .common import EXIT_FAILED, EXIT_OK, CommandError, check_client_url, wait_for_stop
 from .token import discover_token_endpoint, option_or_env, request_token
 
@@ -32,7 +33,7 @@ def _say(text: str = "") -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        from ..local_issuer import LocalIssuer, RunningIssuer
+        from ..local_issuer import LocalIssuer
     except ImportError as exc:
         raise CommandError(f"the local issuer needs its server dependencies: pip install "
                            f"'m2m-guard[server]' ({exc})") from None
@@ -42,22 +43,48 @@ def run(args: argparse.Namespace) -> int:
         issuer = LocalIssuer(args.db, issuer_url=args.issuer_url)
     except (ValueError, sqlite3.Error, OSError) as exc:
         raise CommandError(f"cannot open the issuer with --db {args.db}: {exc}") from None
-    running = RunningIssuer(issuer, host=args.host, port=args.port)
+    running = None
     try:
+        running = _running(issuer, args)
         try:
             running.start()
         except RuntimeError as exc:
             raise CommandError(f"{exc} (is the port in use? try --port 0)", EXIT_FAILED) from None
-        _banner(issuer, running.url, args)
+        _banner(issuer, running, args)
         wait_for_stop()
     finally:
-        running.stop()
+        if running is not None:
+            running.stop()
         issuer.close()
     _say("local issuer stopped")
     return EXIT_OK
 
 
-def _banner(issuer: Any, url: str, args: argparse.Namespace) -> None:
+def _running(issuer: Any, args: argparse.Namespace) -> Any:
+    """The server for `args`: uvicorn over plain HTTP, or hypercorn with --tls / --grpc (gRPC
+    comes with --tls whenever the emulator extra is installed)."""
+    from ..local_issuer import RunningIssuer
+    from ..local_issuer.grpc_service import grpc_available
+
+    grpc = bool(args.grpc or (args.tls and grpc_available()))
+    if grpc and not grpc_available():
+        raise CommandError("--grpc needs the emulator extra (Python 3.11+): "
+                           "pip install 'm2m-guard[emulator]'")
+    if args.tls:
+        try:
+            import hypercorn  # noqa: F401
+        except ImportError:
+            raise CommandError("--tls needs the emulator extra (hypercorn): "
+                               "pip install 'm2m-guard[emulator]'") from None
+    try:
+        return RunningIssuer(issuer, host=args.host, port=args.port, tls=args.tls, grpc=grpc)
+    except OSError as exc:
+        raise CommandError(f"cannot create the TLS certificates beside --db {args.db}: "
+                           f"{exc}", EXIT_FAILED) from None
+
+
+def _banner(issuer: Any, running: Any, args: argparse.Namespace) -> None:
+    url = running.url
     base = issuer.issuer_url or url
     _say(f"m2m-guard local issuer running at {url}  (Ctrl-C to stop)")
     _say(f"  issuer     {base}")
@@ -68,6 +95,12 @@ def _banner(issuer: Any, url: str, args: argparse.Namespace) -> None:
     if args.host not in ("127.0.0.1", "::1", "localhost"):
         _say(f"  warning: listening on {args.host}: other machines can reach this development "
              f"server" + ("" if args.issuer_url else "; pass --issuer-url with the URL they use"))
+    if running.grpc:
+        _say("  gRPC       scalekit.v1.clients.ClientService on the same port (HTTP/2)")
+    if running.tls is not None:
+        _say(f"  TLS        local CA {running.tls.ca_cert}; make clients trust it with:")
+        for line in export_lines(running.tls):
+            _say(f"  {line}")
     _say()
     if issuer.new_admin_secret is not None:
         _say("Environment API client created; its secret is shown this once (only a hash is "

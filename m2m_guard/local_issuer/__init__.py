@@ -5,6 +5,9 @@
 - `SigningKey` makes keys for RS256/PS256/ES256/EdDSA (and the other JWS algorithms) and signs
   tokens with them; `KeySetServer` publishes keys over loopback HTTP with discovery, and can
   misbehave on purpose (down, HTTP 500, garbage, hang, slow) so that outages can be tested for real.
+- With the ``emulator`` extra, `serve_issuer(..., tls=True, grpc=True)` serves HTTPS with a local
+  CA (`tls`) and Scalekit's gRPC client-management service (`grpc_service`) on the same port, so
+  the official Scalekit SDKs run against it unchanged.
 """
 
 from .clients import ApiError

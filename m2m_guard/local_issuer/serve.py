@@ -6,18 +6,31 @@ with serve_issuer(LocalIssuer()) as running:
     with running.outage():       # every route answers 503 meanwhile
         ...
     running.stop(); running.start()   # a restart on the same port
+
+with serve_issuer(issuer, tls=True, grpc=True) as running:   # the emulator extra
+    running.url                  # "https://127.0.0.1:PORT", HTTP/1.1 and HTTP/2 (ALPN)
+    running.tls.ca_cert          # the CA to trust (see tls.export_lines)
 ```
+
+Plain HTTP is served by uvicorn, as without the extra. With `tls` (True: certificates kept in
+``<db>.tls`` beside the database, or a temporary directory for ``:memory:``; or a directory) or
+`grpc` (Scalekit's gRPC client-management service on the same port, `grpc_service`) the server
+is hypercorn, speaking HTTP/1.1 and HTTP/2 on one port.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from .issuer import LocalIssuer
+from .tls import TlsFiles, ensure_certificates, tls_directory
 
 __all__ = ["RunningIssuer", "serve_issuer"]
 
@@ -32,18 +45,30 @@ class RunningIssuer:
     """
 
     def __init__(self, issuer: LocalIssuer, *, host: str = "127.0.0.1", port: int = 0,
-                 log_level: str = "warning") -> None:
+                 log_level: str = "warning", tls: bool | str | os.PathLike[str] = False,
+                 grpc: bool = False) -> None:
         self.issuer = issuer
         self.host = host
         self.port = port
         self.log_level = log_level
+        self.grpc = grpc
+        self.tls: TlsFiles | None = None
+        self._temporary: tempfile.TemporaryDirectory[str] | None = None
+        if tls is True:
+            directory = tls_directory(issuer.store.path)
+            if directory is None:
+                self._temporary = tempfile.TemporaryDirectory(prefix="m2m-guard-tls-")
+                directory = Path(self._temporary.name)
+            self.tls = ensure_certificates(directory, hosts=(host,))
+        elif tls:
+            self.tls = ensure_certificates(tls, hosts=(host,))
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -53,6 +78,8 @@ class RunningIssuer:
         """Start serving (again); raise `RuntimeError` when uvicorn cannot start."""
         if self._server is not None:
             return self
+        if self.tls is not None or self.grpc:
+            return self._start_hypercorn()
         try:
             import uvicorn
         except ImportError:  # pragma: no cover - depends on the installation
@@ -76,11 +103,34 @@ class RunningIssuer:
         self._server, self._thread = server, thread
         return self
 
+    def _start_hypercorn(self) -> RunningIssuer:
+        from .hyper import HyperServer
+
+        app: Any = self.issuer.app
+        if self.grpc:
+            from .grpc_service import with_grpc
+
+            app = with_grpc(app, self.issuer)
+        server = HyperServer(app, host=self.host, port=self.port,
+                             certfile=self.tls.cert_chain if self.tls else None,
+                             keyfile=self.tls.key if self.tls else None)
+        try:
+            self.port = server.start()
+        except OSError as exc:
+            raise RuntimeError(f"the local issuer could not listen on {self.host}:{self.port}: "
+                               f"{exc}") from None
+        if self.issuer.issuer_url is None:
+            self.issuer.issuer_url = self.url
+        self._server = server
+        return self
+
     def stop(self) -> None:
         """Stop serving and close the listening socket (idempotent)."""
         server, thread = self._server, self._thread
         self._server = self._thread = None
-        if server is not None:
+        if server is not None and not hasattr(server, "should_exit"):
+            server.stop()
+        elif server is not None:
             server.should_exit = True
         if thread is not None:
             thread.join(_START_TIMEOUT)
@@ -110,13 +160,16 @@ class RunningIssuer:
 
 @contextmanager
 def serve_issuer(issuer: LocalIssuer, *, host: str = "127.0.0.1", port: int = 0,
-                 log_level: str = "warning") -> Iterator[RunningIssuer]:
-    """Serve `issuer` with uvicorn in a background thread for the duration of the block.
+                 log_level: str = "warning", tls: bool | str | os.PathLike[str] = False,
+                 grpc: bool = False) -> Iterator[RunningIssuer]:
+    """Serve `issuer` in a background thread for the duration of the block (uvicorn; hypercorn
+    with `tls` or `grpc`, see the module doc).
 
     Sets `issuer.issuer_url` to the served URL when it was None. The issuer itself stays open
     (close it yourself).
     """
-    running = RunningIssuer(issuer, host=host, port=port, log_level=log_level)
+    running = RunningIssuer(issuer, host=host, port=port, log_level=log_level, tls=tls,
+                            grpc=grpc)
     running.start()
     try:
         yield running

@@ -200,3 +200,18 @@ def test_concurrent_token_requests(shared_rig: Rig, quickstart: tuple[str, str])
     with TokenVerifier(GuardSettings(issuer=shared_rig.url, audience="deployment-api")) as v:
         subjects = [v.verify_sync(token).client_id for token in tokens]
     assert subjects == [pair[0] for pair in credentials]
+
+
+def test_form_credentials_beside_a_bearer_header(shared_rig: Rig,
+                                                 quickstart: tuple[str, str]) -> None:
+    """The Scalekit SDKs send their own Bearer token on every request, the M2M client's
+    credentials in the form: the header is not a client method, the form authenticates."""
+    client_id, secret = quickstart
+    form = {"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret}
+    answer = shared_rig.http.post("/oauth/token", data=form,
+                                  headers={"Authorization": "Bearer some.environment.token"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["token_type"] == "Bearer"
+    wrong = shared_rig.http.post("/oauth/token", data={**form, "client_secret": secret + "x"},
+                                 headers={"Authorization": "Bearer x"})
+    oauth_error(wrong, 401, "invalid_client")
