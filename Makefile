@@ -31,10 +31,10 @@ unit: $(STAMP)
 # The documentation site (mkdocs, Material, mkdocstrings): built with --strict, so a broken link
 # or a missing reference fails. Output in site/ (ignored by git).
 docs: $(STAMP)
-	$(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 docs-serve: $(STAMP)
-	$(BIN)/mkdocs serve
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 # Builds the sdist and wheel, checks them, installs the wheel into a clean venv outside the tree
 # and runs the CLI and one request per adapter from there.
