@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import posixpath
 import re
 import types
@@ -82,7 +83,9 @@ def _shown_default(value: Any, readme_default: str) -> str:
 
 def settings_table() -> str:
     from m2m_guard import GuardSettings
-    from m2m_guard.settings import ENV_PREFIX
+
+    # The prefix from_env reads, from its public signature.
+    env_prefix = inspect.signature(GuardSettings.from_env).parameters["prefix"].default
 
     rows = {m["option"]: m for m in _ROW.finditer(readme_section("Configuration"))}
     hints = typing.get_type_hints(GuardSettings)
@@ -96,7 +99,7 @@ def settings_table() -> str:
     lines = ["| variable | option | type | default | meaning |", "|---|---|---|---|---|"]
     for field in fields:
         row = rows[field.name]
-        env = f"{ENV_PREFIX}{field.name.upper()}"
+        env = f"{env_prefix}{field.name.upper()}"
         if row["env"] != env:
             raise DocsError(f"README names {row['env']} for {field.name}; the variable is {env}")
         kind = _type_name(hints[field.name]).replace("|", "\\|")
