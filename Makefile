@@ -4,14 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit unit-no-speedups venv node-sdk bench fuzz soak clean
+.PHONY: demo test lint typecheck unit unit-no-speedups docs docs-serve wheel-check venv node-sdk bench fuzz soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e ".[test,server,speedups,emulator]"
+	$(BIN)/python -m pip install --quiet -e ".[test,server,speedups,emulator,docs,release]"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -35,7 +35,7 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check m2m_guard tests examples benchmarks
+	$(BIN)/ruff check m2m_guard tests examples benchmarks docs noxfile.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict m2m_guard
@@ -51,7 +51,20 @@ NO_SPEEDUPS_TESTS := tests/fuzz tests/attacks tests/test_vectors.py \
 unit-no-speedups: $(STAMP)
 	M2M_GUARD_SPEEDUPS=off $(BIN)/python -m pytest -q $(NO_SPEEDUPS_TESTS)
 
-test: lint typecheck unit unit-no-speedups
+# The documentation site (mkdocs, Material, mkdocstrings): built with --strict, so a broken link
+# or a missing reference fails. Output in site/ (ignored by git).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
+# Builds the sdist and wheel, checks them, installs the wheel into a clean venv outside the tree
+# and runs the CLI and one request per adapter from there.
+wheel-check: $(STAMP)
+	$(BIN)/python -m tests.installed
+
+test: lint typecheck unit unit-no-speedups docs wheel-check
 
 # Not part of `make test`: side-by-side benchmarks (benchmark-only dependencies in the bench
 # extra), a long fuzz run (Hypothesis properties and schemathesis against the local issuer), and
@@ -59,7 +72,7 @@ test: lint typecheck unit unit-no-speedups
 BENCH_STAMP := $(VENV)/.installed-bench
 
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[test,server,speedups,emulator,bench]"
+	$(BIN)/python -m pip install --quiet -e ".[test,server,speedups,emulator,docs,release,bench]"
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
@@ -72,4 +85,4 @@ soak: $(STAMP)
 	$(BIN)/python -m tests.soak
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info $(NODE_DIR)/node_modules
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info site .nox $(NODE_DIR)/node_modules

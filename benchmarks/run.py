@@ -1,11 +1,13 @@
 """`python -m benchmarks.run` (or `make bench`): every benchmark in one run, side by side.
 
 Prints the table of medians, ratios and targets, and writes it as Markdown to
-`benchmarks/results/<date>-<time>-<mode>.md` and `benchmarks/results/latest.md`.
+`benchmarks/results/<date>-<time>-<mode>.md` and `benchmarks/results/latest.md`, and its
+side-by-side figures as a chart to `docs/images/benchmarks.svg` (`benchmarks.chart`; needs
+matplotlib, in the bench extra).
 
 Options: ``--quick`` (a fast smoke run: fewer rounds and tokens, 1 s HTTP rounds), ``--no-http``
 (skip the measurements over HTTP: wrk, and uvicorn with 1 and 2 workers), ``--out DIR`` (where
-to write the Markdown).
+to write the Markdown; the chart then goes there too, unless ``--chart FILE`` says where).
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from pathlib import Path
 
 from m2m_guard.local_issuer import KeySetServer, SigningKey, scalekit_claims
 
-from . import (bench_events, cache_bench, http_bench, inprocess_bench, signature_bench,
+from . import (bench_events, cache_bench, chart, http_bench, inprocess_bench, signature_bench,
                verify_bench, workers_bench)
 from .harness import Config
-from .report import SPREAD_NOTE, Row, markdown, text_table
+from .report import SPREAD_NOTE, Row, machine, markdown, text_table
 
 RESULTS = Path(__file__).parent / "results"
+CHART = chart.CHART
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -95,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # test suite
     parser.add_argument("--no-http", action="store_true", help="skip the measurements over HTTP")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the Markdown")
+    parser.add_argument("--chart", type=Path, default=None,
+                        help="where to write the SVG chart (default: docs/images/benchmarks.svg, "
+                             "or chart.svg in --out)")
     args = parser.parse_args(argv)
     config = _config(args)
     started = time.monotonic()
@@ -119,7 +125,22 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / name).write_text(document, encoding="utf-8")
     (args.out / "latest.md").write_text(document, encoding="utf-8")
     print(f"written: {args.out / name} and latest.md")
+    target = args.chart or (CHART if args.out == RESULTS else args.out / "chart.svg")
+    write_chart(rows, target, when=now.strftime("%Y-%m-%d %H:%M UTC"), mode=mode)
     return 0
+
+
+def write_chart(rows: list[Row], target: Path, *, when: str, mode: str) -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("chart not written: matplotlib is not installed (pip install -e '.[bench]', "
+              "as make bench does)")
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    svg = chart.render(rows, subtitle=chart.subtitle(when, mode, machine()))
+    target.write_text(svg, encoding="utf-8")
+    print(f"written: {target}")
 
 
 if __name__ == "__main__":

@@ -5,12 +5,17 @@ Nothing here is timed and no ratio is asserted: figures come from `make bench`.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from benchmarks.chart import ASGI_SECTION, VERIFY_SECTION, series
 from benchmarks.inprocess_bench import ASGI_NAMES, WSGI_NAMES
+from benchmarks.report import Row
 from benchmarks.verify_bench import ALGORITHMS, HIT_ROW, OVERHEAD_ALGORITHMS, OVERHEAD_ROW
 from benchmarks.workers_bench import SECTION as WORKERS
 
@@ -103,3 +108,63 @@ def test_workers_section_measures_real_uvicorn_with_one_fetch_per_worker() -> No
         assert "connections balanced over the workers" in scaling, scaling
     share = next(line for line in lines if "load generator CPU" in line)
     assert float(re.search(r"([0-9.]+)x", share).group(1)) < 0.5, share
+    # The chart: written beside the Markdown when matplotlib (the bench extra) is installed,
+    # and said so when it is not; never silently missing.
+    chart = tmp_path / "chart.svg"
+    if importlib.util.find_spec("matplotlib") is None:
+        assert "chart not written: matplotlib is not installed" in printed
+        assert not chart.exists()
+    else:
+        svg = chart.read_text(encoding="utf-8")
+        assert svg.startswith("<?xml") and "<svg" in svg
+        for label in ("Verifying one RS256 token", "raw signature check: the limit",
+                      "m2m_guard, cached token", "naive PyJWT middleware", "joserfc"):
+            assert label in svg, label
+
+
+def _rows() -> list[Row]:
+    rows = [Row(VERIFY_SECTION, name, value, "µs") for name, value in (
+        ("raw cryptography", 16.0), ("PyJWT jwt.decode", 58.0), ("joserfc", 36.0),
+        ("authlib", 32.0), ("TokenVerifier uncached", 25.0), ("TokenVerifier cached", 1.0))]
+    rows += [Row(ASGI_SECTION, name, value, "µs") for name, value in (
+        ("no auth", 6.0), ("m2m_guard, unique tokens", 44.0), ("m2m_guard, repeated token", 9.0),
+        ("naive PyJWT middleware", 68.0), ("BaseHTTPMiddleware + PyJWT", 166.0))]
+    return rows
+
+
+def test_the_chart_shows_the_runs_figures_with_the_signature_check_as_the_limit() -> None:
+    verify, asgi = series(_rows())
+    assert dict(verify.bars) == {"m2m_guard, cached token": 1.0, "m2m_guard, uncached": 25.0,
+                                 "authlib": 32.0, "joserfc": 36.0, "PyJWT": 58.0}
+    assert verify.limit == ("raw signature check: the limit", 16.0)
+    assert dict(asgi.bars) == {"no auth": 6.0, "m2m_guard, cached token": 9.0,
+                               "m2m_guard, new token": 44.0, "naive PyJWT middleware": 68.0,
+                               "BaseHTTPMiddleware + PyJWT": 166.0}
+    assert asgi.limit[1] == 22.0  # no auth plus the raw signature check
+
+
+def test_the_chart_refuses_a_run_without_a_figure() -> None:
+    rows = [row for row in _rows() if row.name != "joserfc"]
+    with pytest.raises(ValueError, match="joserfc"):
+        series(rows)
+    unmeasured = [Row(r.section, r.name, None if r.name == "no auth" else r.value, r.unit)
+                  for r in _rows()]
+    with pytest.raises(ValueError, match="no figure"):
+        series(unmeasured)
+
+
+def test_the_readme_shows_the_chart_of_the_published_run() -> None:
+    """The README's chart is the one `make bench` wrote for benchmarks/results/latest.md: the
+    SVG's title names that run's date and machine, and so does the README beside it."""
+    latest = (ROOT / "benchmarks" / "results" / "latest.md").read_text(encoding="utf-8")
+    match = re.search(r"^Run: (\d{4}-\d\d-\d\d \d\d:\d\d UTC) \((\w+)\)", latest, re.MULTILINE)
+    assert match is not None
+    when, mode = match.groups()
+    cpu = re.search(r"^\| CPU \| (.+) \|$", latest, re.MULTILINE)
+    assert cpu is not None
+    svg = (ROOT / "docs" / "images" / "benchmarks.svg").read_text(encoding="utf-8")
+    assert f"m2m_guard benchmarks: {when} ({mode}), {cpu.group(1)}" in svg
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "![" in readme and "](docs/images/benchmarks.svg)" in readme
+    section = readme[readme.index("## Performance"):readme.index("## Operations")]
+    assert when in section and cpu.group(1) in section

@@ -1,12 +1,14 @@
-"""The public test vectors of ``../shared/vectors`` (relative to the project root).
+"""The public test vectors kept in ``tests/vectors/`` (their source, version and licence are in
+``tests/vectors/README.md``; ``SHA256SUMS`` pins their bytes).
 
-What runs, and where (see the vectors README for the data's origin):
+What runs, and where:
 
 - Wycheproof ``json_web_signature_test.json``: every case through `m2m_guard.jws.verify_compact`
   (valid ones return their payload; invalid ones raise `InvalidToken` and nothing else). HS*
   groups are counted apart: we verify asymmetric algorithms only, so every HS* vector is refused,
-  the ones Wycheproof labels valid included. The README's data quirks are skipped in the labelled
-  test and checked for what a strict verifier does in a test of their own. Then every vector the
+  the ones Wycheproof labels valid included. The data quirks (the vectors README) run in the
+  labelled test as expected refusals, with the reason a strict verifier gives, and are checked
+  further in a test of their own. Then every vector the
   JWS layer refuses goes through the full middleware (a real Starlette app, a real key-set server
   on loopback that publishes the vectors' keys): 401 ``invalid_token`` (with a "malformed"
   description when the token is not even an RFC 6750 b64token); never 500.
@@ -24,6 +26,7 @@ noticed; its summary (also attached as a `record_property`) is the evidence tabl
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import re
@@ -54,17 +57,12 @@ from m2m_guard._core.keys import KeyRejected, KeySet, load_jwk, parse_jwks
 from m2m_guard.asgi import M2MGuardMiddleware
 from m2m_guard.local_issuer import KeySetServer, SigningKey
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors"
+VECTORS = Path(__file__).resolve().parent / "vectors"
 WYCHEPROOF = VECTORS / "wycheproof"
 COOKBOOK = VECTORS / "rfc7520_cookbook"
 RFC7515 = VECTORS / "rfc7515_appendixA"
 
-pytestmark = [
-    pytest.mark.vectors,
-    pytest.mark.skipif(not VECTORS.is_dir(), reason=(
-        "public test vectors not found: expected ../shared/vectors next to the project root "
-        "(see the project README); nothing to run without them")),
-]
+pytestmark = [pytest.mark.vectors]
 
 AUDIENCE = "deployment-api"
 _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth")
@@ -95,8 +93,9 @@ def _public(jwk: dict[str, Any]) -> dict[str, Any]:
 # Wycheproof JWS: json_web_signature_test.json
 # ---------------------------------------------------------------------------------------------
 
-# Known data quirks (vectors README, checked against upstream history). They are skipped in the
-# labelled test below, and `test_wycheproof_quirks_are_refused` pins what we actually do.
+# Known data quirks (vectors README, checked against upstream history). The labelled test below
+# runs them as expected refusals (`QUIRK_REASONS`), and `test_wycheproof_quirks_are_refused`
+# pins the rest of what we do with them.
 QUIRKS: dict[int, str] = {
     346: "labelled valid, but the key's alg is PS256 and the token's PS384: a verifier that "
          "pins the algorithm to the key rejects it",
@@ -138,10 +137,7 @@ class JwsCase:
 
 @cache
 def jws_cases() -> tuple[JwsCase, ...]:
-    path = WYCHEPROOF / "json_web_signature_test.json"
-    if not path.is_file():
-        return ()
-    data = _load(path)
+    data = _load(WYCHEPROOF / "json_web_signature_test.json")
     return tuple(JwsCase(group, test) for group in data["testGroups"] for test in group["tests"])
 
 
@@ -149,15 +145,21 @@ def _labelled_params() -> Iterator[Any]:
     for case in jws_cases():
         if case.hs:
             continue
-        marks = [pytest.mark.skip(reason=f"vector quirk: {QUIRKS[case.tc_id]}")] \
-            if case.tc_id in QUIRKS else []
-        yield pytest.param(case, id=f"{case.id}-{case.result}", marks=marks)
+        label = "quirk-refused" if case.tc_id in QUIRKS else case.result
+        yield pytest.param(case, id=f"{case.id}-{label}")
 
 
 @pytest.mark.parametrize("case", list(_labelled_params()))
 def test_wycheproof_jws(case: JwsCase) -> None:
-    """Asymmetric vectors: valid ones return their payload, invalid ones raise InvalidToken."""
-    if case.result == "valid":
+    """Asymmetric vectors: valid ones return their payload, invalid ones raise InvalidToken.
+    A data quirk (labelled valid, but its key pins another algorithm) is an expected refusal,
+    with the reason `QUIRK_REASONS` names."""
+    if case.tc_id in QUIRKS:
+        assert case.result == "valid", "a quirk is a vector labelled valid that we refuse"
+        with pytest.raises(InvalidToken) as refused:
+            verify_compact(case.token, case.key)
+        assert refused.value.reason == QUIRK_REASONS[case.tc_id], QUIRKS[case.tc_id]
+    elif case.result == "valid":
         payload = verify_compact(case.token, case.key)
         assert payload == _unb64url(case.token.split(".")[1]), case.comment
     else:
@@ -384,10 +386,7 @@ JWK_CASES: dict[int, tuple[list[str], list[str], bool, str]] = {
 
 @cache
 def jwk_cases() -> tuple[tuple[dict[str, Any], dict[str, Any]], ...]:
-    path = WYCHEPROOF / "json_web_key_test.json"
-    if not path.is_file():
-        return ()
-    data = _load(path)
+    data = _load(WYCHEPROOF / "json_web_key_test.json")
     return tuple((group, test) for group in data["testGroups"] for test in group["tests"])
 
 
@@ -439,9 +438,8 @@ def test_wycheproof_jwk(group: dict[str, Any], test: dict[str, Any]) -> None:
 _EC_CURVES = {"secp256r1": ("P-256", 32, "ES256"), "secp384r1": ("P-384", 48, "ES384"),
               "secp521r1": ("P-521", 66, "ES512")}
 SIGNATURE_FILES = sorted(p.name for p in (WYCHEPROOF / "primitives").glob("*.json")
-                         if not p.name.startswith("hmac")) if WYCHEPROOF.is_dir() else []
-HMAC_FILES = sorted(p.name for p in (WYCHEPROOF / "primitives").glob("hmac_*.json")) \
-    if WYCHEPROOF.is_dir() else []
+                         if not p.name.startswith("hmac"))
+HMAC_FILES = sorted(p.name for p in (WYCHEPROOF / "primitives").glob("hmac_*.json"))
 
 
 def _uint(value: int, size: int | None = None) -> str:
@@ -702,7 +700,7 @@ EXPECTED_INVENTORY = {
     "wycheproof_jws.labelled_invalid": 355,
     "wycheproof_jws.asymmetric.valid_verified": 32,
     "wycheproof_jws.asymmetric.invalid_refused": 325,
-    "wycheproof_jws.asymmetric.quirks_skipped": 4,
+    "wycheproof_jws.asymmetric.quirks_refused": 4,
     "wycheproof_jws.hs.total_refused": 40,
     "wycheproof_jws.hs.labelled_valid_refused": 10,
     "wycheproof_jws.through_middleware": 369,  # 355 invalid + 10 valid HS* + 4 quirks
@@ -726,7 +724,7 @@ def _inventory() -> dict[str, int]:
             sum(c.result == "valid" and c.tc_id not in QUIRKS for c in asym),
         "wycheproof_jws.asymmetric.invalid_refused":
             sum(c.result == "invalid" and c.tc_id not in QUIRKS for c in asym),
-        "wycheproof_jws.asymmetric.quirks_skipped": sum(c.tc_id in QUIRKS for c in asym),
+        "wycheproof_jws.asymmetric.quirks_refused": sum(c.tc_id in QUIRKS for c in asym),
         "wycheproof_jws.hs.total_refused": len(hs),
         "wycheproof_jws.hs.labelled_valid_refused": sum(c.result == "valid" for c in hs),
         "wycheproof_jws.through_middleware": len(_refused_by_jws_layer()),
@@ -741,6 +739,20 @@ def _inventory() -> dict[str, int]:
     return counts
 
 
+def test_vector_files_are_the_pinned_copies() -> None:
+    """The vector files are byte for byte the upstream copies `SHA256SUMS` names, and nothing
+    else is in the folder: a changed or added file is noticed before any count is."""
+    listed: dict[str, str] = {}
+    for line in (VECTORS / "SHA256SUMS").read_text(encoding="utf-8").splitlines():
+        digest, name = line.split(maxsplit=1)
+        listed[name.removeprefix("./")] = digest
+    present = {path.relative_to(VECTORS).as_posix() for path in VECTORS.rglob("*")
+               if path.is_file()} - {"README.md", "SHA256SUMS"}
+    assert present == set(listed)
+    for name, digest in listed.items():
+        assert hashlib.sha256((VECTORS / name).read_bytes()).hexdigest() == digest, name
+
+
 def test_vector_inventory(record_property: Callable[[str, object], None]) -> None:
     """The number of vectors per category; a changed vector file changes these numbers."""
     counts = _inventory()
@@ -751,7 +763,7 @@ def test_vector_inventory(record_property: Callable[[str, object], None]) -> Non
     # The parts add up: every Wycheproof JWS vector is in exactly one bucket.
     assert (counts["wycheproof_jws.asymmetric.valid_verified"]
             + counts["wycheproof_jws.asymmetric.invalid_refused"]
-            + counts["wycheproof_jws.asymmetric.quirks_skipped"]
+            + counts["wycheproof_jws.asymmetric.quirks_refused"]
             + counts["wycheproof_jws.hs.total_refused"]) == counts["wycheproof_jws.total"]
     assert (counts["wycheproof_primitives.signature_vectors"]
             + counts["wycheproof_primitives.hmac_vectors_keys_refused"]) == 4648
