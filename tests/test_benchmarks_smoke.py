@@ -84,6 +84,18 @@ def test_quick_run_prints_and_writes_the_whole_table(tmp_path: Path) -> None:
         if line.startswith("| verify ") or line.startswith("| ASGI in-process"):
             assert "| n/a |" not in line, line
 
+    # The chart: written beside the Markdown when matplotlib (the bench extra) is installed,
+    # and said so when it is not; never silently missing.
+    chart = tmp_path / "chart.svg"
+    if importlib.util.find_spec("matplotlib") is None:
+        assert "chart not written: matplotlib is not installed" in printed
+        assert not chart.exists()
+    else:
+        svg = chart.read_text(encoding="utf-8")
+        assert svg.startswith("<?xml") and "<svg" in svg
+        for label in ("Verifying one RS256 token", "raw signature check: the limit",
+                      "m2m_guard, cached token", "naive PyJWT middleware", "joserfc"):
+            assert label in svg, label
 
 def test_workers_section_measures_real_uvicorn_with_one_fetch_per_worker() -> None:
     # uvicorn --workers 1 and --workers 2 for real, under the pipelined load generator: every
@@ -108,19 +120,6 @@ def test_workers_section_measures_real_uvicorn_with_one_fetch_per_worker() -> No
         assert "connections balanced over the workers" in scaling, scaling
     share = next(line for line in lines if "load generator CPU" in line)
     assert float(re.search(r"([0-9.]+)x", share).group(1)) < 0.5, share
-    # The chart: written beside the Markdown when matplotlib (the bench extra) is installed,
-    # and said so when it is not; never silently missing.
-    chart = tmp_path / "chart.svg"
-    if importlib.util.find_spec("matplotlib") is None:
-        assert "chart not written: matplotlib is not installed" in printed
-        assert not chart.exists()
-    else:
-        svg = chart.read_text(encoding="utf-8")
-        assert svg.startswith("<?xml") and "<svg" in svg
-        for label in ("Verifying one RS256 token", "raw signature check: the limit",
-                      "m2m_guard, cached token", "naive PyJWT middleware", "joserfc"):
-            assert label in svg, label
-
 
 def _rows() -> list[Row]:
     rows = [Row(VERIFY_SECTION, name, value, "µs") for name, value in (
