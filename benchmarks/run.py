@@ -20,8 +20,16 @@ from pathlib import Path
 
 from m2m_guard.local_issuer import KeySetServer, SigningKey, scalekit_claims
 
-from . import (bench_events, cache_bench, chart, http_bench, inprocess_bench, signature_bench,
-               verify_bench, workers_bench)
+from . import (
+    bench_events,
+    cache_bench,
+    chart,
+    http_bench,
+    inprocess_bench,
+    signature_bench,
+    verify_bench,
+    workers_bench,
+)
 from .harness import Config
 from .report import SPREAD_NOTE, Row, machine, markdown, text_table
 
