@@ -71,7 +71,7 @@ def test_wsgi_serves_a_cached_token_without_the_full_path(
 @pytest.mark.parametrize(("value", "query", "status", "full_path"), [
     ("Bearer {t}", "access_token=x", 400, False),  # a token in the query: refused first
     ("Bearer {t}, Bearer {t}", "", 400, False),  # two credentials joined by the server
-    ("Bearer {t},", "", 400, False),
+    ("Bearer {t},", "", 401, False),  # malformed: invalid_token
     ("bearer {t}", "", 200, True),
     ("Bearer  {t}", "", 200, True),
     ("Bearer {t}x", "", 401, True),
