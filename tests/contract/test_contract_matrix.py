@@ -1,4 +1,4 @@
-"""DESIGN §4 across every framework: the same requests give the same status, `WWW-Authenticate`
+"""The behaviour contract (docs/architecture.md) across every framework: the same requests give the same status, `WWW-Authenticate`
 header and JSON body in Starlette, FastAPI, Flask, plain WSGI, Django (sync and async views) and
 Django REST framework.
 
