@@ -1,6 +1,6 @@
-"""The behaviour contract (docs/architecture.md) across every framework: the same requests give the same status, `WWW-Authenticate`
-header and JSON body in Starlette, FastAPI, Flask, plain WSGI, Django (sync and async views) and
-Django REST framework.
+"""The behaviour contract (docs/architecture.md) across every framework: the same requests
+give the same status, `WWW-Authenticate` header and JSON body in Starlette, FastAPI, Flask,
+plain WSGI, Django (sync and async views) and Django REST framework.
 
 Every `drivers_*.py` module next to this file contributes drivers (see `harness.py`). The set of
 driver names is fixed: a framework whose driver is missing or fails to import fails the suite,
