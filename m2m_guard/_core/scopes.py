@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InsufficientScope
+from ..errors import GuardError, InsufficientScope
+from .requirements import Requirement
 
 if TYPE_CHECKING:
     from ..token import AccessToken
@@ -115,16 +116,34 @@ def validate_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True, slots=True)
-class ScopeRequirement:
-    """All of `all_of` and, when `any_of` is not empty, at least one of `any_of`."""
+class ScopeRequirement(Requirement):
+    """All of `all_of` and, when `any_of` is not empty, at least one of `any_of`: the
+    `Requirement` of ``require_scopes`` / ``require_any_scope`` (`_core/requirements.py`)."""
 
     all_of: tuple[str, ...] = ()
     any_of: tuple[str, ...] = ()
+
+    is_scope_rule = True
 
     def is_met(self, scopes: frozenset[str]) -> bool:
         if not scopes.issuperset(self.all_of):
             return False
         return not self.any_of or not scopes.isdisjoint(self.any_of)
+
+    @property
+    def name(self) -> str:
+        if self.any_of and not self.all_of:
+            return "any_scope:" + " ".join(self.any_of)
+        return "scopes:" + " ".join((*self.all_of, *self.any_of))
+
+    def allows(self, token: AccessToken) -> bool:
+        return self.is_met(token.scopes)
+
+    def refusal(self, token: AccessToken) -> GuardError:
+        """`InsufficientScope` with the scopes to announce."""
+        if not token.scopes.issuperset(self.all_of):
+            return InsufficientScope(self.all_of)
+        return InsufficientScope(self.any_of, any_of=True)
 
     def check(self, token: AccessToken) -> None:
         """Raise `InsufficientScope` (with the scopes to announce) unless `token` meets this."""
@@ -132,3 +151,9 @@ class ScopeRequirement:
             raise InsufficientScope(self.all_of)
         if self.any_of and token.scopes.isdisjoint(self.any_of):
             raise InsufficientScope(self.any_of, any_of=True)
+
+    def describe(self) -> str:
+        if self.any_of and not self.all_of:
+            return "one of the scopes " + " ".join(self.any_of)
+        text = "the scopes " + " ".join(self.all_of)
+        return text + (" and one of " + " ".join(self.any_of) if self.any_of else "")
