@@ -25,16 +25,19 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import AccessDenied, GuardError
 from .claim_paths import ABSENT, ClaimPath, claim_path, path_text, read_path
+from .providers import preset
 
 if TYPE_CHECKING:
+    from ..settings import GuardSettings
     from ..token import AccessToken
 
 __all__ = ["AllOf", "AnyOf", "ClaimRequirement", "ClaimValue", "ClientRequirement",
-           "PredicateRequirement", "Requirement", "claim_requirements", "validate_rule_name"]
+           "MachineTokenRequirement", "PredicateRequirement", "Requirement", "claim_requirements",
+           "settings_requirement", "validate_rule_name"]
 
 logger = logging.getLogger("m2m_guard")
 
@@ -148,9 +151,10 @@ def _json_text(value: ClaimValue) -> str:
 class ClientRequirement(Requirement):
     """The token's client id (`AccessToken.client_id`) is one of `clients`."""
 
-    __slots__ = ("clients",)
+    __slots__ = ("_name", "clients")
 
-    def __init__(self, clients: Iterable[str]) -> None:
+    def __init__(self, clients: Iterable[str], *, name: str = "clients") -> None:
+        self._name = name
         if isinstance(clients, str):
             clients = (clients,)
         items = tuple(clients)
@@ -164,13 +168,13 @@ class ClientRequirement(Requirement):
 
     @property
     def name(self) -> str:
-        return "clients"
+        return self._name
 
     def allows(self, token: AccessToken) -> bool:
         return token.client_id in self.clients
 
     def refusal(self, token: AccessToken) -> GuardError:
-        return AccessDenied("clients", reason="client_refused")
+        return AccessDenied(self._name, reason="client_refused")
 
     def describe(self) -> str:
         return "client id one of " + ", ".join(sorted(self.clients))
@@ -279,3 +283,58 @@ def claim_requirements(claims: Mapping[Any, Any]) -> tuple[ClaimRequirement, ...
     if not isinstance(claims, Mapping):
         raise ValueError(f"claims must be a mapping of claim paths to values, got {claims!r}")
     return tuple(ClaimRequirement(path, values) for path, values in claims.items())
+
+
+class MachineTokenRequirement(Requirement):
+    """The token is a client-credentials (machine) token, as its provider tells
+    (`_core/providers.py`: Auth0 ``gty``, Entra ``idtyp``, Cognito ``token_use``, Okta
+    ``sub`` = ``cid``)."""
+
+    __slots__ = ("absent", "same", "values")
+
+    def __init__(self, provider: str) -> None:
+        chosen = preset(provider)
+        self.values = tuple((claim_path(path), value)
+                            for path, value in (chosen.machine or {}).items())
+        self.absent = tuple(claim_path(path) for path in chosen.machine_absent)
+        self.same = chosen.machine_same
+        if not self.values and self.same is None:
+            raise ValueError(f"provider {provider!r} does not tell machine tokens apart")
+
+    @property
+    def name(self) -> str:
+        return "machine_token"
+
+    def allows(self, token: AccessToken) -> bool:
+        claims = token._raw
+        for path, value in self.values:
+            found = read_path(claims, path)
+            if type(found) is not str or found != value:
+                return False
+        if any(read_path(claims, path) is not ABSENT for path in self.absent):
+            return False
+        if self.same is not None:
+            first, second = (claims.get(name) for name in self.same)
+            return type(first) is str and first != "" and first == second
+        return True
+
+    def refusal(self, token: AccessToken) -> GuardError:
+        return AccessDenied("machine_token", reason="not_machine_token")
+
+
+def settings_requirement(settings: GuardSettings) -> Requirement | None:
+    """The app-wide rules `settings` turn on (`machine_tokens_only`, `allowed_clients`,
+    `required_claim_values`, in that order), as one requirement; None without any. The
+    verifier applies it before a token enters the verified-token cache."""
+    members: list[Requirement] = []
+    if settings.machine_tokens_only:
+        members.append(MachineTokenRequirement(settings.provider))
+    if settings.allowed_clients:
+        members.append(ClientRequirement(settings.allowed_clients, name="allowed_clients"))
+    entries = cast("tuple[tuple[Any, tuple[ClaimValue, ...]], ...]",
+                   settings.required_claim_values)  # normalised by the settings
+    for path, values in entries:
+        members.append(ClaimRequirement(path, values))
+    if not members:
+        return None
+    return members[0] if len(members) == 1 else AllOf(members)

@@ -6,6 +6,11 @@ separated by single spaces (RFC 6749 §3.3, RFC 8693), ``scp`` and any other con
 either of the two (Okta and Entra use both; Auth0's ``permissions`` is an array). Any other shape
 (a tab, a double space, a number, a nested array, an array where a string belongs) makes that
 claim count for nothing: it is ignored, never coerced.
+
+A configured name with a dot is a path into nested objects (Keycloak's ``realm_access.roles``,
+``resource_access.<client>.roles``), read through JSON objects only (`_core/claim_paths.py`);
+a name holding ``://`` (Auth0's namespaced claims, ``https://example.com/scopes``) is one
+top-level claim. A nested claim may be a string or an array, like ``scp``.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import GuardError, InsufficientScope
+from .claim_paths import ABSENT, ClaimPath, claim_path, read_path
 from .requirements import Requirement
 
 if TYPE_CHECKING:
     from ..token import AccessToken
 
-__all__ = ["ScopeReader", "ScopeRequirement", "scopes_from_claims", "validate_scopes"]
+__all__ = ["ScopeReader", "ScopeRequirement", "scope_claim_path", "scopes_from_claims",
+           "validate_scopes"]
 
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
@@ -47,11 +54,26 @@ def _claim_scopes(name: str, value: Any) -> tuple[str, ...]:
     return ()
 
 
+def scope_claim_path(name: str) -> ClaimPath:
+    """The path a configured scope claim names: itself, or its dotted names (module doc);
+    `ValueError` for a malformed dotted name."""
+    if "." not in name or "://" in name:
+        return (name,)
+    return claim_path(name, what="the scope claim path")
+
+
+def _claim_value(claims: Mapping[str, Any], name: str) -> Any:
+    if "." not in name or "://" in name:
+        return claims.get(name)
+    value = read_path(claims, scope_claim_path(name))
+    return None if value is ABSENT else value
+
+
 def scopes_from_claims(claims: Mapping[str, Any], names: Iterable[str]) -> frozenset[str]:
     """The union of the scopes found in the claims `names` (see the module doc for shapes)."""
     found: set[str] = set()
     for name in names:
-        value = claims.get(name)
+        value = _claim_value(claims, name)
         if value is not None:
             found.update(_claim_scopes(name, value))
     return frozenset(found)
@@ -78,7 +100,7 @@ class ScopeReader:
     def __call__(self, claims: Mapping[str, Any]) -> frozenset[str]:
         key = []
         for name in self.names:
-            value = claims.get(name)
+            value = _claim_value(claims, name)
             key.append(tuple(value) if type(value) is list else value)
         memo_key = tuple(key)
         try:

@@ -439,6 +439,41 @@ RULE_CASES = [
 CASES += RULE_CASES
 
 
+def _refused_twice(path: str, **claims: Any) -> Callable[[World], Reply]:
+    """The same refused token twice: a token failing an app-wide rule is never cached, so the
+    second answer is the first one again (and not the cache's)."""
+    def run(world: World) -> Reply:
+        token = world.issuer.mint(**claims)
+        first = world.get(path, bearer(token))
+        second = world.get(path, bearer(token))
+        assert (first.status, first.headers.get("www-authenticate"), first.body) == (
+            second.status, second.headers.get("www-authenticate"), second.body), (first, second)
+        return second
+    return run
+
+
+PRODUCTION_ONLY = {"required_claim_values": {"custom_claims.environment": ["production_us"]}}
+
+# App-wide rules (settings): checked inside verification, before the token is cached.
+APP_RULE_CASES = [
+    Case("app-allowed-clients-met", lambda w: w.get("/deployments", bearer(w.issuer.mint())),
+         Expected(200), settings={"allowed_clients": (CLIENT_ID, OTHER_CLIENT)}),
+    Case("app-allowed-clients-refused", _refused_twice("/deployments"),
+         _denied("allowed_clients"), settings={"allowed_clients": (OTHER_CLIENT,)}),
+    Case("app-claim-values-met", lambda w: w.get("/deployments", bearer(w.issuer.mint(
+        custom_claims=PRODUCTION_US))), Expected(200), settings=PRODUCTION_ONLY),
+    Case("app-claim-values-refused", _refused_twice("/deployments"),
+         _denied("claim:custom_claims.environment"), settings=PRODUCTION_ONLY),
+    Case("app-claim-values-before-route-scopes", lambda w: w.get("/admin/audit", bearer(
+        w.issuer.mint())), _denied("claim:custom_claims.environment"),
+        settings=PRODUCTION_ONLY),
+    Case("app-rule-with-resource-metadata", lambda w: w.get("/deployments", bearer(
+        w.issuer.mint())), _denied("allowed_clients", resource_metadata=METADATA_URL),
+        settings={**OPERABLE, "allowed_clients": (OTHER_CLIENT,)}),
+]
+CASES += APP_RULE_CASES
+
+
 def _mismatches(reply: Reply, expected: Expected, settings: GuardSettings) -> list[str]:
     problems = []
     challenge = reply.headers.get("www-authenticate")
