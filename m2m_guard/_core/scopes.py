@@ -10,7 +10,8 @@ claim count for nothing: it is ignored, never coerced.
 A configured name with a dot is a path into nested objects (Keycloak's ``realm_access.roles``,
 ``resource_access.<client>.roles``), read through JSON objects only (`_core/claim_paths.py`);
 a name holding ``://`` (Auth0's namespaced claims, ``https://example.com/scopes``) is one
-top-level claim. A nested claim may be a string or an array, like ``scp``.
+top-level claim. A nested claim must be an array of scope-tokens (role lists are): a string
+there counts for nothing, like an object.
 """
 
 from __future__ import annotations
@@ -39,9 +40,13 @@ _STRING_ONLY = frozenset({"scope"})
 _ARRAY_ONLY = frozenset({"scopes"})
 
 
+def _nested(name: str) -> bool:
+    return "." in name and "://" not in name
+
+
 def _claim_scopes(name: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
-        if name in _ARRAY_ONLY:
+        if name in _ARRAY_ONLY or _nested(name):
             return ()
         if value == "":
             return ()
@@ -57,13 +62,13 @@ def _claim_scopes(name: str, value: Any) -> tuple[str, ...]:
 def scope_claim_path(name: str) -> ClaimPath:
     """The path a configured scope claim names: itself, or its dotted names (module doc);
     `ValueError` for a malformed dotted name."""
-    if "." not in name or "://" in name:
+    if not _nested(name):
         return (name,)
     return claim_path(name, what="the scope claim path")
 
 
 def _claim_value(claims: Mapping[str, Any], name: str) -> Any:
-    if "." not in name or "://" in name:
+    if not _nested(name):
         return claims.get(name)
     value = read_path(claims, scope_claim_path(name))
     return None if value is ABSENT else value
