@@ -98,12 +98,19 @@ def scope_requirements(func: Callable[..., Any]) -> tuple[ScopeRequirement, ...]
 
 
 def _decorator(requirement: Requirement) -> Callable[[F], F]:
+    check = requirement.check
+    current = _CURRENT.get
+
     def decorate(func: F) -> F:
         requirements = (*route_requirements(func), requirement)
         if inspect.iscoroutinefunction(func):
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                _enforce(requirement, args, kwargs)
+                token = current()
+                if token is None:
+                    _enforce(requirement, args, kwargs)
+                else:
+                    check(token)
                 return await func(*args, **kwargs)
 
             async_wrapper.__dict__[_REQUIREMENTS] = requirements
@@ -111,7 +118,11 @@ def _decorator(requirement: Requirement) -> Callable[[F], F]:
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            _enforce(requirement, args, kwargs)
+            token = current()
+            if token is None:  # outside the context an adapter set: look at the arguments
+                _enforce(requirement, args, kwargs)
+            else:
+                check(token)
             return func(*args, **kwargs)
 
         wrapper.__dict__[_REQUIREMENTS] = requirements
