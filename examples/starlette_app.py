@@ -24,7 +24,10 @@ from starlette.routing import Route
 from m2m_guard import GuardSettings, current_token, require_scopes
 from m2m_guard.asgi import M2MGuardMiddleware
 
-from . import rules
+try:  # as examples.starlette_app (uvicorn, the tests), or as a file of its own (the demo)
+    from . import rules
+except ImportError:
+    import rules  # type: ignore[no-redef]
 
 DEPLOYMENTS = [{"id": "dep_1", "service": "billing", "version": "1.4.2", "status": "live"}]
 
