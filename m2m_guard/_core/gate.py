@@ -20,8 +20,9 @@ For each request an adapter builds a `RequestView` and asks the gate, in this or
 Checks after verification that need the request (sender-constrained tokens) plug in here and
 only here (rules on the token alone are `_core/requirements.py`'s: route decorators, and the
 app-wide rules the verifier applies before caching): `default_checks(settings)` lists the
-ones the settings turn on, and every adapter runs them. A check reads the `RequestView` (method, URL, headers, client certificate), the raw
-token and the verified `AccessToken`, and raises a `GuardError` to refuse. While any check is
+ones the settings turn on, and every adapter runs them. A check reads the `RequestView`
+(method, URL, headers, client certificate), the raw token and the verified `AccessToken`, and
+raises a `GuardError` to refuse. While any check is
 configured, adapters' cache-hit fast paths are off (`fast_path`), so no request skips a check.
 See docs/architecture.md ("How to add a check").
 """
