@@ -12,6 +12,8 @@ then open http://127.0.0.1:8000/docs: each guarded operation shows a lock with i
 - POST /deployments   needs deploy:applications (202)
 - GET  /admin/audit   needs admin:platform (a scope the demo client does not have)
 - GET  /health        public
+- GET  /production/deployments, /admin/clients, /releases: rules beyond scopes
+  (`examples/rules.py`), as `RequireRule` dependencies
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from fastapi import APIRouter, FastAPI
 from pydantic import BaseModel
 
 from m2m_guard import AccessToken, GuardSettings
-from m2m_guard.fastapi import M2MGuard, RequireScopes
+from m2m_guard.fastapi import M2MGuard, RequireRule, RequireScopes
+
+from . import rules
 
 DEPLOYMENTS = [{"id": "dep_1", "service": "billing", "version": "1.4.2", "status": "live"}]
 
@@ -60,6 +64,23 @@ async def deploy(
 @router.get("/admin/audit", dependencies=[RequireScopes("admin:platform")])
 def admin_audit() -> dict[str, Any]:  # a sync path operation: FastAPI runs it in a thread
     return {"audit": []}
+
+
+@router.get("/production/deployments")
+async def production_deployments(
+    token: Annotated[AccessToken, RequireRule(rules.production_deploy)],
+) -> dict[str, Any]:
+    return {"deployments": DEPLOYMENTS, "environment": "production_us"}
+
+
+@router.get("/admin/clients", dependencies=[RequireRule(rules.platform_clients)])
+async def platform_clients() -> dict[str, Any]:
+    return {"clients": list(rules.PLATFORM_CLIENTS)}
+
+
+@router.get("/releases", dependencies=[RequireRule(rules.release_managers)])
+def releases() -> dict[str, Any]:
+    return {"releases": []}
 
 
 @router.get("/health")

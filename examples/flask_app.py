@@ -13,6 +13,8 @@ or under a production WSGI server:
 - POST /deployments   needs deploy:applications
 - GET  /admin/audit   needs admin:platform (a scope the demo client does not have)
 - GET  /health        public
+- GET  /production/deployments, /admin/clients, /releases: rules beyond scopes
+  (`examples/rules.py`)
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from flask import Blueprint, Flask, g, jsonify, request
 
 from m2m_guard import GuardSettings
 from m2m_guard.flask import M2MGuard, require_scopes
+
+from . import rules
 
 DEPLOYMENTS = [{"id": "dep_1", "service": "billing", "version": "1.4.2", "status": "live"}]
 
@@ -52,6 +56,24 @@ def deploy() -> Any:
 @require_scopes("admin:platform")
 def audit() -> Any:
     return jsonify(audit=[])
+
+
+@deployments.get("/production/deployments")
+@rules.production_deploy
+def production_deployments() -> Any:
+    return jsonify(deployments=DEPLOYMENTS, environment="production_us")
+
+
+@admin.get("/clients")
+@rules.platform_clients
+def platform_clients() -> Any:
+    return jsonify(clients=list(rules.PLATFORM_CLIENTS))
+
+
+@deployments.get("/releases")
+@rules.release_managers
+def releases() -> Any:
+    return jsonify(releases=[])
 
 
 @deployments.get("/health")

@@ -9,6 +9,8 @@ Run it against your issuer (Scalekit or any JWKS-publishing authorization server
 - POST /deployments   needs deploy:applications
 - GET  /admin/audit   needs admin:platform (a scope the demo client does not have)
 - GET  /health        public
+- GET  /production/deployments, /admin/clients, /releases: rules beyond scopes
+  (`examples/rules.py`)
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ from starlette.routing import Route
 
 from m2m_guard import GuardSettings, current_token, require_scopes
 from m2m_guard.asgi import M2MGuardMiddleware
+
+try:  # as examples.starlette_app (uvicorn, the tests), or as a file of its own (the demo)
+    from . import rules
+except ImportError:
+    import rules  # type: ignore[no-redef]
 
 DEPLOYMENTS = [{"id": "dep_1", "service": "billing", "version": "1.4.2", "status": "live"}]
 
@@ -46,6 +53,21 @@ async def admin_audit(request: Request) -> JSONResponse:
     return JSONResponse({"audit": []})
 
 
+@rules.production_deploy
+async def production_deployments(request: Request) -> JSONResponse:
+    return JSONResponse({"deployments": DEPLOYMENTS, "environment": "production_us"})
+
+
+@rules.platform_clients
+async def platform_clients(request: Request) -> JSONResponse:
+    return JSONResponse({"clients": list(rules.PLATFORM_CLIENTS)})
+
+
+@rules.release_managers
+def releases(request: Request) -> JSONResponse:  # a sync endpoint: Starlette runs it in a thread
+    return JSONResponse({"releases": []})
+
+
 async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
@@ -59,6 +81,9 @@ def create_app(settings: GuardSettings | None = None) -> Starlette:
             Route("/deployments", list_deployments, methods=["GET"]),
             Route("/deployments", deploy, methods=["POST"]),
             Route("/admin/audit", admin_audit),
+            Route("/production/deployments", production_deployments),
+            Route("/admin/clients", platform_clients),
+            Route("/releases", releases),
             Route("/health", health),
         ],
         middleware=[Middleware(M2MGuardMiddleware, settings=settings)],

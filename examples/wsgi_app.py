@@ -9,6 +9,8 @@ Run it with any WSGI server, e.g. waitress:
 - POST /deployments   needs deploy:applications
 - GET  /admin/audit   needs admin:platform (a scope the demo client does not have)
 - GET  /health        public
+- GET  /production/deployments, /admin/clients, /releases: rules beyond scopes
+  (`examples/rules.py`)
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any
 
 from m2m_guard import GuardSettings, current_token, require_scopes
 from m2m_guard.wsgi import M2MGuardWSGIMiddleware
+
+from . import rules
 
 DEPLOYMENTS = [{"id": "dep_1", "service": "billing", "version": "1.4.2", "status": "live"}]
 
@@ -62,6 +66,21 @@ def admin_audit(environ: Environ) -> tuple[int, Any]:
     return 200, {"audit": []}
 
 
+@rules.production_deploy
+def production_deployments(environ: Environ) -> tuple[int, Any]:
+    return 200, {"deployments": DEPLOYMENTS, "environment": "production_us"}
+
+
+@rules.platform_clients
+def platform_clients(environ: Environ) -> tuple[int, Any]:
+    return 200, {"clients": list(rules.PLATFORM_CLIENTS)}
+
+
+@rules.release_managers
+def releases(environ: Environ) -> tuple[int, Any]:
+    return 200, {"releases": []}
+
+
 def health(environ: Environ) -> tuple[int, Any]:
     return 200, {"status": "ok"}
 
@@ -69,6 +88,9 @@ def health(environ: Environ) -> tuple[int, Any]:
 ROUTES: dict[str, dict[str, Handler]] = {
     "/deployments": {"GET": list_deployments, "POST": deploy},
     "/admin/audit": {"GET": admin_audit},
+    "/production/deployments": {"GET": production_deployments},
+    "/admin/clients": {"GET": platform_clients},
+    "/releases": {"GET": releases},
     "/health": {"GET": health},
 }
 

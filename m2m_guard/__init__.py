@@ -4,8 +4,19 @@ Public names (docs/architecture.md). Framework adapters live in their own module
 `m2m_guard.starlette`, ...) and import their framework only there.
 """
 
-from ._core.context import current_token, require_any_scope, require_scopes
+from ._core.context import (
+    Rule,
+    all_of,
+    any_of,
+    current_token,
+    require,
+    require_any_scope,
+    require_claims,
+    require_clients,
+    require_scopes,
+)
 from .errors import (
+    AccessDenied,
     ConfigurationError,
     GuardError,
     InsufficientScope,
@@ -21,6 +32,7 @@ from .verifier import TokenVerifier
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccessDenied",
     "AccessToken",
     "ConfigurationError",
     "GuardError",
@@ -31,9 +43,15 @@ __all__ = [
     "IssuerSettings",
     "IssuerUnavailable",
     "MissingToken",
+    "Rule",
     "TokenVerifier",
     "__version__",
+    "all_of",
+    "any_of",
     "current_token",
+    "require",
     "require_any_scope",
+    "require_claims",
+    "require_clients",
     "require_scopes",
 ]

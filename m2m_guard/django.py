@@ -11,7 +11,8 @@ The middleware works in sync and async chains (``await verifier.verify`` under A
 `AccessToken` on ``request.m2m_token`` and in `current_token()`; a refusal is answered per
 the contract by the one renderer. Public paths (matched against ``request.path_info``, the path your
 URLconf sees) and, when allowed, CORS preflight requests pass through untouched, with
-``request.m2m_token = None``. A `GuardError` raised by a view (``@require_scopes``, the
+``request.m2m_token = None``. A `GuardError` raised by a view (``@require_scopes`` or any other
+rule decorator such as ``@require_claims``, the
 `ScopesRequiredMixin`, your own code) is rendered the same way by ``process_exception``. Every
 refusal is reported once (log line, event).
 
@@ -52,8 +53,13 @@ from ._adapters.django_scopes import (
     view_requirement,
 )
 from ._core.context import (
+    all_of,
+    any_of,
     current_token,
+    require,
     require_any_scope,
+    require_claims,
+    require_clients,
     require_scopes,
     reset_current_token,
     set_current_token,
@@ -71,6 +77,8 @@ __all__ = [
     "M2MGuardMiddleware",
     "ScopeSpec",
     "ScopesRequiredMixin",
+    "all_of",
+    "any_of",
     "close_verifiers",
     "configured_guard",
     "current_token",
@@ -83,7 +91,10 @@ __all__ = [
     "operational_urls",
     "rendered_response",
     "request_token",
+    "require",
     "require_any_scope",
+    "require_claims",
+    "require_clients",
     "require_scopes",
     "view_requirement",
 ]

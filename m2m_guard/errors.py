@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 __all__ = [
+    "AccessDenied",
     "ConfigurationError",
     "GuardError",
     "InsufficientScope",
@@ -114,6 +115,27 @@ class InsufficientScope(GuardError):
             which = "one of the scopes" if any_of and len(self.required) > 1 else "the scope"
             description = f"The access token lacks {which}: {' '.join(self.required)}"
         super().__init__(description, reason="insufficient_scope")
+
+
+class AccessDenied(GuardError):
+    """A verified token fails a rule that is not about scopes: a claim value, the client
+    allow-list, a predicate (`require_claims`, `require_clients`, `require`, and the
+    app-wide `allowed_clients` / `required_claim_values`).
+
+    403 with a bare ``Bearer realm="..."`` challenge: RFC 6750 has no error code for it
+    (``insufficient_scope`` would tell the client to ask for scopes that would not help).
+    `rule` is the name of the rule that failed; the description names it and nothing else
+    (no claim value, expected or found). docs/decisions.md records the choice.
+    """
+
+    status_code = 403
+    error_code = None
+    body_error = "access_denied"
+    default_description = "The access token is not accepted for this request."
+
+    def __init__(self, rule: str, *, reason: str = "rule_failed") -> None:
+        self.rule = rule
+        super().__init__(f"The token does not satisfy the rule {rule}", reason=reason)
 
 
 class IssuerUnavailable(GuardError):

@@ -113,6 +113,9 @@ REASONS: frozenset[str] = frozenset({
     "invalid_jti", "invalid_client_id", "invalid_azp", "invalid_oid",
     # scopes (403), availability (503), and the safety net for bugs (401)
     "insufficient_scope", "issuer_unavailable", "internal_error",
+    # rules other than scopes (403 access_denied): a claim value, the client allow-list, a
+    # predicate or an any_of, a token that is not a machine token
+    "claim_refused", "client_refused", "rule_failed", "not_machine_token",
 })
 # A claim named in `required_claims` that is absent gives "missing_<claim>"; metrics fold those
 # into this one value so a configuration cannot create unbounded attribute values.
@@ -135,6 +138,7 @@ class Event:
     dataclass only because building a frozen one costs several times more, on every request.)
 
     `time` is epoch seconds. `duration` (seconds) is set on decisions made by the verifier.
+    `rule` names the rule an ``access_denied`` refusal failed (never a claim value).
     `status` is the HTTP status a refusal answers with. `fingerprint` is 16 hex digits of the
     token's SHA-256 (the same as `AccessToken.fingerprint`), never the token.
     """
@@ -154,6 +158,7 @@ class Event:
     removed: tuple[str, ...] = ()
     error: str | None = None
     time: float = 0.0
+    rule: str | None = None
 
 
 Subscriber = Callable[[Event], object]
@@ -311,6 +316,7 @@ class EventStream:
             algorithm=context.algorithm, kid=context.kid, duration=duration, cached=cached,
             client_id=context.client_id if context.verified and self._client_id else None,
             fingerprint=context.fingerprint, time=time.time(),
+            rule=getattr(error, "rule", None),
         ))
 
     @never_raises

@@ -10,8 +10,11 @@ either (or both) of two ways:
   `require_scopes` under the route decorator (sync and async path operations; the signature is
   kept, so FastAPI's path, query and body parameters still work).
 
-`require_scopes`, `require_any_scope` and `current_token` are re-exported here (the same objects
-as `m2m_guard.require_scopes` and friends), so a FastAPI app imports everything from one module.
+`require_scopes`, `require_any_scope`, the other rules (`require_claims`, `require_clients`,
+`require`, `all_of`, `any_of`) and `current_token` are re-exported here (the same objects as
+`m2m_guard.require_scopes` and friends), so a FastAPI app imports everything from one module.
+Any rule is also a dependency: ``dependencies=[RequireRule(require_claims(...))]`` or
+``token: Annotated[AccessToken, RequireRule(rule)]``.
 
 `M2MGuard(app)` installs what both need: an exception handler so every refusal is answered per
 the contract by `errors.render_error` (never FastAPI's ``{"detail": ...}``), one `TokenVerifier`
@@ -55,10 +58,22 @@ from ._adapters.fastapi_openapi import (
     declared_settings,
 )
 from ._core.asgi_io import EndpointsMiddleware
-from ._core.context import current_token, require_any_scope, require_scopes, set_current_token
+from ._core.context import (
+    Rule,
+    all_of,
+    any_of,
+    current_token,
+    require,
+    require_any_scope,
+    require_claims,
+    require_clients,
+    require_scopes,
+    set_current_token,
+)
 from ._core.endpoints import OperationalEndpoints
 from ._core.gate import Gate
 from ._core.request import AsgiRequest
+from ._core.requirements import Requirement
 from ._core.rules import PathRules
 from ._core.scopes import ScopeRequirement, validate_scopes
 from ._core.storage import SETTINGS_KEY, TOKEN_KEY, VERIFIER_KEY
@@ -69,8 +84,10 @@ from .starlette import principal, rendered_response
 from .token import AccessToken
 from .verifier import TokenVerifier
 
-__all__ = ["SCHEME_NAME", "ClientCredentials", "M2MGuard", "M2MToken", "RequireScopes",
-           "current_token", "m2m_token", "require_any_scope", "require_scopes"]
+__all__ = ["SCHEME_NAME", "ClientCredentials", "M2MGuard", "M2MToken", "RequireRule",
+           "RequireScopes", "RuleDependency", "all_of", "any_of", "current_token", "m2m_token",
+           "require", "require_any_scope", "require_claims", "require_clients",
+           "require_scopes"]
 
 _STATE_KEY = "m2m_guard"  # app.state.m2m_guard: the app's guard, and the middleware's link
 
@@ -112,6 +129,34 @@ def RequireScopes(*scopes: str) -> Any:  # noqa: N802 - reads as a marker, like 
     here rather than a silent two-scope requirement.
     """
     return Security(m2m_token, scopes=list(validate_scopes(scopes)))
+
+
+class RuleDependency:
+    """The dependency `RequireRule` makes: the verified token (`m2m_token`), then the rule.
+
+    `requirement` is the rule's; the OpenAPI document reads it (`x-m2m-guard-rules`)."""
+
+    def __init__(self, requirement: Requirement) -> None:
+        self.requirement = requirement
+
+    async def __call__(self, token: Annotated[AccessToken, Security(m2m_token)]) -> AccessToken:
+        self.requirement.check(token)
+        return token
+
+    def __repr__(self) -> str:
+        return f"RequireRule({self.requirement.name})"
+
+
+def RequireRule(rule: Rule | Requirement) -> Any:  # noqa: N802 - reads as a marker, like Depends
+    """Any rule (`require_claims`, `require_clients`, `require`, `all_of`, `any_of`, the scope
+    rules) as a dependency: ``dependencies=[RequireRule(rule)]`` or
+    ``token: Annotated[AccessToken, RequireRule(rule)]``. The answers are the decorator's;
+    the operation's OpenAPI entry lists the rule (`x-m2m-guard-rules`)."""
+    requirement = rule.requirement if isinstance(rule, Rule) else rule
+    if not isinstance(requirement, Requirement):
+        raise ValueError(f"RequireRule() takes a rule (require_claims, require_clients, require, "
+                         f"all_of, any_of, require_scopes), got {rule!r}")
+    return Depends(RuleDependency(requirement))
 
 
 async def _authenticate(request: HTTPConnection) -> AccessToken:

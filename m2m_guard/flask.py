@@ -3,7 +3,9 @@
 Every request to the app (blueprints included) is guarded before its view runs, unless its path
 is in `public_paths`, its endpoint is public (``@guard.public``, ``public_endpoints=``) or it is
 an allowed CORS preflight. The verified `AccessToken` is on ``flask.g.m2m_token`` and in
-`current_token()`; ``require_scopes`` / ``require_any_scope`` (re-exported here) work on views. A
+`current_token()`; ``require_scopes`` / ``require_any_scope`` and the other rules
+(``require_claims``, ``require_clients``, ``require``, ``all_of``, ``any_of``; re-exported
+here) work on views. A
 refusal, or a `GuardError` raised in a view, is answered per the contract by an error handler the
 extension registers: the same status, headers and JSON body as every other adapter, and reported
 once (log line, event). When configured (`health_path`, `resource`), the health endpoint and the
@@ -29,8 +31,13 @@ from werkzeug.wrappers import Response
 
 from ._core.answers import EndpointResponse
 from ._core.context import (
+    all_of,
+    any_of,
     current_token,
+    require,
     require_any_scope,
+    require_claims,
+    require_clients,
     require_scopes,
     reset_current_token,
     set_current_token,
@@ -44,10 +51,15 @@ from .verifier import TokenVerifier
 
 __all__ = [
     "M2MGuard",
+    "all_of",
+    "any_of",
     "current_token",
     "guard_error_response",
     "public",
+    "require",
     "require_any_scope",
+    "require_claims",
+    "require_clients",
     "require_scopes",
     "settings_from_config",
 ]
@@ -152,6 +164,11 @@ class M2MGuard:
     public = staticmethod(public)
     require_scopes = staticmethod(require_scopes)
     require_any_scope = staticmethod(require_any_scope)
+    require_claims = staticmethod(require_claims)
+    require_clients = staticmethod(require_clients)
+    require = staticmethod(require)
+    all_of = staticmethod(all_of)
+    any_of = staticmethod(any_of)
 
     def init_app(self, app: Flask, settings: GuardSettings | None = None) -> None:
         """Guard `app`: build its settings and verifier, register the hooks and error handler.

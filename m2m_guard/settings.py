@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import json
 import math
 import os
 import re
@@ -19,6 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from ._core.providers import PROVIDERS, preset
+from ._core.requirements import ClaimRequirement
+from ._core.scopes import scope_claim_path
 from .errors import ConfigurationError
 
 __all__ = [
@@ -38,6 +42,7 @@ ASYMMETRIC_ALGORITHMS: tuple[str, ...] = (
 )
 
 DEFAULT_JWKS_TTL = 600.0
+_DEFAULT_CLIENT_ID_CLAIMS = ("client_id", "azp", "cid", "appid", "sub")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _TRUE = {"1", "true", "yes", "on"}
@@ -166,9 +171,17 @@ class GuardSettings:
     resource_scopes: tuple[str, ...] | Sequence[str] = ()
     events_client_id: bool = False
     ca_bundle: str | None = None
+    # Rules for the whole app, and provider presets (docs/providers.md): `_check_rules`.
+    allowed_clients: tuple[str, ...] | Sequence[str] = ()
+    required_claim_values: (tuple[tuple[str | tuple[str, ...], tuple[str | int | bool, ...]], ...]
+                            | Mapping[str | tuple[str, ...], Any]) = ()
+    provider: str = "scalekit"
+    client_id_claims: tuple[str, ...] | Sequence[str] = _DEFAULT_CLIENT_ID_CLAIMS
+    machine_tokens_only: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        _apply_preset(self)
         issuers: list[IssuerSettings] = []
         for item in _as_tuple("issuer", self.issuer):
             entry = item if isinstance(item, IssuerSettings) else IssuerSettings(item)
@@ -269,6 +282,7 @@ class GuardSettings:
                 f"got {self.realm!r}."
             )
         _check_operations(self)
+        _check_rules(self)
         if self.ca_bundle is not None:
             _check_ca_bundle(self.ca_bundle)
 
@@ -362,6 +376,104 @@ class GuardSettings:
             return cls(**values)
         except ConfigurationError as exc:
             raise ConfigurationError(_env_wording(str(exc), prefix)) from None
+
+
+def _apply_preset(settings: GuardSettings) -> None:
+    """Fill the options `settings.provider`'s preset names and the user left at their
+    defaults (`_core/providers.py`); its required claim values are added to the user's."""
+    name = settings.provider
+    if not isinstance(name, str):
+        raise ConfigurationError(f"provider must be a string, got {name!r}.")
+    try:
+        chosen = preset(name)
+    except ValueError as exc:
+        raise ConfigurationError(f"provider must be {exc}, got {name!r}.") from None
+    defaults = {f.name: f.default for f in dataclasses.fields(GuardSettings)}
+    for option, value in chosen.options.items():
+        current = getattr(settings, option)
+        if option == "required_claim_values":
+            mine = _claim_values(current)
+            named = {path for path, _ in mine}
+            merged = (*mine, *((path, v) for path, v in value if path not in named))
+            object.__setattr__(settings, option, merged)
+        elif current == defaults[option] or (
+                isinstance(current, (list, tuple)) and tuple(current) == defaults[option]):
+            object.__setattr__(settings, option, value)
+
+
+def _claim_values(value: Any) -> tuple[tuple[Any, tuple[Any, ...]], ...]:
+    """`required_claim_values` as ((path, (value, ...)), ...), from a mapping or pairs."""
+    if value is None:
+        return ()
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+        if not all(isinstance(item, (list, tuple)) and len(item) == 2 for item in items):
+            raise ConfigurationError(
+                f"required_claim_values must map claim paths to a value or a list of values, "
+                f'e.g. {{"custom_claims.environment": ["production_us"]}}, got {value!r}.')
+    else:
+        raise ConfigurationError(
+            f"required_claim_values must map claim paths to a value or a list of values, "
+            f'e.g. {{"custom_claims.environment": ["production_us"]}}, got {value!r}.')
+    result = []
+    for path, values in items:
+        if isinstance(path, list):
+            path = tuple(path)
+        if isinstance(values, (str, int)):
+            values = (values,)
+        elif isinstance(values, (list, tuple, set, frozenset)):
+            values = tuple(values)
+        result.append((path, values))
+    return tuple(result)
+
+
+def _check_rules(settings: GuardSettings) -> None:
+    """Validate the app-wide rules and the preset options: the claim paths and values, the
+    client ids, the client-id claims, nested scope claims and machine_tokens_only."""
+    set_ = object.__setattr__
+    clients = _str_tuple("allowed_clients", settings.allowed_clients)
+    for client in clients:
+        if client != client.strip():
+            raise ConfigurationError(
+                f"allowed_clients contains {client!r}: client ids have no surrounding spaces.")
+    set_(settings, "allowed_clients", clients)
+    values = _claim_values(settings.required_claim_values)
+    for path, allowed in values:
+        try:
+            ClaimRequirement(path, allowed)
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"required_claim_values is invalid: {exc} (give a JSON object such as "
+                f'{{"custom_claims.environment": ["production_us"]}}).') from None
+    set_(settings, "required_claim_values", values)
+    claims = _str_tuple("client_id_claims", settings.client_id_claims)
+    if not claims:
+        raise ConfigurationError(
+            "client_id_claims must name at least one claim (the default is "
+            f"{','.join(_DEFAULT_CLIENT_ID_CLAIMS)}).")
+    set_(settings, "client_id_claims", claims)
+    for name in settings.scope_claims:
+        try:
+            scope_claim_path(name)
+        except ValueError as exc:
+            raise ConfigurationError(f"scope_claims contains {name!r}: {exc}.") from None
+    if not isinstance(settings.machine_tokens_only, bool):
+        raise ConfigurationError(f"machine_tokens_only must be True or False, got "
+                                 f"{settings.machine_tokens_only!r}.")
+    if settings.machine_tokens_only and not machine_test_of(settings.provider):
+        able = ", ".join(name for name in PROVIDERS if machine_test_of(name))
+        raise ConfigurationError(
+            f"machine_tokens_only is on but provider {settings.provider!r} gives no way to tell "
+            f"a machine token from a user's; the providers that do: {able} (or write the rule "
+            f"yourself with required_claim_values or require(...)).")
+
+
+def machine_test_of(provider: str) -> bool:
+    """True when `provider`'s tokens say whether they are machine tokens."""
+    chosen = PROVIDERS.get(provider)
+    return chosen is not None and (chosen.machine is not None or chosen.machine_same is not None)
 
 
 # RFC 6749 §3.3 scope-token; and what may stand inside a quoted challenge parameter.
@@ -534,3 +646,27 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "events_client_id": _parse_bool,
     "ca_bundle": _parse_str,
 }
+
+
+def _parse_claim_values(raw: str) -> tuple[tuple[Any, tuple[Any, ...]], ...]:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise ValueError('a JSON object of claim paths and values, e.g. '
+                         '{"custom_claims.environment": ["production_us"]}')
+    return tuple((path, tuple(v) if isinstance(v, list) else v) for path, v in value.items())
+
+
+def _parse_provider(raw: str) -> str:
+    return _parse_str(raw).lower()
+
+
+_ENV_PARSERS.update({
+    "allowed_clients": _parse_list,
+    "required_claim_values": _parse_claim_values,
+    "provider": _parse_provider,
+    "client_id_claims": _parse_list,
+    "machine_tokens_only": _parse_bool,
+})

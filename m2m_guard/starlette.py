@@ -2,8 +2,9 @@
 
 `M2MGuardMiddleware` (in `m2m_guard.asgi`) sets `request.user` to a `ClientUser` and
 `request.auth` to the token's scopes, so Starlette's own `requires("scope")` works.
-`require_scopes`, `require_any_scope` and `current_token` are re-exported here (the same objects
-as `m2m_guard.require_scopes` and friends), so a Starlette app imports everything from one
+`require_scopes`, `require_any_scope`, the other rules (`require_claims`, `require_clients`,
+`require`, `all_of`, `any_of`) and `current_token` are re-exported here (the same objects as
+`m2m_guard.require_scopes` and friends), so a Starlette app imports everything from one
 module. Use
 `exception_handlers` when the middleware wraps the app from outside (``M2MGuardMiddleware(app)``)
 rather than being listed in ``middleware=[...]``: Starlette's error middleware would otherwise see
@@ -18,16 +19,26 @@ from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedU
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ._core.context import current_token, require_any_scope, require_scopes
+from ._core.context import (
+    all_of,
+    any_of,
+    current_token,
+    require,
+    require_any_scope,
+    require_claims,
+    require_clients,
+    require_scopes,
+)
 from ._core.endpoints import render_refusal
 from ._core.storage import SETTINGS_KEY, TOKEN_KEY, VERIFIER_KEY
 from .errors import GuardError, RenderedError, render_error
 from .token import AccessToken
 from .verifier import TokenVerifier
 
-__all__ = ["UNAUTHENTICATED", "ClientUser", "Principals", "TokenCredentials", "current_token",
-           "exception_handlers", "guard_error_response", "principal", "rendered_response",
-           "require_any_scope", "require_scopes"]
+__all__ = ["UNAUTHENTICATED", "ClientUser", "Principals", "TokenCredentials", "all_of", "any_of",
+           "current_token", "exception_handlers", "guard_error_response", "principal",
+           "rendered_response", "require", "require_any_scope", "require_claims",
+           "require_clients", "require_scopes"]
 
 
 class TokenCredentials(AuthCredentials):

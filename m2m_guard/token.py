@@ -45,7 +45,8 @@ class AccessToken:
 
     `claims` is the whole verified claim set, read-only all the way down (JSON arrays become
     tuples, objects read-only mappings). The other attributes are the claims
-    users look for, already typed: `client_id` is `client_id`, else `azp`, `cid`, `appid`, `sub`;
+    users look for, already typed: `client_id` is `client_id`, else `azp`, `cid`, `appid`, `sub`
+    (or the claims `client_id_claims` names, e.g. a provider preset's);
     `organization_id` is `oid` (Scalekit) else `org_id`; `custom_claims` is Scalekit's object.
     The raw token is never held; `fingerprint` (16 hex digits of its SHA-256) is safe to log.
     """
@@ -58,10 +59,13 @@ class AccessToken:
     key_id: str | None = field(repr=False)
     fingerprint: str
     _frozen: Mapping[str, Any] | None = field(default=None, repr=False)
+    # The claims `client_id` is read from, in order (settings.client_id_claims).
+    _client_claims: tuple[str, ...] = field(default=_CLIENT_ID_CLAIMS, repr=False)
 
     @classmethod
     def from_claims(cls, claims: dict[str, Any], scopes: frozenset[str], *, algorithm: str,
-                    key_id: str | None, fingerprint: str) -> AccessToken:
+                    key_id: str | None, fingerprint: str,
+                    client_claims: tuple[str, ...] = _CLIENT_ID_CLAIMS) -> AccessToken:
         """For the verifier: `claims` must be a fresh dict nobody else keeps a reference to."""
         # Filled through the slot descriptors: the same result as `cls(...)`, without the
         # frozen dataclass's per-field `object.__setattr__` (this runs once per verification).
@@ -72,6 +76,7 @@ class AccessToken:
         _SET_KEY_ID(token, key_id)
         _SET_FINGERPRINT(token, fingerprint)
         _SET_FROZEN(token, None)
+        _SET_CLIENT_CLAIMS(token, client_claims)
         return token
 
     @property
@@ -93,7 +98,7 @@ class AccessToken:
 
     @property
     def client_id(self) -> str | None:
-        return _first_string(self._raw, _CLIENT_ID_CLAIMS)
+        return _first_string(self._raw, self._client_claims)
 
     @property
     def audience(self) -> tuple[str, ...]:
@@ -158,3 +163,4 @@ _SET_ALGORITHM = _slot_setter("algorithm")
 _SET_KEY_ID = _slot_setter("key_id")
 _SET_FINGERPRINT = _slot_setter("fingerprint")
 _SET_FROZEN = _slot_setter("_frozen")
+_SET_CLIENT_CLAIMS = _slot_setter("_client_claims")

@@ -33,6 +33,7 @@ from ._core.jws import CompactJWS, HeaderCache, check_signature, check_token_siz
 from ._core.keys import KeySet, VerificationKey
 from ._core.keystore import Fetcher, IssuerKeys, KeyStore, Need
 from ._core.logs import log_refusal
+from ._core.requirements import settings_requirement
 from ._core.scopes import ScopeReader, scopes_from_claims
 from ._core.token_cache import SHARE_FROM, SharedStrings, VerifiedTokenCache
 from .errors import GuardError, InvalidToken
@@ -117,6 +118,10 @@ class TokenVerifier:
         self._algorithms = frozenset(self.settings.algorithms)
         self._types = _STRICT_TYPES if self.settings.strict_typ else _TYPES
         self._read_scopes = ScopeReader(self.settings.scope_claims, read=scopes_from_claims)
+        # App-wide rules (allowed_clients, required_claim_values, machine_tokens_only): checked
+        # before a token is cached, so a cache hit has passed them.
+        self._app_rules = settings_requirement(self.settings)
+        self._client_claims = tuple(self.settings.client_id_claims)
         self._max_token_bytes = self.settings.max_token_bytes
         self._headers = HeaderCache()
         self._header_rules = self._check_header  # bound once, not once per token
@@ -431,7 +436,10 @@ class TokenVerifier:
         access = AccessToken.from_claims(
             claims, self._read_scopes(claims), algorithm=jws.alg,
             key_id=jws.kid, fingerprint=_sha256(job.raw).hexdigest()[:16],
+            client_claims=self._client_claims,
         )
+        if self._app_rules is not None:
+            self._app_rules.check(access)  # refused tokens are never cached
         if cache is not None:
             # Remember the current set only if it holds the key (a refresh may have replaced
             # the set the key came from); a hit then needs only an identity check.

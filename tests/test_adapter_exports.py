@@ -11,7 +11,8 @@ import pytest
 import m2m_guard
 
 # The names each adapter module re-exports from the core; one list for every framework.
-SHARED_NAMES = ("current_token", "require_any_scope", "require_scopes")
+SHARED_NAMES = ("all_of", "any_of", "current_token", "require", "require_any_scope",
+                "require_claims", "require_clients", "require_scopes")
 ADAPTERS = ("m2m_guard.starlette", "m2m_guard.fastapi", "m2m_guard.flask", "m2m_guard.django")
 
 

@@ -493,6 +493,23 @@ def test_doctor_json(served: Served) -> None:
     assert {key["kty"] for key in issuer["keys"]} == {"RSA"}
 
 
+def test_doctor_shows_what_a_provider_preset_set(served: Served) -> None:
+    result = m2m("doctor", "--json", env=served.guard_env(
+        M2M_GUARD_PROVIDER="cognito", M2M_GUARD_ALLOWED_CLIENTS="1example23456789"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    configuration = json.loads(result.stdout)["configuration"]
+    assert configuration["provider"] == {"value": "cognito", "source": "env M2M_GUARD_PROVIDER"}
+    assert configuration["scope_claims"] == {"value": "scope", "source": "provider cognito"}
+    assert configuration["client_id_claims"] == {"value": "client_id",
+                                                 "source": "provider cognito"}
+    assert configuration["required_claim_values"] == {
+        "value": '{"token_use": ["access"]}', "source": "provider cognito"}
+    assert configuration["allowed_clients"]["source"] == "env M2M_GUARD_ALLOWED_CLIENTS"
+    text = m2m("doctor", env=served.guard_env(M2M_GUARD_PROVIDER="okta")).stdout
+    assert re.search(r"scope_claims\s+scp\s+provider okta", text)
+    assert re.search(r"client_id_claims\s+cid\s+provider okta", text)
+
+
 def test_doctor_fails_on_issuer_mismatch_and_unreachable_issuer(served: Served) -> None:
     port = served.url.rsplit(":", 1)[1]
     mismatch = m2m("doctor", env=clean_env(M2M_GUARD_ISSUER=f"http://localhost:{port}",

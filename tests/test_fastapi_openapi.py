@@ -19,8 +19,10 @@ from m2m_guard import (
     IssuerSettings,
     TokenVerifier,
     require_any_scope,
+    require_claims,
     require_scopes,
 )
+from m2m_guard._adapters.fastapi_openapi import RULES_EXTENSION
 from m2m_guard._core.fetch import read_token_endpoint
 from m2m_guard.asgi import M2MGuardMiddleware
 from m2m_guard.fastapi import SCHEME_NAME, M2MGuard, M2MToken, RequireScopes, m2m_token
@@ -52,8 +54,50 @@ def test_example_documents_the_client_credentials_flow(issuer: KeySetServer,
         ("/deployments", "get"): [{SCHEME_NAME: ["read:deployments"]}],
         ("/deployments", "post"): [{SCHEME_NAME: ["deploy:applications"]}],
         ("/admin/audit", "get"): [{SCHEME_NAME: ["admin:platform"]}],
+        ("/production/deployments", "get"): [{SCHEME_NAME: ["deploy:applications"]}],
+        ("/admin/clients", "get"): [{SCHEME_NAME: []}],
+        ("/releases", "get"): [{SCHEME_NAME: []}],
         ("/health", "get"): None,
     }
+
+
+def test_rules_beyond_scopes_are_documented_per_operation(settings: GuardSettings) -> None:
+    """`RequireRule` dependencies: the scope part of an all_of in the security requirement,
+    every other rule in words in `x-m2m-guard-rules` and in the description."""
+    with TestClient(create_app(settings)) as client:
+        paths = client.get("/openapi.json").json()["paths"]
+    rules = {path: paths[path]["get"].get(RULES_EXTENSION)
+             for path in ("/production/deployments", "/admin/clients", "/releases",
+                          "/admin/audit")}
+    assert rules == {
+        "/production/deployments": ['claim custom_claims.environment equal to "production_us"'],
+        "/admin/clients": [
+            "client id one of m2morg_68315758685323697, m2morg_77210528056826613"],
+        "/releases": ["any of: the scopes admin:platform; or release-service"],
+        "/admin/audit": None,  # scopes only: the security requirement says it all
+    }
+    description = paths["/production/deployments"]["get"]["description"]
+    assert description.endswith('The access token must satisfy: claim '
+                                'custom_claims.environment equal to "production_us".')
+    assert "access_denied" in paths["/releases"]["get"]["responses"]["403"]["description"]
+
+
+def test_decorated_rules_are_documented_too(settings: GuardSettings) -> None:
+    app = FastAPI()
+
+    @app.get("/production", summary="Production only")
+    @require_claims({"custom_claims.environment": ["production_us", "production_eu"]})
+    async def production(token: M2MToken) -> dict[str, str]:
+        """Deploy to production."""
+        return {}
+
+    M2MGuard(app, settings)
+    with TestClient(app) as client:
+        operation = client.get("/openapi.json").json()["paths"]["/production"]["get"]
+    assert operation["security"] == [{SCHEME_NAME: []}]
+    assert operation[RULES_EXTENSION] == [
+        'claim custom_claims.environment one of "production_us", "production_eu"']
+    assert operation["description"].startswith("Deploy to production.\n\n")
 
 
 def test_token_url_from_discovery(issuer: KeySetServer, settings: GuardSettings) -> None:

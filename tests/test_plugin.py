@@ -22,7 +22,9 @@ pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+# The Starlette example and the rules module it imports, as a user's two top-level modules.
 EXAMPLE_APP = (ROOT / "examples" / "starlette_app.py").read_text(encoding="utf-8")
+EXAMPLE_RULES = (ROOT / "examples" / "rules.py").read_text(encoding="utf-8")
 
 
 def readme_plugin_example() -> str:
@@ -40,7 +42,7 @@ def decode(token: str) -> tuple[dict[str, object], dict[str, object]]:
 # -- as a user sees it -----------------------------------------------------------------------
 
 def test_the_readme_example_passes_as_a_users_test_file(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(myapp=EXAMPLE_APP, test_api=readme_plugin_example())
+    pytester.makepyfile(myapp=EXAMPLE_APP, rules=EXAMPLE_RULES, test_api=readme_plugin_example())
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider",
                                            "-W", "ignore::DeprecationWarning")
     result.assert_outcomes(passed=4)
@@ -60,7 +62,8 @@ import pytest
 def m2m_audience():
     return "deployment-api.acmecorp.com"
 ''')
-    pytester.makepyfile(myapp=broken, test_api=readme_plugin_example(), test_audience='''
+    pytester.makepyfile(myapp=broken, rules=EXAMPLE_RULES, test_api=readme_plugin_example(),
+                        test_audience='''
 def test_audience_override(m2m_issuer, m2m_token, m2m_settings):
     assert m2m_settings.audience == ("deployment-api.acmecorp.com",)
     assert m2m_issuer.claims()["aud"] == ["deployment-api.acmecorp.com"]

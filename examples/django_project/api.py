@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from rest_framework.decorators import api_view, permission_classes
-from rest_framework.permissions import AllowAny
+from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from .. import rules
 from .store import DEPLOYMENTS, queue_deployment
 
 
@@ -30,6 +31,30 @@ class AdminAuditAPI(APIView):
 
     def get(self, request: Request) -> Response:
         return Response({"audit": [], "client_id": str(request.user)})
+
+
+class ProductionDeploymentsAPI(APIView):
+    permission_classes = [IsAuthenticated]  # a verified token; the rule says the rest
+
+    @rules.production_deploy
+    def get(self, request: Request) -> Response:
+        return Response({"deployments": DEPLOYMENTS, "environment": "production_us"})
+
+
+class PlatformClientsAPI(APIView):
+    permission_classes = [IsAuthenticated]
+
+    @rules.platform_clients
+    def get(self, request: Request) -> Response:
+        return Response({"clients": list(rules.PLATFORM_CLIENTS)})
+
+
+class ReleasesAPI(APIView):
+    permission_classes = [IsAuthenticated]
+
+    @rules.release_managers
+    def get(self, request: Request) -> Response:
+        return Response({"releases": []})
 
 
 @api_view(["GET"])

@@ -9,6 +9,7 @@ from django.views import View
 
 from m2m_guard.django import ScopesRequiredMixin, current_token, require_scopes
 
+from .. import rules
 from .store import DEPLOYMENTS, queue_deployment
 
 
@@ -40,6 +41,21 @@ class AdminAuditView(ScopesRequiredMixin, View):
 
     async def get(self, request: HttpRequest) -> JsonResponse:
         return JsonResponse({"audit": [], "client_id": request.m2m_token.client_id})
+
+
+@rules.production_deploy
+async def production_deployments(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"deployments": DEPLOYMENTS, "environment": "production_us"})
+
+
+@rules.platform_clients
+async def platform_clients(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"clients": list(rules.PLATFORM_CLIENTS)})
+
+
+@rules.release_managers
+async def releases(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"releases": []})
 
 
 async def health(request: HttpRequest) -> JsonResponse:

@@ -9,6 +9,7 @@ from django.views import View
 
 from m2m_guard.django import ScopesRequiredMixin, require_scopes
 
+from .. import rules
 from .store import DEPLOYMENTS, queue_deployment
 
 
@@ -31,6 +32,21 @@ class DeploymentsView(ScopesRequiredMixin, View):
 @require_scopes("admin:platform")
 def admin_audit(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"audit": [], "client_id": request.m2m_token.client_id})
+
+
+@rules.production_deploy
+def production_deployments(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"deployments": DEPLOYMENTS, "environment": "production_us"})
+
+
+@rules.platform_clients
+def platform_clients(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"clients": list(rules.PLATFORM_CLIENTS)})
+
+
+@rules.release_managers
+def releases(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"releases": []})
 
 
 def health(request: HttpRequest) -> JsonResponse:

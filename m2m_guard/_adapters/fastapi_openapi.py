@@ -1,7 +1,11 @@
 """FastAPI's OpenAPI document completed by the guard: the OAuth 2.0 client-credentials security
 scheme (`SCHEME_NAME`) and, per operation, the security requirements its guard implies: every
 operation the middleware guards (a valid token), and the scopes `require_scopes` /
-`require_any_scope` and the `RequireScopes` dependencies demand."""
+`require_any_scope` and the `RequireScopes` dependencies demand. Rules that are not (only) about
+scopes (`require_claims`, `require_clients`, `require`, `any_of`), from decorators or
+`RequireRule` dependencies, are listed in the operation's ``x-m2m-guard-rules`` extension (each
+rule in words, expected values included) and at the end of its description, so `/docs` tells a
+client what its token needs."""
 
 from __future__ import annotations
 
@@ -18,10 +22,12 @@ from fastapi.routing import APIRoute
 from fastapi.security import OAuth2
 from starlette.requests import HTTPConnection
 
-from .._core.context import scope_requirements
+from .._core.context import route_requirements
+from .._core.requirements import Requirement
 from .._core.rules import PathRules
 from .._core.scopes import ScopeRequirement
 from ..errors import (
+    AccessDenied,
     InsufficientScope,
     InvalidRequest,
     InvalidToken,
@@ -33,11 +39,15 @@ from ..settings import GuardSettings
 if TYPE_CHECKING:
     from ..verifier import TokenVerifier
 
-__all__ = ["ERROR_SCHEMA_NAME", "SCHEME_NAME", "UNSET_TOKEN_URL", "ClientCredentials",
+__all__ = ["ERROR_SCHEMA_NAME", "RULES_EXTENSION", "SCHEME_NAME", "UNSET_TOKEN_URL",
+           "ClientCredentials",
            "announced_token_url", "client_credentials", "complete_schema", "declared_middleware",
            "declared_settings"]
 
 logger = logging.getLogger("m2m_guard")
+
+RULES_EXTENSION = "x-m2m-guard-rules"
+"""The operation extension listing its rules other than scopes, in words."""
 
 SCHEME_NAME = "OAuth2ClientCredentials"
 """The name of the security scheme in ``components.securitySchemes`` (and in `/docs`)."""
@@ -122,12 +132,20 @@ def complete_schema(schema: dict[str, Any], routes: Iterable[Any], public: PathR
     for route in _api_routes(routes):
         if not route.include_in_schema or route.path_format is None:
             continue
-        decorated = _alternatives(scope_requirements(route.endpoint))
+        declared = (*route_requirements(route.endpoint), *_dependency_requirements(route))
+        parts = [part for requirement in declared for part in requirement.parts()]
+        decorated = _alternatives(part for part in parts if isinstance(part, ScopeRequirement))
+        rules = list(dict.fromkeys(part.describe() for part in parts
+                                   if not isinstance(part, ScopeRequirement)))
+        if rules and decorated is None:
+            decorated = [[]]  # a valid token is needed, whatever its scopes
         guarded = public is not None and not public.is_public(route.path_format)
         for method in route.methods or ():
             operation = paths.get(route.path_format, {}).get(method.lower())
             if operation is not None:
                 _add_security(operation, decorated, guarded)
+                if rules:
+                    _add_rules(operation, rules)
     for item in paths.values():
         for operation in item.values():
             if isinstance(operation, dict) and any(
@@ -150,6 +168,29 @@ def complete_schema(schema: dict[str, Any], routes: Iterable[Any], public: PathR
     return schema
 
 
+def _dependency_requirements(route: Any) -> tuple[Requirement, ...]:
+    """The requirements of the `RequireRule` dependencies of `route` (nested ones included)."""
+    found: list[Requirement] = []
+    pending = list(getattr(getattr(route, "dependant", None), "dependencies", ()))
+    seen = 0
+    while pending and seen < 1000:  # bounded: a dependency tree is small
+        seen += 1
+        dependant = pending.pop(0)
+        requirement = getattr(dependant.call, "requirement", None)
+        if isinstance(requirement, Requirement):
+            found.append(requirement)
+        pending.extend(getattr(dependant, "dependencies", ()))
+    return tuple(found)
+
+
+def _add_rules(operation: dict[str, Any], rules: list[str]) -> None:
+    """`rules` (in words) as the operation's `RULES_EXTENSION` and in its description."""
+    operation[RULES_EXTENSION] = rules
+    text = "The access token must satisfy: " + "; ".join(rules) + "."
+    description = operation.get("description")
+    operation["description"] = f"{description}\n\n{text}" if description else text
+
+
 def _api_routes(routes: Iterable[Any]) -> Iterator[Any]:
     """The app's path operations with their full paths. FastAPI 0.12x lists them flat in
     `app.routes`; newer versions keep included routers as such and provide
@@ -169,7 +210,7 @@ _ERROR_SCHEMA: dict[str, Any] = {
     "properties": {
         "error": {"type": "string", "enum": [
             kind.body_error for kind in (MissingToken, InvalidRequest, InvalidToken,
-                                         InsufficientScope, IssuerUnavailable)]},
+                                         InsufficientScope, AccessDenied, IssuerUnavailable)]},
         "error_description": {"type": "string"},
         "scope": {"type": "string", "description": "The scopes the operation needs "
                                                    "(insufficient_scope only)."},
@@ -178,7 +219,8 @@ _ERROR_SCHEMA: dict[str, Any] = {
 _REFUSALS = {
     "401": ("No valid access token: missing (error missing_token), or malformed, expired or "
             "not for this API (error invalid_token)."),
-    "403": "The access token lacks a scope the operation needs (error insufficient_scope).",
+    "403": ("The access token lacks a scope the operation needs (error insufficient_scope), "
+            "or fails another of its rules (error access_denied)."),
 }
 
 

@@ -17,10 +17,12 @@ For each request an adapter builds a `RequestView` and asks the gate, in this or
 
 `decide(request)` runs steps 1 and 2 in one call for adapters that branch on the outcome.
 
-Checks after verification (sender-constrained tokens, claim rules, client rules) plug in here
-and only here: `default_checks(settings)` lists the ones the settings turn on, and every adapter
-runs them. A check reads the `RequestView` (method, URL, headers, client certificate), the raw
-token and the verified `AccessToken`, and raises a `GuardError` to refuse. While any check is
+Checks after verification that need the request (sender-constrained tokens) plug in here and
+only here (rules on the token alone are `_core/requirements.py`'s: route decorators, and the
+app-wide rules the verifier applies before caching): `default_checks(settings)` lists the
+ones the settings turn on, and every adapter runs them. A check reads the `RequestView`
+(method, URL, headers, client certificate), the raw token and the verified `AccessToken`, and
+raises a `GuardError` to refuse. While any check is
 configured, adapters' cache-hit fast paths are off (`fast_path`), so no request skips a check.
 See docs/architecture.md ("How to add a check").
 """

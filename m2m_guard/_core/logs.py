@@ -3,7 +3,8 @@
 Each line is ``m2m_guard <what> key=value key=value ...`` with stable keys, and the same fields
 are attached to the `LogRecord` (``extra``), so a JSON formatter gets them as attributes:
 
-- a refusal, at INFO: ``kind=refused reason status issuer kid client_id fingerprint``;
+- a refusal, at INFO: ``kind=refused reason status issuer kid client_id fingerprint``, and
+  ``rule`` (the name of the rule that failed) for an ``access_denied`` refusal;
 - a key-set change, at INFO: ``kind=keys_changed issuer keys added removed dropped ttl``;
   each key dropped on load at WARNING (``kind=key_dropped issuer kid reason``);
 - a failed key-set fetch, at WARNING (``kind=keys_fetch_failed issuer error``);
@@ -65,11 +66,15 @@ def log_refusal(error: GuardError, context: RefusalContext) -> None:
     fingerprint (of a token that failed verification: what it claims, made safe)."""
     if not logger.isEnabledFor(logging.INFO):
         return
-    _emit(logging.INFO, "refused", {
+    fields: dict[str, object] = {
         "kind": "refused", "reason": error.reason, "status": error.status_code,
         "issuer": context.issuer, "kid": context.kid, "client_id": safe_text(context.client_id),
         "fingerprint": context.fingerprint,
-    })
+    }
+    rule = getattr(error, "rule", None)
+    if rule is not None:  # the failed rule's name only: never a claim value
+        fields["rule"] = rule
+    _emit(logging.INFO, "refused", fields)
 
 
 @never_raises

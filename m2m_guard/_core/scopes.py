@@ -6,6 +6,12 @@ separated by single spaces (RFC 6749 §3.3, RFC 8693), ``scp`` and any other con
 either of the two (Okta and Entra use both; Auth0's ``permissions`` is an array). Any other shape
 (a tab, a double space, a number, a nested array, an array where a string belongs) makes that
 claim count for nothing: it is ignored, never coerced.
+
+A configured name with a dot is a path into nested objects (Keycloak's ``realm_access.roles``,
+``resource_access.<client>.roles``), read through JSON objects only (`_core/claim_paths.py`);
+a name holding ``://`` (Auth0's namespaced claims, ``https://example.com/scopes``) is one
+top-level claim. A nested claim must be an array of scope-tokens (role lists are): a string
+there counts for nothing, like an object.
 """
 
 from __future__ import annotations
@@ -15,12 +21,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InsufficientScope
+from ..errors import GuardError, InsufficientScope
+from .claim_paths import ABSENT, ClaimPath, claim_path, read_path
+from .requirements import Requirement
 
 if TYPE_CHECKING:
     from ..token import AccessToken
 
-__all__ = ["ScopeReader", "ScopeRequirement", "scopes_from_claims", "validate_scopes"]
+__all__ = ["ScopeReader", "ScopeRequirement", "scope_claim_path", "scopes_from_claims",
+           "validate_scopes"]
 
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
@@ -31,9 +40,13 @@ _STRING_ONLY = frozenset({"scope"})
 _ARRAY_ONLY = frozenset({"scopes"})
 
 
+def _nested(name: str) -> bool:
+    return "." in name and "://" not in name
+
+
 def _claim_scopes(name: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
-        if name in _ARRAY_ONLY:
+        if name in _ARRAY_ONLY or _nested(name):
             return ()
         if value == "":
             return ()
@@ -46,11 +59,26 @@ def _claim_scopes(name: str, value: Any) -> tuple[str, ...]:
     return ()
 
 
+def scope_claim_path(name: str) -> ClaimPath:
+    """The path a configured scope claim names: itself, or its dotted names (module doc);
+    `ValueError` for a malformed dotted name."""
+    if not _nested(name):
+        return (name,)
+    return claim_path(name, what="the scope claim path")
+
+
+def _claim_value(claims: Mapping[str, Any], name: str) -> Any:
+    if not _nested(name):
+        return claims.get(name)
+    value = read_path(claims, scope_claim_path(name))
+    return None if value is ABSENT else value
+
+
 def scopes_from_claims(claims: Mapping[str, Any], names: Iterable[str]) -> frozenset[str]:
     """The union of the scopes found in the claims `names` (see the module doc for shapes)."""
     found: set[str] = set()
     for name in names:
-        value = claims.get(name)
+        value = _claim_value(claims, name)
         if value is not None:
             found.update(_claim_scopes(name, value))
     return frozenset(found)
@@ -77,7 +105,7 @@ class ScopeReader:
     def __call__(self, claims: Mapping[str, Any]) -> frozenset[str]:
         key = []
         for name in self.names:
-            value = claims.get(name)
+            value = _claim_value(claims, name)
             key.append(tuple(value) if type(value) is list else value)
         memo_key = tuple(key)
         try:
@@ -115,16 +143,34 @@ def validate_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True, slots=True)
-class ScopeRequirement:
-    """All of `all_of` and, when `any_of` is not empty, at least one of `any_of`."""
+class ScopeRequirement(Requirement):
+    """All of `all_of` and, when `any_of` is not empty, at least one of `any_of`: the
+    `Requirement` of ``require_scopes`` / ``require_any_scope`` (`_core/requirements.py`)."""
 
     all_of: tuple[str, ...] = ()
     any_of: tuple[str, ...] = ()
+
+    is_scope_rule = True
 
     def is_met(self, scopes: frozenset[str]) -> bool:
         if not scopes.issuperset(self.all_of):
             return False
         return not self.any_of or not scopes.isdisjoint(self.any_of)
+
+    @property
+    def name(self) -> str:
+        if self.any_of and not self.all_of:
+            return "any_scope:" + " ".join(self.any_of)
+        return "scopes:" + " ".join((*self.all_of, *self.any_of))
+
+    def allows(self, token: AccessToken) -> bool:
+        return self.is_met(token.scopes)
+
+    def refusal(self, token: AccessToken) -> GuardError:
+        """`InsufficientScope` with the scopes to announce."""
+        if not token.scopes.issuperset(self.all_of):
+            return InsufficientScope(self.all_of)
+        return InsufficientScope(self.any_of, any_of=True)
 
     def check(self, token: AccessToken) -> None:
         """Raise `InsufficientScope` (with the scopes to announce) unless `token` meets this."""
@@ -132,3 +178,9 @@ class ScopeRequirement:
             raise InsufficientScope(self.all_of)
         if self.any_of and token.scopes.isdisjoint(self.any_of):
             raise InsufficientScope(self.any_of, any_of=True)
+
+    def describe(self) -> str:
+        if self.any_of and not self.all_of:
+            return "one of the scopes " + " ".join(self.any_of)
+        text = "the scopes " + " ".join(self.all_of)
+        return text + (" and one of " + " ".join(self.any_of) if self.any_of else "")

@@ -34,6 +34,7 @@ from .._core.fetch import (
 )
 from .._core.jwks import CachePolicy
 from .._core.keys import KeySet
+from .._core.providers import PROVIDERS
 from ..errors import ConfigurationError
 from ..settings import DEFAULT_JWKS_TTL, ENV_PREFIX, GuardSettings, IssuerSettings
 from .common import EXIT_FAILED, EXIT_OK, CommandError
@@ -79,6 +80,9 @@ def _show(name: str, value: Any) -> str:
         return "auto"
     if name == "jwks_url" and value is None:
         return "(discovery)"
+    if name == "required_claim_values":
+        return json.dumps({".".join(path) if isinstance(path, tuple) else path: list(values)
+                           for path, values in value}) if value else "(none)"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -89,11 +93,16 @@ def _show(name: str, value: Any) -> str:
 
 
 def configuration_rows(settings: GuardSettings) -> list[tuple[str, str, str]]:
-    """(option, value as shown, source) for every `GuardSettings` field."""
+    """(option, value as shown, source) for every `GuardSettings` field; an option a provider
+    preset set shows ``provider <name>`` as its source."""
     rows = []
+    preset_options = PROVIDERS[settings.provider].options
     for item in dataclasses.fields(GuardSettings):
         variable = ENV_PREFIX + item.name.upper()
         source = f"env {variable}" if variable in os.environ else "default"
+        if variable not in os.environ and item.name in preset_options \
+                and getattr(settings, item.name) != item.default:
+            source = f"provider {settings.provider}"
         rows.append((item.name, _show(item.name, getattr(settings, item.name)), source))
     return rows
 

@@ -388,6 +388,92 @@ CASES = [
 ]
 
 
+# -- rules beyond scopes (examples/rules.py): claim values, client allow-lists, predicates ----
+# A verified token failing a rule that is not about scopes: 403, a bare challenge (RFC 6750 has
+# no error code for it), body access_denied naming the failed rule (docs/decisions.md).
+
+def _denied(rule: str, *, resource_metadata: str | None = None) -> Expected:
+    return _refusal(403, "access_denied", f"The token does not satisfy the rule {rule}",
+                    resource_metadata=resource_metadata)
+
+
+PRODUCTION_US = {"environment": "production_us"}
+OTHER_CLIENT = "m2morg_99999999999999999"
+RELEASE_RULE = "any_of(scopes:admin:platform, release-service)"
+
+RULE_CASES = [
+    Case("claim-rule-met", lambda w: w.get("/production/deployments", bearer(w.issuer.mint(
+        custom_claims=PRODUCTION_US))), Expected(200)),
+    Case("claim-rule-other-value", lambda w: w.get("/production/deployments",
+                                                   bearer(w.issuer.mint())),
+         _denied("claim:custom_claims.environment")),
+    Case("claim-rule-array-is-not-the-value", lambda w: w.get(
+        "/production/deployments", bearer(w.issuer.mint(
+            custom_claims={"environment": ["production_us"]}))),
+        _denied("claim:custom_claims.environment")),
+    Case("claim-rule-claim-absent", lambda w: w.get("/production/deployments", bearer(
+        w.issuer.mint(custom_claims=None))), _denied("claim:custom_claims.environment")),
+    Case("claim-rule-scope-part-first", lambda w: w.get("/production/deployments", bearer(
+        w.issuer.mint(scopes=["read:deployments"], custom_claims=PRODUCTION_US))),
+        _refusal(403, "insufficient_scope",
+                 "The access token lacks the scope: deploy:applications",
+                 code="insufficient_scope", scope="deploy:applications")),
+    Case("client-rule-met", lambda w: w.get("/admin/clients", bearer(w.issuer.mint())),
+         Expected(200)),
+    Case("client-rule-other-client", lambda w: w.get("/admin/clients", bearer(w.issuer.mint(
+        client_id=OTHER_CLIENT, sub=OTHER_CLIENT))), _denied("clients")),
+    Case("any-of-rule-scope", lambda w: w.get("/releases", bearer(w.issuer.mint(
+        scopes=["admin:platform"]))), Expected(200)),
+    Case("any-of-rule-predicate", lambda w: w.get("/releases", bearer(w.issuer.mint(
+        custom_claims={"environment": "production", "service": "release"}))), Expected(200)),
+    Case("any-of-rule-neither", lambda w: w.get("/releases", bearer(w.issuer.mint())),
+         _denied(RELEASE_RULE)),
+    Case("rule-missing-token", lambda w: w.get("/production/deployments"), MISSING),
+    Case("rule-denied-with-resource-metadata", lambda w: w.get(
+        "/admin/clients", bearer(w.issuer.mint(client_id=OTHER_CLIENT, sub=OTHER_CLIENT))),
+        _denied("clients", resource_metadata=METADATA_URL), settings=OPERABLE),
+    Case("rule-denied-configured-realm", lambda w: w.get("/releases", bearer(w.issuer.mint())),
+         _refusal(403, "access_denied", f"The token does not satisfy the rule {RELEASE_RULE}",
+                  realm="deployments"), settings={"realm": "deployments"}),
+]
+CASES += RULE_CASES
+
+
+def _refused_twice(path: str, **claims: Any) -> Callable[[World], Reply]:
+    """The same refused token twice: a token failing an app-wide rule is never cached, so the
+    second answer is the first one again (and not the cache's)."""
+    def run(world: World) -> Reply:
+        token = world.issuer.mint(**claims)
+        first = world.get(path, bearer(token))
+        second = world.get(path, bearer(token))
+        assert (first.status, first.headers.get("www-authenticate"), first.body) == (
+            second.status, second.headers.get("www-authenticate"), second.body), (first, second)
+        return second
+    return run
+
+
+PRODUCTION_ONLY = {"required_claim_values": {"custom_claims.environment": ["production_us"]}}
+
+# App-wide rules (settings): checked inside verification, before the token is cached.
+APP_RULE_CASES = [
+    Case("app-allowed-clients-met", lambda w: w.get("/deployments", bearer(w.issuer.mint())),
+         Expected(200), settings={"allowed_clients": (CLIENT_ID, OTHER_CLIENT)}),
+    Case("app-allowed-clients-refused", _refused_twice("/deployments"),
+         _denied("allowed_clients"), settings={"allowed_clients": (OTHER_CLIENT,)}),
+    Case("app-claim-values-met", lambda w: w.get("/deployments", bearer(w.issuer.mint(
+        custom_claims=PRODUCTION_US))), Expected(200), settings=PRODUCTION_ONLY),
+    Case("app-claim-values-refused", _refused_twice("/deployments"),
+         _denied("claim:custom_claims.environment"), settings=PRODUCTION_ONLY),
+    Case("app-claim-values-before-route-scopes", lambda w: w.get("/admin/audit", bearer(
+        w.issuer.mint())), _denied("claim:custom_claims.environment"),
+        settings=PRODUCTION_ONLY),
+    Case("app-rule-with-resource-metadata", lambda w: w.get("/deployments", bearer(
+        w.issuer.mint())), _denied("allowed_clients", resource_metadata=METADATA_URL),
+        settings={**OPERABLE, "allowed_clients": (OTHER_CLIENT,)}),
+]
+CASES += APP_RULE_CASES
+
+
 def _mismatches(reply: Reply, expected: Expected, settings: GuardSettings) -> list[str]:
     problems = []
     challenge = reply.headers.get("www-authenticate")

@@ -40,6 +40,7 @@ class Refusal:
     status: int
     client_id: str | None
     sent: str | None = None  # the token in the request, when the line cannot fingerprint it
+    rule: str | None = None  # the failed rule an access_denied line names
 
 
 def _refusals(issuer: KeySetServer) -> list[Refusal]:
@@ -61,6 +62,21 @@ def _refusals(issuer: KeySetServer) -> list[Refusal]:
                 impostor, "bad_signature", 401, CLIENT_ID),
         Refusal("scope", "POST", "/deployments", {"Authorization": f"Bearer {narrow}"},
                 narrow, "insufficient_scope", 403, CLIENT_ID),
+        *_rule_refusals(issuer),
+    ]
+
+
+def _rule_refusals(issuer: KeySetServer) -> list[Refusal]:
+    """Rules beyond scopes (examples/rules.py): the line names the failed rule, no value."""
+    staging = issuer.mint(custom_claims={"environment": "staging_eu"})
+    plain = issuer.mint(custom_claims={"environment": "staging_eu", "service": "billing"})
+    return [
+        Refusal("claim-rule", "GET", "/production/deployments",
+                {"Authorization": f"Bearer {staging}"}, staging, "claim_refused", 403,
+                CLIENT_ID, rule="claim:custom_claims.environment"),
+        Refusal("any-of-rule", "GET", "/releases", {"Authorization": f"Bearer {plain}"}, plain,
+                "rule_failed", 403, CLIENT_ID,
+                rule="any_of(scopes:admin:platform, release-service)"),
     ]
 
 
@@ -95,11 +111,14 @@ def _exercise(driver: Driver, issuer: KeySetServer, caplog: pytest.LogCaptureFix
             continue
         [record] = records
         seen = (record.levelno, record.name, record.reason, record.status, record.client_id,
-                record.fingerprint)
+                record.fingerprint, getattr(record, "rule", None))
         wanted = (logging.INFO, "m2m_guard", refusal.reason, refusal.status, refusal.client_id,
-                  None if refusal.token is None else _fingerprint(refusal.token))
+                  None if refusal.token is None else _fingerprint(refusal.token), refusal.rule)
         if seen != wanted:
             problems.append(f"{refusal.name}: {seen} != {wanted}")
+        for value in ("production_us", "staging_eu", "billing"):  # required, or the token's
+            if value in record.getMessage():
+                problems.append(f"{refusal.name}: a claim value in {record.getMessage()!r}")
     return problems
 
 
@@ -127,7 +146,7 @@ def test_every_framework_logs_each_refusal_once_without_the_token(
         if record.name.startswith("m2m_guard"):
             texts.append(repr(record.__dict__))
     everything = "\n".join(texts)
-    assert len(tokens) == 6 * len(DRIVERS) and all(len(token) > 100 for token in tokens)
+    assert len(tokens) == 8 * len(DRIVERS) and all(len(token) > 100 for token in tokens)
     for token in tokens:
         for form in [token, *(part for part in token.split(".")[1:] if len(part) >= 16)]:
             assert form not in everything, "a token leaked into the logs"
