@@ -1,0 +1,282 @@
+"""MCP servers: m2m_guard as the token verifier of the official `mcp` SDK (``pip install
+m2m-guard[mcp]``).
+
+The Model Context Protocol's authorization profile makes a remote MCP server an OAuth 2.0
+resource server: agents call it with bearer tokens (client credentials for machine agents), the
+server's URL is its resource identifier, RFC 9728 metadata tells a client where to get a token,
+and every 401 carries ``resource_metadata`` in its ``WWW-Authenticate`` challenge.
+
+- `McpTokenVerifier` implements the SDK's `TokenVerifier` protocol
+  (``async verify_token(token) -> AccessToken | None``) on m2m_guard's `TokenVerifier`: the same
+  key-set cache, verified-token cache and claim rules as every adapter. A verified token becomes
+  the SDK's `AccessToken` (`scopes`, `client_id`, `expires_at`, `resource`, `subject`, `claims`);
+  any refusal is None (the SDK answers 401), reported once by the verifier like any refusal.
+- `McpTokenVerifier.auth_settings(...)` gives the SDK's `AuthSettings` for these settings
+  (`resource_server_url` = `GuardSettings.resource`, the server's URL; `issuer_url` = the
+  issuer), so ``MCPServer(token_verifier=..., auth=...)`` serves the RFC 9728 document and sends
+  the challenges the MCP specification requires.
+- `ToolScopes` adds scopes per tool: a ``tools/call`` for a tool whose scopes the verified token
+  lacks is answered 403 ``insufficient_scope`` with the scopes in the challenge (MCP's
+  step-up signal), rendered by the guard's one renderer (`endpoints.render_refusal`).
+- `protected_resource_metadata` and `metadata_url` are the guard's RFC 9728 document and its URL
+  (`m2m_guard.resource_metadata`), for servers that publish it themselves.
+
+See docs/mcp.md for a runnable server and what each refusal means.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from mcp.server.auth.provider import AccessToken as McpAccessToken
+from mcp.server.auth.settings import AuthSettings
+
+from ._core.asgi_io import ASGIApp, Message, Receive, Scope, Send, send_refusal
+from ._core.bearer import extract_bearer
+from ._core.resource_metadata import challenge_url, resource_metadata
+from ._core.scopes import validate_scopes
+from .endpoints import render_refusal
+from .errors import ConfigurationError, GuardError, InsufficientScope
+from .settings import GuardSettings
+from .token import AccessToken
+from .verifier import TokenVerifier
+
+__all__ = [
+    "McpTokenVerifier",
+    "ToolScopes",
+    "metadata_url",
+    "protected_resource_metadata",
+    "to_mcp_access_token",
+]
+
+logger = logging.getLogger("m2m_guard")
+
+# The largest JSON-RPC body `ToolScopes` reads to find the tool a request calls (the SDK's own
+# default request-body limit); a larger body is passed on untouched for the SDK to refuse.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+def _require_resource(settings: GuardSettings) -> str:
+    """The MCP server's URL (`GuardSettings.resource`), or a `ConfigurationError` saying why it
+    is needed; audience checking must be on (MCP: a server accepts only tokens issued for it)."""
+    if settings.resource is None:
+        raise ConfigurationError(
+            "M2M_GUARD_RESOURCE is not set: an MCP server is an OAuth resource whose identifier "
+            "is its URL (e.g. https://mcp.example.com/mcp); set GuardSettings(resource=...) or "
+            "M2M_GUARD_RESOURCE so the RFC 9728 document and the challenges can name it.")
+    if not settings.verify_audience:
+        raise ConfigurationError(
+            "M2M_GUARD_VERIFY_AUDIENCE is false: the MCP authorization specification requires a "
+            "server to refuse tokens issued for another resource; set M2M_GUARD_AUDIENCE to the "
+            "audience your issuer puts in tokens for this server and turn audience checking on.")
+    return settings.resource
+
+
+def _thaw(value: Any) -> Any:
+    """A verified claim as plain JSON data (the SDK's `claims` is a dict of JSON values)."""
+    if isinstance(value, Mapping):
+        return {name: _thaw(item) for name, item in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(item) for item in value]
+    return value
+
+
+def to_mcp_access_token(token: str, access: AccessToken, settings: GuardSettings) -> McpAccessToken:
+    """The SDK's `AccessToken` for a token m2m_guard verified.
+
+    `scopes` sorted; `client_id` as `AccessToken.client_id` reads it; `expires_at` the `exp`
+    claim; `resource` the server's URL (`settings.resource`) when the token's audience names it,
+    else the configured audience the token carries (the SDK compares it with
+    `resource_server_url` only under ``validate_token_resource``); `subject` the `sub` claim;
+    `claims` every verified claim. `token` is the raw string, as the SDK requires: never log it.
+    """
+    audience = access.audience
+    resource: str | None = None
+    if settings.resource is not None and settings.resource in audience:
+        resource = settings.resource
+    else:
+        resource = next((aud for aud in audience if aud in settings.audiences), None)
+    return McpAccessToken(
+        token=token,
+        client_id=access.client_id or "",
+        scopes=sorted(access.scopes),
+        expires_at=int(access.expires_at.timestamp()),
+        resource=resource,
+        subject=access.subject,
+        claims=_thaw(access.claims),
+    )
+
+
+class McpTokenVerifier:
+    """The `mcp` SDK's `TokenVerifier` protocol on m2m_guard's `TokenVerifier`.
+
+    ``McpTokenVerifier(settings)`` builds its own `TokenVerifier`; ``McpTokenVerifier(verifier=
+    ...)`` shares one (the same caches as the app's other adapters). `settings` must name the
+    server's URL in `resource` (``M2M_GUARD_RESOURCE``) and check audiences (the default).
+
+    `verify_token` never raises for a bad token: every refusal (missing, malformed, expired,
+    wrong audience or issuer, bad signature, a token without any client identifier, and the
+    issuer's keys being unavailable, which the SDK's protocol cannot tell apart) is None, and
+    the SDK answers 401 ``invalid_token``. The refusal is logged and sent as an event once, by
+    the verifier, as for every adapter. Checks bound to the HTTP request (DPoP, mTLS) cannot run
+    here: the SDK hands the verifier only the token.
+    """
+
+    def __init__(self, settings: GuardSettings | None = None, *,
+                 verifier: TokenVerifier | None = None) -> None:
+        if verifier is not None and settings is not None and verifier.settings is not settings:
+            raise ValueError("give either settings or a verifier built from them, not both")
+        self.verifier = verifier if verifier is not None else TokenVerifier(settings)
+        self.settings = self.verifier.settings
+        self.resource = _require_resource(self.settings)
+
+    async def verify_token(self, token: str) -> McpAccessToken | None:
+        """The SDK's `AccessToken` for a valid `token`, None for any refusal."""
+        try:
+            access = await self.verifier.verify(token)
+        except GuardError:
+            return None  # reported (logged, event) by the verifier
+        if access.client_id is None:
+            logger.info("m2m_guard refused token %s for MCP: it names no client "
+                        "(client_id, azp, cid, appid or sub)", access.fingerprint)
+            return None
+        return to_mcp_access_token(token, access, self.settings)
+
+    def auth_settings(self, *, required_scopes: Iterable[str] | None = None,
+                      issuer_url: str | None = None, **options: Any) -> AuthSettings:
+        """The SDK's `AuthSettings` for this verifier: `resource_server_url` the server's URL,
+        `issuer_url` the (first) configured issuer unless given, `required_scopes` the scopes
+        every request needs (also published as ``scopes_supported``). `validate_token_resource`
+        is False: m2m_guard checks the audience itself. `options` are other `AuthSettings`
+        fields (e.g. ``service_documentation_url``)."""
+        scopes = list(validate_scopes(required_scopes)) if required_scopes is not None else None
+        issuer = issuer_url if issuer_url is not None else self.settings.issuers[0].issuer
+        values: dict[str, Any] = {"issuer_url": issuer, "resource_server_url": self.resource,
+                                  "required_scopes": scopes, "validate_token_resource": False}
+        values.update(options)
+        return AuthSettings(**values)
+
+    async def warm_up(self) -> None:
+        """Load every issuer's key set now (`TokenVerifier.warm_up`)."""
+        await self.verifier.warm_up()
+
+    async def aclose(self) -> None:
+        """Stop the verifier's background refreshes (`TokenVerifier.aclose`)."""
+        await self.verifier.aclose()
+
+
+def protected_resource_metadata(settings: GuardSettings) -> dict[str, Any]:
+    """The RFC 9728 document of the MCP server `settings` describe (`resource` its URL, every
+    configured issuer, ``bearer_methods_supported``, `resource_scopes`)."""
+    _require_resource(settings)
+    return resource_metadata(settings)
+
+
+def metadata_url(settings: GuardSettings) -> str:
+    """The URL a challenge names in ``resource_metadata`` (RFC 9728 §5.1)."""
+    url = challenge_url(settings)
+    assert url is not None  # resource is set
+    _require_resource(settings)
+    return url
+
+
+def _called_tools(body: bytes) -> list[str]:
+    """The names of the tools a JSON-RPC message (or batch) calls; [] when it is not JSON."""
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return []
+    messages = message if isinstance(message, list) else [message]
+    names = []
+    for item in messages:
+        if isinstance(item, dict) and item.get("method") == "tools/call":
+            params = item.get("params")
+            name = params.get("name") if isinstance(params, dict) else None
+            if isinstance(name, str):
+                names.append(name)
+    return names
+
+
+class ToolScopes:
+    """ASGI middleware around an MCP server's app: scopes per tool.
+
+    ``ToolScopes(app, verifier, {"deploy": ["deploy:write"]})``. A ``POST`` whose JSON-RPC body
+    calls a listed tool (``tools/call``) with a token that verifies but lacks one of the tool's
+    scopes is answered 403 ``insufficient_scope`` with ``scope="<the tool's scopes>"`` and
+    ``resource_metadata`` in the challenge, before the server runs the tool: MCP's signal for a
+    client to ask for a token with more scopes. Everything else reaches `app` unchanged (the body
+    replayed), including requests without a valid token, which the SDK's own auth answers 401.
+    `verifier` is the `McpTokenVerifier` the server uses (one verification per token: the
+    server's own check is a cache hit).
+    """
+
+    def __init__(self, app: ASGIApp, verifier: McpTokenVerifier,
+                 tools: Mapping[str, Iterable[str]]) -> None:
+        self.app = app
+        self.verifier = verifier.verifier
+        self.tools = {name: validate_scopes(scopes) for name, scopes in tools.items()}
+        self._max_token_bytes = self.verifier.settings.max_token_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or not self.tools:
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        size = 0
+        more = True
+        while more and size <= MAX_BODY_BYTES:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            more = bool(message.get("more_body", False))
+        replay = _Replay(messages, receive)
+        if not more and messages and messages[-1]["type"] == "http.request":
+            required = self._required(b"".join(m.get("body", b"") for m in messages))
+            if required:
+                error = await self._refusal(scope, required)
+                if error is not None:
+                    rendered = render_refusal(self.verifier, error[0], error[1])
+                    await send_refusal(scope, replay, send, rendered, error[0].body_error)
+                    return
+        await self.app(scope, replay, send)
+
+    def _required(self, body: bytes) -> tuple[str, ...]:
+        scopes: dict[str, None] = {}
+        for name in _called_tools(body):
+            scopes.update(dict.fromkeys(self.tools.get(name, ())))
+        return tuple(scopes)
+
+    async def _refusal(self, scope: Scope, required: tuple[str, ...]
+                       ) -> tuple[GuardError, AccessToken] | None:
+        """The refusal for a verified token without `required`; None to let the app answer."""
+        authorization = [value.decode("latin-1") for name, value in scope.get("headers", ())
+                         if name.lower() == b"authorization"]
+        try:
+            token = extract_bearer(authorization, scope.get("query_string", b""),
+                                   max_token_bytes=self._max_token_bytes)
+            if token is None:
+                return None
+            access = await self.verifier.verify(token)
+        except GuardError:
+            return None  # the server's own auth answers it
+        if access.scopes.issuperset(required):
+            return None
+        return InsufficientScope(required), access
+
+
+class _Replay:
+    """An ASGI `receive` that hands out the messages already read, then the original's."""
+
+    def __init__(self, messages: list[Message], receive: Receive) -> None:
+        self._messages = messages
+        self._receive = receive
+
+    async def __call__(self) -> Message:
+        if self._messages:
+            return self._messages.pop(0)
+        return await self._receive()

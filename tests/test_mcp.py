@@ -1,0 +1,212 @@
+"""m2m_guard.mcp: the `mcp` SDK's token verifier and the example MCP server
+(examples/mcp_server.py) on real uvicorn, driven by the SDK's own client over streamable HTTP,
+with tokens from the real local issuer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from examples.mcp_server import create_app
+from m2m_guard import GuardSettings
+from m2m_guard.errors import ConfigurationError
+from m2m_guard.mcp import McpTokenVerifier, metadata_url, protected_resource_metadata
+from m2m_guard.testing import M2MIssuer
+from tests.servers import free_port, uvicorn_server
+
+READ = "read:deployments"
+DEPLOY = "deploy:applications"
+
+
+# -- the verifier on its own -------------------------------------------------------------------
+@pytest.fixture
+def server_url() -> str:
+    return "https://mcp.example.com/mcp"
+
+
+@pytest.fixture
+def guard(m2m_issuer: M2MIssuer, server_url: str) -> Iterator[McpTokenVerifier]:
+    verifier = McpTokenVerifier(m2m_issuer.settings(audience=server_url, resource=server_url))
+    yield verifier
+    asyncio.run(verifier.aclose())
+
+
+def test_a_valid_token_becomes_the_sdks_access_token(guard: McpTokenVerifier,
+                                                     m2m_issuer: M2MIssuer,
+                                                     server_url: str) -> None:
+    exp = int(time.time()) + 600
+    token = m2m_issuer.mint([DEPLOY, READ], aud=[server_url, "other"], exp=exp)
+    access = asyncio.run(guard.verify_token(token))
+    assert access is not None
+    assert access.scopes == [DEPLOY, READ]
+    assert access.client_id == m2m_issuer.claims()["client_id"]
+    assert access.expires_at == exp
+    assert access.resource == server_url
+    assert access.subject == m2m_issuer.claims()["sub"]
+    assert access.claims is not None
+    assert access.claims["custom_claims"] == {"environment": "test"}
+    assert access.claims["aud"] == [server_url, "other"]  # plain JSON, not frozen views
+    assert access.token == token
+
+
+@pytest.mark.parametrize("case", ["expired", "wrong audience", "bad signature", "other issuer",
+                                  "not a JWT", "no client"])
+def test_every_refusal_is_none(guard: McpTokenVerifier, m2m_issuer: M2MIssuer,
+                               case: str) -> None:
+    if case == "expired":
+        token = m2m_issuer.mint([READ], aud=[guard.resource], exp=int(time.time()) - 120)
+    elif case == "wrong audience":
+        token = m2m_issuer.mint([READ], aud=["https://another.example.com/mcp"])
+    elif case == "bad signature":
+        head, payload, signature = m2m_issuer.mint([READ], aud=[guard.resource]).split(".")
+        token = ".".join([head, payload, ("A" if signature[0] != "A" else "B") + signature[1:]])
+    elif case == "other issuer":
+        token = m2m_issuer.mint([READ], aud=[guard.resource], iss="https://evil.example.com")
+    elif case == "not a JWT":
+        token = "opaque-token"
+    else:
+        token = m2m_issuer.mint([READ], aud=[guard.resource], client_id=None, sub=None)
+    assert asyncio.run(guard.verify_token(token)) is None
+
+
+def test_auth_settings_name_the_server_and_the_issuer(guard: McpTokenVerifier,
+                                                      m2m_issuer: M2MIssuer,
+                                                      server_url: str) -> None:
+    auth = guard.auth_settings(required_scopes=[READ])
+    assert str(auth.resource_server_url) == server_url
+    assert str(auth.issuer_url).rstrip("/") == m2m_issuer.url
+    assert auth.required_scopes == [READ]
+    assert auth.validate_token_resource is False  # m2m_guard checks the audience itself
+    with pytest.raises(ValueError, match="scope-token"):
+        guard.auth_settings(required_scopes=["read deployments"])
+
+
+def test_metadata_helpers_are_the_guards_rfc_9728_document(m2m_issuer: M2MIssuer,
+                                                           server_url: str) -> None:
+    settings = m2m_issuer.settings(audience=server_url, resource=server_url,
+                                   resource_scopes=[READ, DEPLOY])
+    assert protected_resource_metadata(settings) == {
+        "resource": server_url, "authorization_servers": [m2m_issuer.url],
+        "bearer_methods_supported": ["header"], "scopes_supported": [READ, DEPLOY]}
+    assert metadata_url(settings) == \
+        "https://mcp.example.com/.well-known/oauth-protected-resource/mcp"
+
+
+def test_an_mcp_verifier_needs_the_servers_url_and_audience_checks(
+        m2m_issuer: M2MIssuer) -> None:
+    with pytest.raises(ConfigurationError, match="M2M_GUARD_RESOURCE is not set"):
+        McpTokenVerifier(m2m_issuer.settings())
+    with pytest.raises(ConfigurationError, match="M2M_GUARD_VERIFY_AUDIENCE is false"):
+        McpTokenVerifier(GuardSettings(issuer=m2m_issuer.url, verify_audience=False,
+                                       resource="https://mcp.example.com/mcp"))
+
+
+# -- the example server, end to end ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mcp_url(m2m_issuer: M2MIssuer) -> Iterator[str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    app = create_app(m2m_issuer.settings(audience=url, resource=url))
+    with uvicorn_server(app, port=port):
+        yield url
+
+
+class _Recorder:
+    """The HTTP answers the SDK's client received (status, WWW-Authenticate, JSON body)."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[int, str | None, Any]] = []
+
+    async def __call__(self, response: httpx2.Response) -> None:
+        if response.status_code >= 400:
+            await response.aread()
+            self.answers.append((response.status_code,
+                                 response.headers.get("www-authenticate"), response.json()))
+
+
+async def _call(url: str, token: str | None, tool: str,
+                arguments: dict[str, Any] | None = None) -> tuple[Any, _Recorder]:
+    """Call `tool` with the SDK's client; (the tool's structured result or the exception the
+    client raised, the refusals it received)."""
+    recorder = _Recorder()
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    async with httpx2.AsyncClient(headers=headers, timeout=30,
+                                  event_hooks={"response": [recorder]}) as http:
+        try:
+            async with Client(streamable_http_client(url, http_client=http),
+                              mode="legacy") as client:
+                result = await client.call_tool(tool, arguments or {})
+                return (result.structured_content if not result.is_error else result), recorder
+        except Exception as exc:  # the client's own error for a refused request
+            return exc, recorder
+
+
+def test_no_token_is_401_with_resource_metadata(mcp_url: str) -> None:
+    result, recorder = asyncio.run(_call(mcp_url, None, "list_deployments"))
+    assert isinstance(result, Exception)
+    status, challenge, body = recorder.answers[0]
+    assert status == 401
+    document = mcp_url.replace("/mcp", "/.well-known/oauth-protected-resource/mcp")
+    assert challenge is not None and f'resource_metadata="{document}"' in challenge
+    assert body["error"] == "invalid_token"
+    metadata = httpx.get(document, timeout=30)
+    assert metadata.status_code == 200
+    assert metadata.json()["resource"] == mcp_url
+    assert metadata.json()["authorization_servers"]
+    assert metadata.json()["scopes_supported"] == [READ]
+
+
+def test_the_server_scope_missing_is_403(mcp_url: str, m2m_issuer: M2MIssuer) -> None:
+    token = m2m_issuer.mint(["other:scope"], aud=[mcp_url])
+    result, recorder = asyncio.run(_call(mcp_url, token, "list_deployments"))
+    assert isinstance(result, Exception)
+    status, challenge, body = recorder.answers[0]
+    assert status == 403
+    assert challenge is not None and 'error="insufficient_scope"' in challenge
+    assert body["error"] == "insufficient_scope"
+
+
+def test_a_token_for_another_server_is_401(mcp_url: str, m2m_issuer: M2MIssuer) -> None:
+    token = m2m_issuer.mint([READ, DEPLOY], aud=["https://another.example.com/mcp"])
+    result, recorder = asyncio.run(_call(mcp_url, token, "list_deployments"))
+    assert isinstance(result, Exception)
+    assert recorder.answers[0][0] == 401
+
+
+def test_the_right_token_gets_the_tools_answer(mcp_url: str, m2m_issuer: M2MIssuer) -> None:
+    token = m2m_issuer.mint([READ], aud=[mcp_url])
+    result, recorder = asyncio.run(_call(mcp_url, token, "list_deployments"))
+    assert recorder.answers == []
+    assert result == {"result": [{"id": "dep_1", "service": "billing", "version": "1.4.2",
+                                  "status": "live"}]}
+
+
+def test_a_tool_scope_missing_is_403_naming_it(mcp_url: str, m2m_issuer: M2MIssuer) -> None:
+    token = m2m_issuer.mint([READ], aud=[mcp_url])
+    result, recorder = asyncio.run(_call(mcp_url, token, "deploy",
+                                         {"service": "billing", "version": "1.5.0"}))
+    assert isinstance(result, Exception)
+    status, challenge, body = recorder.answers[0]
+    assert status == 403
+    assert challenge is not None
+    assert 'error="insufficient_scope"' in challenge and f'scope="{DEPLOY}"' in challenge
+    assert 'resource_metadata="' in challenge
+    assert body == {"error": "insufficient_scope", "scope": DEPLOY,
+                    "error_description": f"The access token lacks the scope: {DEPLOY}"}
+
+
+def test_a_tool_scope_held_runs_the_tool(mcp_url: str, m2m_issuer: M2MIssuer) -> None:
+    token = m2m_issuer.mint([READ, DEPLOY], aud=[mcp_url])
+    result, recorder = asyncio.run(_call(mcp_url, token, "deploy",
+                                         {"service": "billing", "version": "1.5.0"}))
+    assert recorder.answers == []
+    assert result == {"id": "dep_2", "service": "billing", "version": "1.5.0",
+                      "status": "queued", "requested_by": m2m_issuer.claims()["client_id"]}
