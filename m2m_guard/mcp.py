@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from mcp.server.auth.provider import AccessToken as McpAccessToken
 from mcp.server.auth.settings import AuthSettings
@@ -84,8 +84,13 @@ def _thaw(value: Any) -> Any:
     return value
 
 
-def to_mcp_access_token(token: str, access: AccessToken, settings: GuardSettings) -> McpAccessToken:
-    """The SDK's `AccessToken` for a token m2m_guard verified.
+_Token = TypeVar("_Token", bound=McpAccessToken)
+
+
+def to_mcp_access_token(token: str, access: AccessToken, settings: GuardSettings,
+                        cls: type[_Token] = McpAccessToken) -> _Token:  # type: ignore[assignment]
+    """The SDK's `AccessToken` (or its subclass `cls`, e.g. FastMCP's) for a token m2m_guard
+    verified.
 
     `scopes` sorted; `client_id` as `AccessToken.client_id` reads it; `expires_at` the `exp`
     claim; `resource` the server's URL (`settings.resource`) when the token's audience names it,
@@ -99,7 +104,7 @@ def to_mcp_access_token(token: str, access: AccessToken, settings: GuardSettings
         resource = settings.resource
     else:
         resource = next((aud for aud in audience if aud in settings.audiences), None)
-    return McpAccessToken(
+    return cls(
         token=token,
         client_id=access.client_id or "",
         scopes=sorted(access.scopes),
@@ -135,6 +140,11 @@ class McpTokenVerifier:
 
     async def verify_token(self, token: str) -> McpAccessToken | None:
         """The SDK's `AccessToken` for a valid `token`, None for any refusal."""
+        access = await self.verify_access(token)
+        return to_mcp_access_token(token, access, self.settings) if access is not None else None
+
+    async def verify_access(self, token: str) -> AccessToken | None:
+        """m2m_guard's `AccessToken` for a token an MCP server accepts, None for any refusal."""
         try:
             access = await self.verifier.verify(token)
         except GuardError:
@@ -143,7 +153,7 @@ class McpTokenVerifier:
             logger.info("m2m_guard refused token %s for MCP: it names no client "
                         "(client_id, azp, cid, appid or sub)", access.fingerprint)
             return None
-        return to_mcp_access_token(token, access, self.settings)
+        return access
 
     def auth_settings(self, *, required_scopes: Iterable[str] | None = None,
                       issuer_url: str | None = None, **options: Any) -> AuthSettings:
@@ -200,6 +210,13 @@ def _called_tools(body: bytes) -> list[str]:
     return names
 
 
+class _Verifies(Protocol):
+    """A verifier of this package: `McpTokenVerifier`, `m2m_guard.fastmcp.M2MGuardVerifier`."""
+
+    @property
+    def verifier(self) -> TokenVerifier: ...
+
+
 class ToolScopes:
     """ASGI middleware around an MCP server's app: scopes per tool.
 
@@ -209,14 +226,15 @@ class ToolScopes:
     ``resource_metadata`` in the challenge, before the server runs the tool: MCP's signal for a
     client to ask for a token with more scopes. Everything else reaches `app` unchanged (the body
     replayed), including requests without a valid token, which the SDK's own auth answers 401.
-    `verifier` is the `McpTokenVerifier` the server uses (one verification per token: the
-    server's own check is a cache hit).
+    `verifier` is the one the server uses (`McpTokenVerifier`, FastMCP's `M2MGuardVerifier`, or
+    their `TokenVerifier`): one verification per token, the server's own check is a cache hit.
+    Scopes are validated here, at start: a typo is an error now, not a 500 later.
     """
 
-    def __init__(self, app: ASGIApp, verifier: McpTokenVerifier,
+    def __init__(self, app: ASGIApp, verifier: TokenVerifier | _Verifies,
                  tools: Mapping[str, Iterable[str]]) -> None:
         self.app = app
-        self.verifier = verifier.verifier
+        self.verifier = verifier if isinstance(verifier, TokenVerifier) else verifier.verifier
         self.tools = {name: validate_scopes(scopes) for name, scopes in tools.items()}
         self._max_token_bytes = self.verifier.settings.max_token_bytes
 

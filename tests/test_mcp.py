@@ -7,19 +7,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
-import httpx2
 import pytest
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
 
 from examples.mcp_server import create_app
 from m2m_guard import GuardSettings
 from m2m_guard.errors import ConfigurationError
 from m2m_guard.mcp import McpTokenVerifier, metadata_url, protected_resource_metadata
 from m2m_guard.testing import M2MIssuer
+from tests.mcp_client import call_tool
 from tests.servers import free_port, uvicorn_server
 
 READ = "read:deployments"
@@ -119,38 +116,8 @@ def mcp_url(m2m_issuer: M2MIssuer) -> Iterator[str]:
         yield url
 
 
-class _Recorder:
-    """The HTTP answers the SDK's client received (status, WWW-Authenticate, JSON body)."""
-
-    def __init__(self) -> None:
-        self.answers: list[tuple[int, str | None, Any]] = []
-
-    async def __call__(self, response: httpx2.Response) -> None:
-        if response.status_code >= 400:
-            await response.aread()
-            self.answers.append((response.status_code,
-                                 response.headers.get("www-authenticate"), response.json()))
-
-
-async def _call(url: str, token: str | None, tool: str,
-                arguments: dict[str, Any] | None = None) -> tuple[Any, _Recorder]:
-    """Call `tool` with the SDK's client; (the tool's structured result or the exception the
-    client raised, the refusals it received)."""
-    recorder = _Recorder()
-    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    async with httpx2.AsyncClient(headers=headers, timeout=30,
-                                  event_hooks={"response": [recorder]}) as http:
-        try:
-            async with Client(streamable_http_client(url, http_client=http),
-                              mode="legacy") as client:
-                result = await client.call_tool(tool, arguments or {})
-                return (result.structured_content if not result.is_error else result), recorder
-        except Exception as exc:  # the client's own error for a refused request
-            return exc, recorder
-
-
 def test_no_token_is_401_with_resource_metadata(mcp_url: str) -> None:
-    result, recorder = asyncio.run(_call(mcp_url, None, "list_deployments"))
+    result, recorder = asyncio.run(call_tool(mcp_url, None, "list_deployments"))
     assert isinstance(result, Exception)
     status, challenge, body = recorder.answers[0]
     assert status == 401
@@ -166,7 +133,7 @@ def test_no_token_is_401_with_resource_metadata(mcp_url: str) -> None:
 
 def test_the_server_scope_missing_is_403(mcp_url: str, m2m_issuer: M2MIssuer) -> None:
     token = m2m_issuer.mint(["other:scope"], aud=[mcp_url])
-    result, recorder = asyncio.run(_call(mcp_url, token, "list_deployments"))
+    result, recorder = asyncio.run(call_tool(mcp_url, token, "list_deployments"))
     assert isinstance(result, Exception)
     status, challenge, body = recorder.answers[0]
     assert status == 403
@@ -176,14 +143,14 @@ def test_the_server_scope_missing_is_403(mcp_url: str, m2m_issuer: M2MIssuer) ->
 
 def test_a_token_for_another_server_is_401(mcp_url: str, m2m_issuer: M2MIssuer) -> None:
     token = m2m_issuer.mint([READ, DEPLOY], aud=["https://another.example.com/mcp"])
-    result, recorder = asyncio.run(_call(mcp_url, token, "list_deployments"))
+    result, recorder = asyncio.run(call_tool(mcp_url, token, "list_deployments"))
     assert isinstance(result, Exception)
     assert recorder.answers[0][0] == 401
 
 
 def test_the_right_token_gets_the_tools_answer(mcp_url: str, m2m_issuer: M2MIssuer) -> None:
     token = m2m_issuer.mint([READ], aud=[mcp_url])
-    result, recorder = asyncio.run(_call(mcp_url, token, "list_deployments"))
+    result, recorder = asyncio.run(call_tool(mcp_url, token, "list_deployments"))
     assert recorder.answers == []
     assert result == {"result": [{"id": "dep_1", "service": "billing", "version": "1.4.2",
                                   "status": "live"}]}
@@ -191,7 +158,7 @@ def test_the_right_token_gets_the_tools_answer(mcp_url: str, m2m_issuer: M2MIssu
 
 def test_a_tool_scope_missing_is_403_naming_it(mcp_url: str, m2m_issuer: M2MIssuer) -> None:
     token = m2m_issuer.mint([READ], aud=[mcp_url])
-    result, recorder = asyncio.run(_call(mcp_url, token, "deploy",
+    result, recorder = asyncio.run(call_tool(mcp_url, token, "deploy",
                                          {"service": "billing", "version": "1.5.0"}))
     assert isinstance(result, Exception)
     status, challenge, body = recorder.answers[0]
@@ -205,7 +172,7 @@ def test_a_tool_scope_missing_is_403_naming_it(mcp_url: str, m2m_issuer: M2MIssu
 
 def test_a_tool_scope_held_runs_the_tool(mcp_url: str, m2m_issuer: M2MIssuer) -> None:
     token = m2m_issuer.mint([READ, DEPLOY], aud=[mcp_url])
-    result, recorder = asyncio.run(_call(mcp_url, token, "deploy",
+    result, recorder = asyncio.run(call_tool(mcp_url, token, "deploy",
                                          {"service": "billing", "version": "1.5.0"}))
     assert recorder.answers == []
     assert result == {"id": "dep_2", "service": "billing", "version": "1.5.0",
