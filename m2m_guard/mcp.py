@@ -27,7 +27,6 @@ See docs/mcp.md for a runnable server and what each refusal means.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -39,7 +38,7 @@ from ._core.bearer import extract_bearer
 from ._core.resource_metadata import challenge_url, resource_metadata
 from ._core.scopes import validate_scopes
 from .endpoints import render_refusal
-from .errors import ConfigurationError, GuardError, InsufficientScope
+from .errors import ConfigurationError, GuardError, InsufficientScope, InvalidToken
 from .settings import GuardSettings
 from .token import AccessToken
 from .verifier import TokenVerifier
@@ -51,8 +50,6 @@ __all__ = [
     "protected_resource_metadata",
     "to_mcp_access_token",
 ]
-
-logger = logging.getLogger("m2m_guard")
 
 # The largest JSON-RPC body `ToolScopes` reads to find the tool a request calls (the SDK's own
 # default request-body limit); a larger body is passed on untouched for the SDK to refuse.
@@ -149,9 +146,10 @@ class McpTokenVerifier:
             access = await self.verifier.verify(token)
         except GuardError:
             return None  # reported (logged, event) by the verifier
-        if access.client_id is None:
-            logger.info("m2m_guard refused token %s for MCP: it names no client "
-                        "(client_id, azp, cid, appid or sub)", access.fingerprint)
+        if access.client_id is None:  # the SDK's AccessToken and its sessions need one
+            self.verifier.report_refusal(InvalidToken(
+                "The access token names no client (client_id, azp, cid, appid or sub).",
+                reason="missing_client_id"), access)
             return None
         return access
 

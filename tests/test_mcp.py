@@ -5,8 +5,11 @@ with tokens from the real local issuer."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -14,7 +17,7 @@ import pytest
 from examples.mcp_server import create_app
 from m2m_guard import GuardSettings
 from m2m_guard.errors import ConfigurationError
-from m2m_guard.mcp import McpTokenVerifier, metadata_url, protected_resource_metadata
+from m2m_guard.mcp import McpTokenVerifier, ToolScopes, metadata_url, protected_resource_metadata
 from m2m_guard.testing import M2MIssuer
 from tests.mcp_client import call_tool
 from tests.servers import free_port, uvicorn_server
@@ -177,3 +180,68 @@ def test_a_tool_scope_held_runs_the_tool(mcp_url: str, m2m_issuer: M2MIssuer) ->
     assert recorder.answers == []
     assert result == {"id": "dep_2", "service": "billing", "version": "1.5.0",
                       "status": "queued", "requested_by": m2m_issuer.claims()["client_id"]}
+
+
+def test_a_token_without_client_is_reported_once(guard: McpTokenVerifier, m2m_issuer: M2MIssuer,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    token = m2m_issuer.mint([READ], aud=[guard.resource], client_id=None, sub=None)
+    with caplog.at_level(logging.INFO, logger="m2m_guard"):
+        assert asyncio.run(guard.verify_token(token)) is None
+    lines = [record.getMessage() for record in caplog.records if "refused" in record.getMessage()]
+    assert len(lines) == 1 and "missing_client_id" in lines[0] and token not in lines[0]
+
+
+# -- ToolScopes on its own: what it reads, what it passes on -----------------------------------
+class _Echo:
+    """An ASGI app answering 200 with the body it received."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _post(app: Any, body: bytes, token: str | None, method: str = "POST") -> httpx.Response:
+    async def run() -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://mcp.test") as client:
+            return await client.request(method, "/mcp", content=body, headers=headers)
+    return asyncio.run(run())
+
+
+def _tool_call(name: str, identifier: int = 1) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": identifier, "method": "tools/call",
+            "params": {"name": name, "arguments": {}}}
+
+
+def test_tool_scopes_refuse_only_a_verified_token_without_the_tools_scopes(
+        guard: McpTokenVerifier, m2m_issuer: M2MIssuer) -> None:
+    app = ToolScopes(_Echo(), guard, {"deploy": [DEPLOY, READ]})
+    reader = m2m_issuer.mint([READ], aud=[guard.resource])
+    deployer = m2m_issuer.mint([READ, DEPLOY], aud=[guard.resource])
+    call = json.dumps(_tool_call("deploy")).encode()
+    refused = _post(app, call, reader)
+    assert refused.status_code == 403
+    assert f'scope="{DEPLOY} {READ}"' in refused.headers["www-authenticate"]
+    assert f'resource_metadata="{metadata_url(guard.settings)}"' in \
+        refused.headers["www-authenticate"]
+    batch = json.dumps([_tool_call("list", 1), _tool_call("deploy", 2)]).encode()
+    assert _post(app, batch, reader).status_code == 403
+    # passed on, body intact: the right token, another tool, no or a bad token (the server's
+    # own auth answers those), a body that is not JSON, another method
+    for body, token in [(call, deployer), (json.dumps(_tool_call("list")).encode(), reader),
+                        (call, None), (call, "not-a-token"), (b"{not json", reader)]:
+        answer = _post(app, body, token)
+        assert (answer.status_code, answer.content) == (200, body)
+    assert _post(app, call, reader, method="PUT").status_code == 200
+
+
+def test_tool_scopes_are_validated_at_start(guard: McpTokenVerifier) -> None:
+    with pytest.raises(ValueError, match="scope-token"):
+        ToolScopes(_Echo(), guard, {"deploy": ["deploy applications"]})
