@@ -26,7 +26,6 @@ See docs/mcp.md for a runnable server and what each refusal means.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -35,10 +34,11 @@ from mcp.server.auth.settings import AuthSettings
 
 from ._core.asgi_io import ASGIApp, Message, Receive, Scope, Send, send_refusal
 from ._core.bearer import extract_bearer
+from ._core.encoding import loads_json
 from ._core.resource_metadata import challenge_url, resource_metadata
 from ._core.scopes import validate_scopes
 from .endpoints import render_refusal
-from .errors import ConfigurationError, GuardError, InsufficientScope, InvalidToken
+from .errors import ConfigurationError, GuardError, InsufficientScope, InvalidRequest, InvalidToken
 from .settings import GuardSettings
 from .token import AccessToken
 from .verifier import TokenVerifier
@@ -192,11 +192,14 @@ def metadata_url(settings: GuardSettings) -> str:
 
 
 def _called_tools(body: bytes) -> list[str]:
-    """The names of the tools a JSON-RPC message (or batch) calls; [] when it is not JSON."""
+    """The names of the tools a JSON-RPC message (or batch) calls. `InvalidRequest` for a body
+    that is not strict JSON: a lenient parser downstream might read another tool name in it
+    (duplicate names), so it cannot be judged."""
     try:
-        message = json.loads(body)
-    except ValueError:
-        return []
+        message = loads_json(body)
+    except ValueError as exc:
+        raise InvalidRequest(f"The request body is not strict JSON ({exc}), so the tools it "
+                             f"calls cannot be checked.", reason="ambiguous_request_body") from None
     messages = message if isinstance(message, list) else [message]
     names = []
     for item in messages:
@@ -222,8 +225,10 @@ class ToolScopes:
     calls a listed tool (``tools/call``) with a token that verifies but lacks one of the tool's
     scopes is answered 403 ``insufficient_scope`` with ``scope="<the tool's scopes>"`` and
     ``resource_metadata`` in the challenge, before the server runs the tool: MCP's signal for a
-    client to ask for a token with more scopes. Everything else reaches `app` unchanged (the body
-    replayed), including requests without a valid token, which the SDK's own auth answers 401.
+    client to ask for a token with more scopes. A body that is not strict JSON (duplicate names,
+    deeper than the guard's nesting limit, not UTF-8) is answered 400 ``invalid_request``: what
+    it calls cannot be judged. Everything else reaches `app` unchanged (the body replayed),
+    including requests without a valid token, which the SDK's own auth answers 401.
     `verifier` is the one the server uses (`McpTokenVerifier`, FastMCP's `M2MGuardVerifier`, or
     their `TokenVerifier`): one verification per token, the server's own check is a cache hit.
     Scopes are validated here, at start: a typo is an error now, not a 500 later.
@@ -252,16 +257,21 @@ class ToolScopes:
             more = bool(message.get("more_body", False))
         replay = _Replay(messages, receive)
         if not more and messages and messages[-1]["type"] == "http.request":
-            required = self._required(b"".join(m.get("body", b"") for m in messages))
-            if required:
-                error = await self._refusal(scope, required)
-                if error is not None:
-                    rendered = render_refusal(self.verifier, error[0], error[1])
-                    await send_refusal(scope, replay, send, rendered, error[0].body_error)
-                    return
+            refusal: tuple[GuardError, AccessToken | None] | None
+            try:
+                required = self._required(b"".join(m.get("body", b"") for m in messages))
+            except InvalidRequest as error:
+                refusal = error, None
+            else:
+                refusal = await self._refusal(scope, required) if required else None
+            if refusal is not None:
+                rendered = render_refusal(self.verifier, *refusal)
+                await send_refusal(scope, replay, send, rendered, refusal[0].body_error)
+                return
         await self.app(scope, replay, send)
 
     def _required(self, body: bytes) -> tuple[str, ...]:
+        """The scopes the tools `body` calls need (in the order configured)."""
         scopes: dict[str, None] = {}
         for name in _called_tools(body):
             scopes.update(dict.fromkeys(self.tools.get(name, ())))

@@ -236,10 +236,27 @@ def test_tool_scopes_refuse_only_a_verified_token_without_the_tools_scopes(
     # passed on, body intact: the right token, another tool, no or a bad token (the server's
     # own auth answers those), a body that is not JSON, another method
     for body, token in [(call, deployer), (json.dumps(_tool_call("list")).encode(), reader),
-                        (call, None), (call, "not-a-token"), (b"{not json", reader)]:
+                        (call, None), (call, "not-a-token")]:
         answer = _post(app, body, token)
         assert (answer.status_code, answer.content) == (200, body)
     assert _post(app, call, reader, method="PUT").status_code == 200
+
+
+@pytest.mark.parametrize("body", [
+    b"{not json",
+    # a lenient parser takes the last name: the scoped tool hides behind a harmless one
+    b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", '
+    b'"params": {"name": "list", "name": "deploy"}}',
+    b"[" * 10_000 + b"]" * 10_000,
+    b'{"method": "tools/call", "params": {"name": "d\xff"}}'.replace(b"\\xff", b"\xff"),
+])
+def test_a_body_that_is_not_strict_json_is_400(guard: McpTokenVerifier, m2m_issuer: M2MIssuer,
+                                               body: bytes) -> None:
+    app = ToolScopes(_Echo(), guard, {"deploy": [DEPLOY]})
+    answer = _post(app, body, m2m_issuer.mint([READ], aud=[guard.resource]))
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "invalid_request"
+    assert 'error="invalid_request"' in answer.headers["www-authenticate"]
 
 
 def test_tool_scopes_are_validated_at_start(guard: McpTokenVerifier) -> None:
