@@ -248,7 +248,7 @@ def test_tool_scopes_refuse_only_a_verified_token_without_the_tools_scopes(
     b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", '
     b'"params": {"name": "list", "name": "deploy"}}',
     b"[" * 10_000 + b"]" * 10_000,
-    b'{"method": "tools/call", "params": {"name": "d\xff"}}'.replace(b"\\xff", b"\xff"),
+    b'{"method": "tools/call", "params": {"name": "deploy\xff"}}',  # not UTF-8
 ])
 def test_a_body_that_is_not_strict_json_is_400(guard: McpTokenVerifier, m2m_issuer: M2MIssuer,
                                                body: bytes) -> None:
