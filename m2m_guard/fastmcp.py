@@ -1,5 +1,5 @@
-"""FastMCP servers: m2m_guard as a FastMCP auth provider (``pip install m2m-guard[fastmcp]``;
-FastMCP 4 needs Python 3.11+).
+"""FastMCP servers: m2m_guard as a FastMCP auth provider (``pip install m2m-guard[fastmcp]``,
+FastMCP 4, the release line built on the `mcp` SDK 2).
 
 The standalone `fastmcp` framework takes an `AuthProvider` (``FastMCP(auth=...)``):
 

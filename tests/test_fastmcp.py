@@ -4,16 +4,10 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Iterator
 
-import pytest
-
-if sys.version_info < (3, 11):
-    pytest.skip("fastmcp 4 requires Python 3.11 or later (its Requires-Python), so the "
-                "[fastmcp] extra installs nothing on this Python", allow_module_level=True)
-
 import httpx
+import pytest
 from fastmcp import FastMCP
 from fastmcp.server.auth import AccessToken as FastMCPAccessToken
 from fastmcp.server.auth import require_scopes
