@@ -33,6 +33,7 @@ from ._core.scopes import validate_scopes
 from .errors import ConfigurationError
 from .mcp import McpTokenVerifier, to_mcp_access_token
 from .settings import GuardSettings
+from .token import AccessToken
 from .verifier import TokenVerifier
 
 __all__ = ["M2MGuardAuth", "M2MGuardVerifier"]
@@ -68,10 +69,14 @@ class M2MGuardVerifier(FastMCPTokenVerifier):
 
     async def verify_token(self, token: str) -> FastMCPAccessToken | None:
         """FastMCP's `AccessToken` for a valid `token`, None for any refusal."""
-        access = await self._mcp.verify_access(token)
+        access = await self.verify_access(token)
         if access is None:
             return None
         return to_mcp_access_token(token, access, self.settings, FastMCPAccessToken)
+
+    async def verify_access(self, token: str) -> AccessToken | None:
+        """m2m_guard's `AccessToken` for a token the server accepts, None for any refusal."""
+        return await self._mcp.verify_access(token)
 
     async def aclose(self) -> None:
         """Stop the verifier's background refreshes (`TokenVerifier.aclose`)."""
@@ -95,6 +100,7 @@ class M2MGuardAuth(RemoteAuthProvider):
         token_verifier = M2MGuardVerifier(settings, verifier=verifier,
                                           required_scopes=required_scopes, base_url=base_url)
         guard_settings = token_verifier.settings
+        self.guard = token_verifier
         self.verifier = token_verifier.verifier
         self.settings = guard_settings
         scopes = list(guard_settings.resource_scopes) or token_verifier.required_scopes or None
@@ -115,6 +121,10 @@ class M2MGuardAuth(RemoteAuthProvider):
                 f"M2M_GUARD_RESOURCE is {self.settings.resource!r} but FastMCP serves MCP at "
                 f"{served!r}: set the resource to the URL agents call (base_url + the MCP path), "
                 f"or give M2MGuardAuth the base_url that makes them equal.")
+
+    async def verify_access(self, token: str) -> AccessToken | None:
+        """m2m_guard's `AccessToken` for a token the server accepts (`M2MGuardVerifier`)."""
+        return await self.guard.verify_access(token)
 
     async def aclose(self) -> None:
         """Stop the verifier's background refreshes (`TokenVerifier.aclose`)."""

@@ -212,10 +212,13 @@ def _called_tools(body: bytes) -> list[str]:
 
 
 class _Verifies(Protocol):
-    """A verifier of this package: `McpTokenVerifier`, `m2m_guard.fastmcp.M2MGuardVerifier`."""
+    """An MCP verifier of this package: `McpTokenVerifier`, FastMCP's `M2MGuardVerifier` and
+    `M2MGuardAuth`."""
 
     @property
     def verifier(self) -> TokenVerifier: ...
+
+    async def verify_access(self, token: str) -> AccessToken | None: ...
 
 
 class ToolScopes:
@@ -237,7 +240,9 @@ class ToolScopes:
     def __init__(self, app: ASGIApp, verifier: TokenVerifier | _Verifies,
                  tools: Mapping[str, Iterable[str]]) -> None:
         self.app = app
-        self.verifier = verifier if isinstance(verifier, TokenVerifier) else verifier.verifier
+        self.guard: _Verifies = (McpTokenVerifier(verifier=verifier)
+                                 if isinstance(verifier, TokenVerifier) else verifier)
+        self.verifier = self.guard.verifier
         self.tools = {name: validate_scopes(scopes) for name, scopes in tools.items()}
         self._max_token_bytes = self.verifier.settings.max_token_bytes
 
@@ -287,11 +292,11 @@ class ToolScopes:
                                    max_token_bytes=self._max_token_bytes)
             if token is None:
                 return None
-            access = await self.verifier.verify(token)
         except GuardError:
             return None  # the server's own auth answers it
-        if access.scopes.issuperset(required):
-            return None
+        access = await self.guard.verify_access(token)  # the server's own rules
+        if access is None or access.scopes.issuperset(required):
+            return None  # refused tokens: the server's own auth answers them
         return InsufficientScope(required), access
 
 

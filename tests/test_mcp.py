@@ -262,3 +262,25 @@ def test_a_body_that_is_not_strict_json_is_400(guard: McpTokenVerifier, m2m_issu
 def test_tool_scopes_are_validated_at_start(guard: McpTokenVerifier) -> None:
     with pytest.raises(ValueError, match="scope-token"):
         ToolScopes(_Echo(), guard, {"deploy": ["deploy applications"]})
+
+
+def test_tool_scopes_judge_a_token_as_the_server_does(guard: McpTokenVerifier,
+                                                      m2m_issuer: M2MIssuer) -> None:
+    """Built on the bare `TokenVerifier`, `ToolScopes` still applies the MCP rules: a token
+    naming no client is the server's to refuse (401), not a 403 for its scopes."""
+    app = ToolScopes(_Echo(), guard.verifier, {"deploy": [DEPLOY]})
+    call = json.dumps(_tool_call("deploy")).encode()
+    nameless = m2m_issuer.mint([READ], aud=[guard.resource], client_id=None, sub=None)
+    assert _post(app, call, nameless).status_code == 200
+    assert _post(app, call, m2m_issuer.mint([READ], aud=[guard.resource])).status_code == 403
+
+
+def test_an_unreachable_issuer_is_a_refusal_not_an_exception(
+        m2m_issuer: M2MIssuer, server_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The SDK's protocol has no 503: None (the SDK answers 401), the log says why."""
+    verifier = McpTokenVerifier(m2m_issuer.settings(audience=server_url, resource=server_url))
+    token = m2m_issuer.mint([READ], aud=[server_url])
+    with m2m_issuer.outage(), caplog.at_level(logging.INFO, logger="m2m_guard"):
+        assert asyncio.run(verifier.verify_token(token)) is None
+    assert "reason=issuer_unavailable" in caplog.text
+    asyncio.run(verifier.aclose())
