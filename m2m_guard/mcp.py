@@ -27,6 +27,7 @@ See docs/mcp.md for a runnable server and what each refusal means.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
 from mcp.server.auth.provider import AccessToken as McpAccessToken
@@ -73,10 +74,14 @@ def _require_resource(settings: GuardSettings) -> str:
 
 
 def _thaw(value: Any) -> Any:
-    """A verified claim as plain JSON data (the SDK's `claims` is a dict of JSON values)."""
-    if isinstance(value, Mapping):
+    """A verified claim as plain JSON data (the SDK's `claims` is a dict of JSON values).
+
+    `AccessToken.claims` holds exactly read-only mappings and tuples for JSON's objects and
+    arrays; exact type tests, as this runs per request."""
+    kind = type(value)
+    if kind is MappingProxyType:
         return {name: _thaw(item) for name, item in value.items()}
-    if isinstance(value, tuple):
+    if kind is tuple:
         return [_thaw(item) for item in value]
     return value
 
@@ -101,14 +106,16 @@ def to_mcp_access_token(token: str, access: AccessToken, settings: GuardSettings
         resource = settings.resource
     else:
         resource = next((aud for aud in audience if aud in settings.audiences), None)
-    return cls(
+    claims = _thaw(access.claims)
+    # Built without validation: every value already has its field's type (this runs per request).
+    return cls.model_construct(
         token=token,
         client_id=access.client_id or "",
         scopes=sorted(access.scopes),
-        expires_at=int(access.expires_at.timestamp()),
+        expires_at=int(claims["exp"]),  # a verified NumericDate
         resource=resource,
         subject=access.subject,
-        claims=_thaw(access.claims),
+        claims=claims,
     )
 
 
