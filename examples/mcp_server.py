@@ -14,9 +14,6 @@ is the server's own URL, the audience what your issuer puts in tokens for it:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver import MCPServer
 from starlette.types import ASGIApp
@@ -30,16 +27,8 @@ DEPLOYMENTS = [{"id": "dep_1", "service": "billing", "version": "1.4.2", "status
 def create_app(settings: GuardSettings | None = None) -> ASGIApp:
     """The server's ASGI app; `settings` default to the M2M_GUARD_* environment variables."""
     guard = McpTokenVerifier(settings if settings is not None else GuardSettings.from_env())
-
-    @asynccontextmanager
-    async def lifespan(server: MCPServer) -> AsyncIterator[None]:
-        await guard.warm_up()  # load the key sets before the first request
-        try:
-            yield
-        finally:
-            await guard.aclose()
-
-    server = MCPServer("deployments", token_verifier=guard, lifespan=lifespan,
+    # lifespan: the key sets loaded at startup, background refreshes stopped at shutdown
+    server = MCPServer("deployments", token_verifier=guard, lifespan=guard.lifespan,
                        auth=guard.auth_settings(required_scopes=["read:deployments"]))
 
     @server.tool()

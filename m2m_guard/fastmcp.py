@@ -21,6 +21,7 @@ HTTP 403 with the scopes in the challenge. See docs/mcp.md.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,7 +32,7 @@ from pydantic import AnyHttpUrl
 
 from ._core.scopes import validate_scopes
 from .errors import ConfigurationError
-from .mcp import McpTokenVerifier, to_mcp_access_token
+from .mcp import McpTokenVerifier, to_mcp_access_token, verifier_lifespan
 from .settings import GuardSettings
 from .token import AccessToken
 from .verifier import TokenVerifier
@@ -125,6 +126,11 @@ class M2MGuardAuth(RemoteAuthProvider):
     async def verify_access(self, token: str) -> AccessToken | None:
         """m2m_guard's `AccessToken` for a token the server accepts (`M2MGuardVerifier`)."""
         return await self.guard.verify_access(token)
+
+    def lifespan(self, server: object = None) -> AbstractAsyncContextManager[None]:
+        """The server's lifespan, ``FastMCP(..., lifespan=auth.lifespan)``: the key sets loaded at
+        startup (a failure logged, never fatal), background refreshes stopped at shutdown."""
+        return verifier_lifespan(self.verifier)
 
     async def aclose(self) -> None:
         """Stop the verifier's background refreshes (`TokenVerifier.aclose`)."""

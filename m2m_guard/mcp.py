@@ -26,7 +26,8 @@ See docs/mcp.md for a runnable server and what each refusal means.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
@@ -50,6 +51,7 @@ __all__ = [
     "metadata_url",
     "protected_resource_metadata",
     "to_mcp_access_token",
+    "verifier_lifespan",
 ]
 
 # The largest JSON-RPC body `ToolScopes` reads to find the tool a request calls (the SDK's own
@@ -174,13 +176,25 @@ class McpTokenVerifier:
         values.update(options)
         return AuthSettings(**values)
 
-    async def warm_up(self) -> None:
-        """Load every issuer's key set now (`TokenVerifier.warm_up`)."""
-        await self.verifier.warm_up()
+    def lifespan(self, server: object = None) -> AbstractAsyncContextManager[None]:
+        """The server's lifespan, ``MCPServer(..., lifespan=guard.lifespan)``: see
+        `verifier_lifespan`."""
+        return verifier_lifespan(self.verifier)
 
     async def aclose(self) -> None:
         """Stop the verifier's background refreshes (`TokenVerifier.aclose`)."""
         await self.verifier.aclose()
+
+
+@asynccontextmanager
+async def verifier_lifespan(verifier: TokenVerifier) -> AsyncIterator[None]:
+    """Load the key sets at startup (a failure is logged, never fatal: the server starts while
+    its issuer is down, and requests retry), stop the background refreshes at shutdown."""
+    await verifier.warm_up_at_startup()
+    try:
+        yield
+    finally:
+        await verifier.aclose()
 
 
 def protected_resource_metadata(settings: GuardSettings) -> dict[str, Any]:

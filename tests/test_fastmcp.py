@@ -27,7 +27,7 @@ ADMIN = "admin:platform"
 
 
 def _server(auth: M2MGuardAuth) -> FastMCP:
-    server = FastMCP("deployments", auth=auth)
+    server = FastMCP("deployments", auth=auth, lifespan=auth.lifespan)
 
     @server.tool
     def whoami() -> dict[str, str]:
@@ -57,7 +57,7 @@ def fastmcp_url(m2m_issuer: M2MIssuer) -> Iterator[str]:
         path="/mcp", middleware=[Middleware(ToolScopes, verifier=auth, tools={"audit": [ADMIN]})])
     with uvicorn_server(app, port=port):
         yield url
-    asyncio.run(auth.aclose())
+    assert auth.verifier.key_store.closed  # the lifespan closed the verifier
 
 
 def test_the_verifier_gives_fastmcps_access_token(m2m_issuer: M2MIssuer) -> None:
