@@ -54,8 +54,8 @@ __all__ = [
     "verifier_lifespan",
 ]
 
-# The largest JSON-RPC body `ToolScopes` reads to find the tool a request calls (the SDK's own
-# default request-body limit); a larger body is passed on untouched for the SDK to refuse.
+# The largest JSON-RPC body `ToolScopes` reads by default to find the tools a request calls: the
+# SDK's own default request-body limit.
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
@@ -250,8 +250,9 @@ class ToolScopes:
     scopes is answered 403 ``insufficient_scope`` with ``scope="<the tool's scopes>"`` and
     ``resource_metadata`` in the challenge, before the server runs the tool: MCP's signal for a
     client to ask for a token with more scopes. A body that is not strict JSON (duplicate names,
-    deeper than the guard's nesting limit, not UTF-8) is answered 400 ``invalid_request``: what
-    it calls cannot be judged. Everything else reaches `app` unchanged (the body replayed),
+    deeper than the guard's nesting limit, not UTF-8) or larger than `max_body_bytes` (default
+    the SDK's own limit, 4 MiB; raise it with the server's) is answered 400 ``invalid_request``:
+    what it calls cannot be judged. Everything else reaches `app` unchanged (the body replayed),
     including requests without a valid token, which the SDK's own auth answers 401.
     `verifier` is the one the server uses (`McpTokenVerifier`, FastMCP's `M2MGuardVerifier`, or
     their `TokenVerifier`): one verification per token, the server's own check is a cache hit.
@@ -259,8 +260,12 @@ class ToolScopes:
     """
 
     def __init__(self, app: ASGIApp, verifier: TokenVerifier | _Verifies,
-                 tools: Mapping[str, Iterable[str]]) -> None:
+                 tools: Mapping[str, Iterable[str]], *,
+                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
+        if max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be at least 1, got {max_body_bytes!r}")
         self.app = app
+        self.max_body_bytes = max_body_bytes
         self.guard: _Verifies = (McpTokenVerifier(verifier=verifier)
                                  if isinstance(verifier, TokenVerifier) else verifier)
         self.verifier = self.guard.verifier
@@ -274,27 +279,35 @@ class ToolScopes:
         messages: list[Message] = []
         size = 0
         more = True
-        while more and size <= MAX_BODY_BYTES:
+        while more:
             message = await receive()
             messages.append(message)
-            if message["type"] != "http.request":
-                break
+            if message["type"] != "http.request":  # the client is gone: nothing to judge
+                await self.app(scope, _Replay(messages, receive), send)
+                return
             size += len(message.get("body", b""))
             more = bool(message.get("more_body", False))
-        replay = _Replay(messages, receive)
-        if not more and messages and messages[-1]["type"] == "http.request":
-            refusal: tuple[GuardError, AccessToken | None] | None
-            try:
-                required = self._required(b"".join(m.get("body", b"") for m in messages))
-            except InvalidRequest as error:
-                refusal = error, None
-            else:
-                refusal = await self._refusal(scope, required) if required else None
-            if refusal is not None:
-                rendered = render_refusal(self.verifier, *refusal)
-                await send_refusal(scope, replay, send, rendered, refusal[0].body_error)
+            if size > self.max_body_bytes:
+                await self._refuse(scope, send, InvalidRequest(
+                    f"The request body is larger than {self.max_body_bytes} bytes, so the tools "
+                    f"it calls cannot be checked.", reason="request_body_too_large"), None)
                 return
-        await self.app(scope, replay, send)
+        refusal: tuple[GuardError, AccessToken | None] | None
+        try:
+            required = self._required(b"".join(m.get("body", b"") for m in messages))
+        except InvalidRequest as error:
+            refusal = error, None
+        else:
+            refusal = await self._refusal(scope, required) if required else None
+        if refusal is not None:
+            await self._refuse(scope, send, *refusal)
+            return
+        await self.app(scope, _Replay(messages, receive), send)
+
+    async def _refuse(self, scope: Scope, send: Send, error: GuardError,
+                      access: AccessToken | None) -> None:
+        rendered = render_refusal(self.verifier, error, access)
+        await send_refusal(scope, _no_message, send, rendered, error.body_error)
 
     def _required(self, body: bytes) -> tuple[str, ...]:
         """The scopes the tools `body` calls need (in the order configured)."""
@@ -319,6 +332,11 @@ class ToolScopes:
         if access is None or access.scopes.issuperset(required):
             return None  # refused tokens: the server's own auth answers them
         return InsufficientScope(required), access
+
+
+async def _no_message() -> Message:
+    """`receive` for a refusal of an HTTP request, which never reads (`send_refusal`)."""
+    return {"type": "http.disconnect"}
 
 
 class _Replay:

@@ -284,3 +284,39 @@ def test_an_unreachable_issuer_is_a_refusal_not_an_exception(
         assert asyncio.run(verifier.verify_token(token)) is None
     assert "reason=issuer_unavailable" in caplog.text
     asyncio.run(verifier.aclose())
+
+
+def _asgi(app: Any, chunks: list[bytes], token: str) -> tuple[int, bytes]:
+    """One POST through `app` with its body in `chunks` (``more_body``), as a server sends it."""
+    incoming = [{"type": "http.request", "body": chunk, "more_body": n < len(chunks) - 1}
+                for n, chunk in enumerate(chunks)]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/mcp", "raw_path": b"/mcp",
+             "query_string": b"", "headers": [(b"authorization", f"Bearer {token}".encode()),
+                                               (b"host", b"mcp.test")],
+             "scheme": "http", "server": ("mcp.test", 80), "http_version": "1.1"}
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_tool_scopes_read_a_body_in_chunks_and_bound_it(guard: McpTokenVerifier,
+                                                        m2m_issuer: M2MIssuer) -> None:
+    reader = m2m_issuer.mint([READ], aud=[guard.resource])
+    call = json.dumps(_tool_call("deploy")).encode()
+    chunks = [call[:10], call[10:30], call[30:]]
+    assert _asgi(ToolScopes(_Echo(), guard, {"deploy": [DEPLOY]}), chunks, reader)[0] == 403
+    other = json.dumps(_tool_call("list")).encode()
+    assert _asgi(ToolScopes(_Echo(), guard, {"deploy": [DEPLOY]}), [other[:5], other[5:]],
+                 reader) == (200, other)
+    small = ToolScopes(_Echo(), guard, {"deploy": [DEPLOY]}, max_body_bytes=len(other) - 1)
+    status, body = _asgi(small, [other[:5], other[5:]], reader)
+    assert status == 400 and json.loads(body)["error"] == "invalid_request"
+    with pytest.raises(ValueError, match="max_body_bytes"):
+        ToolScopes(_Echo(), guard, {"deploy": [DEPLOY]}, max_body_bytes=0)
