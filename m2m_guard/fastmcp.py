@@ -55,7 +55,7 @@ class M2MGuardVerifier(FastMCPTokenVerifier):
     `settings` (or a shared `verifier`) as for `m2m_guard.mcp.McpTokenVerifier`: `resource` the
     server's URL, audience checking on. `required_scopes` are the scopes every request needs.
     `verify_token` is None for every refusal (FastMCP answers 401; the verifier logs it once),
-    the issuer's keys being unavailable included: FastMCP would answer a raised error with 500.
+    the issuer's keys being unavailable included (FastMCP lets a raised error become a 500).
     """
 
     def __init__(self, settings: GuardSettings | None = None, *,
