@@ -206,9 +206,9 @@ def protected_resource_metadata(settings: GuardSettings) -> dict[str, Any]:
 
 def metadata_url(settings: GuardSettings) -> str:
     """The URL a challenge names in ``resource_metadata`` (RFC 9728 §5.1)."""
+    _require_resource(settings)
     url = challenge_url(settings)
     assert url is not None  # resource is set
-    _require_resource(settings)
     return url
 
 

@@ -102,8 +102,9 @@ def test_metadata_helpers_are_the_guards_rfc_9728_document(m2m_issuer: M2MIssuer
 
 def test_an_mcp_verifier_needs_the_servers_url_and_audience_checks(
         m2m_issuer: M2MIssuer) -> None:
-    with pytest.raises(ConfigurationError, match="M2M_GUARD_RESOURCE is not set"):
-        McpTokenVerifier(m2m_issuer.settings())
+    for needs_resource in (McpTokenVerifier, protected_resource_metadata, metadata_url):
+        with pytest.raises(ConfigurationError, match="M2M_GUARD_RESOURCE is not set"):
+            needs_resource(m2m_issuer.settings())
     with pytest.raises(ConfigurationError, match="M2M_GUARD_VERIFY_AUDIENCE is false"):
         McpTokenVerifier(GuardSettings(issuer=m2m_issuer.url, verify_audience=False,
                                        resource="https://mcp.example.com/mcp"))
