@@ -98,6 +98,8 @@ REASONS: frozenset[str] = frozenset({
     # ambiguous credentials (400 invalid_request) and missing credentials (401, no error code)
     "missing_token", "multiple_authorization_headers", "token_in_query",
     "token_in_header_and_query",
+    # an MCP request body that is not strict JSON (m2m_guard.mcp.ToolScopes, 400)
+    "ambiguous_request_body", "request_body_too_large",
     # a Bearer credential that is not a well-formed token (401 invalid_token)
     "malformed_authorization",
     # token format (401 invalid_token)

@@ -19,10 +19,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def uvicorn_server(app: Any, **options: Any) -> Iterator[int]:
-    """Serve `app` with uvicorn on 127.0.0.1 (lifespan on); yield the port; stop on exit."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning",
-                            lifespan="on", **options)
+def uvicorn_server(app: Any, *, port: int | None = None, **options: Any) -> Iterator[int]:
+    """Serve `app` with uvicorn on 127.0.0.1 (lifespan on), on `port` or a free one; yield the
+    port; stop on exit."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port() if port is None else port,
+                            log_level="warning", lifespan="on", **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS = Path(__file__).resolve().parent / "installed_checks.py"
-EXTRAS = "fastapi,flask,django,drf,server,otel"
+EXTRAS = "fastapi,flask,django,drf,server,otel,mcp"
 TOOLS = ("pytest>=8",)
 
 

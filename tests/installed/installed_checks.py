@@ -206,3 +206,19 @@ def test_health_and_otel_modules_import() -> None:
 
     assert health.SUGGESTED_HEALTH_PATH.startswith("/")
     assert callable(otel.instrument) and events.EventStream and local_issuer and testing
+
+
+def test_the_mcp_extra_verifies_for_the_sdk(m2m_issuer: Any) -> None:
+    """The [mcp] extra brings an SDK whose protocol the installed `McpTokenVerifier` meets."""
+    import asyncio
+
+    from mcp.server.auth.provider import AccessToken as SdkToken
+
+    from m2m_guard.mcp import McpTokenVerifier
+
+    url = "https://mcp.example.com/mcp"
+    guard = McpTokenVerifier(m2m_issuer.settings(audience=url, resource=url))
+    access = asyncio.run(guard.verify_token(m2m_issuer.mint(["read:deployments"], aud=[url])))
+    assert isinstance(access, SdkToken) and access.scopes == ["read:deployments"]
+    assert str(guard.auth_settings().resource_server_url) == url
+    asyncio.run(guard.aclose())
