@@ -16,11 +16,13 @@ __all__ = [
     "ConfigurationError",
     "GuardError",
     "InsufficientScope",
+    "InvalidDPoPProof",
     "InvalidRequest",
     "InvalidToken",
     "IssuerUnavailable",
     "MissingToken",
     "RenderedError",
+    "UseDPoPNonce",
     "render_error",
     "safe_description",
 ]
@@ -87,6 +89,30 @@ class InvalidToken(GuardError):
     error_code = "invalid_token"
     body_error = "invalid_token"
     default_description = "The access token is invalid."
+
+
+class InvalidDPoPProof(GuardError):
+    """The DPoP proof (RFC 9449 §4.3) is missing, malformed or does not fit the request or the
+    token; the description names the defect without repeating the proof (docs/dpop.md)."""
+
+    status_code = 401
+    error_code = "invalid_dpop_proof"
+    body_error = "invalid_dpop_proof"
+    default_description = "The DPoP proof is invalid."
+
+
+class UseDPoPNonce(GuardError):
+    """The resource server requires a DPoP proof carrying its current nonce (RFC 9449 §9):
+    `nonce` is the value to send back in the `DPoP-Nonce` header."""
+
+    status_code = 401
+    error_code = "use_dpop_nonce"
+    body_error = "use_dpop_nonce"
+    default_description = "Resource server requires nonce in DPoP proof."
+
+    def __init__(self, nonce: str, description: str | None = None) -> None:
+        self.nonce = nonce
+        super().__init__(description, reason="dpop_nonce_required")
 
 
 class InsufficientScope(GuardError):
