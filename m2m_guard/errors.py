@@ -22,6 +22,7 @@ __all__ = [
     "IssuerUnavailable",
     "MissingToken",
     "RenderedError",
+    "ReplayStoreUnavailable",
     "UseDPoPNonce",
     "render_error",
     "safe_description",
@@ -155,6 +156,20 @@ class IssuerUnavailable(GuardError):
         super().__init__(description, reason="issuer_unavailable")
 
 
+class ReplayStoreUnavailable(GuardError):
+    """The DPoP replay store cannot tell whether a proof was used before (Redis unreachable, or
+    the in-memory store full): the request is refused, never let through (fail closed)."""
+
+    status_code = 503
+    error_code = None
+    body_error = "temporarily_unavailable"
+    default_description = "The DPoP replay store is temporarily unavailable."
+
+    def __init__(self, description: str | None = None, *, retry_after: int = 5) -> None:
+        self.retry_after = max(1, int(retry_after))
+        super().__init__(description, reason="replay_store_unavailable")
+
+
 @dataclass(frozen=True, slots=True)
 class RenderedError:
     """What an adapter sends for a `GuardError`: status, headers (name, value) and JSON body."""
@@ -182,7 +197,7 @@ def render_error(
     """
     body: dict[str, object] = {"error": error.body_error, "error_description": error.description}
     headers: list[tuple[str, str]] = [("content-type", "application/json")]
-    if isinstance(error, IssuerUnavailable):
+    if isinstance(error, (IssuerUnavailable, ReplayStoreUnavailable)):
         headers.append(("retry-after", str(error.retry_after)))
     else:
         params = [f"realm={_quote(realm)}"]
