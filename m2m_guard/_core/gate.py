@@ -27,12 +27,20 @@ See docs/architecture.md ("How to add a check").
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from ..errors import GuardError, MissingToken, RenderedError
 from .answers import EndpointResponse
-from .bearer import extract_bearer, query_has_access_token
+from .bearer import extract_credentials, query_has_access_token
+from .confirmation import (
+    BEARER,
+    DPOP,
+    Confirmation,
+    confirm_binding,
+    confirm_binding_async,
+    default_confirmations,
+)
 from .endpoints import OperationalEndpoints, render_refusal
 from .request import RequestView
 from .rules import PathRules, is_cors_preflight
@@ -88,18 +96,28 @@ class Gate:
     `checks` default to `default_checks(verifier.settings)`.
     """
 
-    __slots__ = ("_cached_token", "checks", "endpoints", "fast_path", "paths", "settings",
-                 "verifier")
+    __slots__ = ("_cached_token", "_dpop_required", "_schemes", "checks", "confirmations",
+                 "endpoints", "fast_path", "paths", "settings", "verifier")
 
-    def __init__(self, verifier: TokenVerifier, *, checks: Iterable[Check] | None = None) -> None:
+    def __init__(self, verifier: TokenVerifier, *, checks: Iterable[Check] | None = None,
+                 confirmations: Mapping[str, Confirmation] | None = None) -> None:
         self.verifier = verifier
         self.settings = settings = verifier.settings
         self.paths = PathRules(tuple(settings.public_paths))
         #: Health and RFC 9728 endpoints (None unless configured).
         self.endpoints = OperationalEndpoints.for_verifier(verifier)
         self.checks = tuple(checks) if checks is not None else default_checks(settings)
-        #: May an adapter answer a cached token without `authenticate`? Only without checks.
-        self.fast_path = settings.token_cache_size > 0 and not self.checks
+        #: The `cnf` confirmation methods (sender-constrained tokens: DPoP's ``jkt``, ...), by
+        #: member; `confirmation.py`.
+        self.confirmations = dict(confirmations) if confirmations is not None else \
+            default_confirmations(settings)
+        self._dpop_required = settings.dpop == "required"
+        self._schemes = frozenset({BEARER} if settings.dpop == "off" else {BEARER, DPOP})
+        #: May an adapter answer a cached token without `authenticate`? Only without checks,
+        #: and not when every token must be DPoP-bound. (It never answers a bound token: the
+        #: verifier keeps those apart, see `confirmation.py`.)
+        self.fast_path = settings.token_cache_size > 0 and not self.checks \
+            and not self._dpop_required
         self._cached_token = verifier.cached_token
 
     # -- before authentication ---------------------------------------------------------------
@@ -155,8 +173,15 @@ class Gate:
     def credentials(self, request: RequestView) -> str | None:
         """The request's bearer token, or None without credentials; `GuardError` for malformed
         or ambiguous ones (RFC 6750 framing, a token in the query)."""
-        return extract_bearer(request.authorization(), request.query_string,
-                              max_token_bytes=self.settings.max_token_bytes)
+        found = self.presented(request)
+        return None if found is None else found[1]
+
+    def presented(self, request: RequestView) -> tuple[str, str] | None:
+        """``(scheme, token)`` of the request's credentials (``bearer``, or ``dpop`` when DPoP is
+        on), or None without any: the one place credentials are taken from a request."""
+        return extract_credentials(request.authorization(), request.query_string,
+                                   max_token_bytes=self.settings.max_token_bytes,
+                                   schemes=self._schemes)
 
     def _no_token(self, required: bool | None) -> None:
         if self.settings.required if required is None else required:
@@ -171,11 +196,19 @@ class Gate:
             access = self.cached(request)
             if access is not None:
                 return access
-        token = self.credentials(request)
-        if token is None:
+        found = self.presented(request)
+        if found is None:
             self._no_token(required)
             return None
-        access = await self.verifier.verify(token)
+        scheme, token = found
+        try:
+            access = await self.verifier.verify(token)
+            await confirm_binding_async(request, scheme, token, access, self.confirmations,
+                                        required=self._dpop_required)
+        except GuardError as exc:
+            if scheme == DPOP:
+                exc.challenge = "DPoP"
+            raise
         for check in self.checks:
             await check.check_async(request, token, access)
         return access
@@ -187,11 +220,19 @@ class Gate:
             access = self.cached(request)
             if access is not None:
                 return access
-        token = self.credentials(request)
-        if token is None:
+        found = self.presented(request)
+        if found is None:
             self._no_token(required)
             return None
-        access = self.verifier.verify_sync(token)
+        scheme, token = found
+        try:
+            access = self.verifier.verify_sync(token)
+            confirm_binding(request, scheme, token, access, self.confirmations,
+                            required=self._dpop_required)
+        except GuardError as exc:
+            if scheme == DPOP:
+                exc.challenge = "DPoP"
+            raise
         for check in self.checks:
             check.check(request, token, access)
         return access
