@@ -105,7 +105,7 @@ D_REQUIRED = ("This API accepts DPoP-bound tokens only: send Authorization: DPoP
               "DPoP proof.")
 
 
-# -- the good case, and a replay (§11.1) -----------------------------------------------------------
+# -- the good case, and a replay (§11.1) ----------------------------------------------------------
 def test_a_bound_token_with_its_proof_passes_once(allowed: TestClient, bound: str,
                                                   dpop_key: DPoPKey) -> None:
     proof = dpop_key.proof("GET", URL, access_token=bound)
@@ -115,7 +115,7 @@ def test_a_bound_token_with_its_proof_passes_once(allowed: TestClient, bound: st
     assert_ok(call(allowed, bound, [dpop_key.proof("GET", URL, access_token=bound)]))
 
 
-# -- §4.3 rules and §11 threats -----------------------------------------------------------------
+# -- §4.3 rules and §11 threats -------------------------------------------------------------------
 def test_proof_for_another_url_or_method(allowed: TestClient, bound: str,
                                          dpop_key: DPoPKey) -> None:
     for other in ("http://testserver/admin", "https://testserver/deployments",
@@ -192,7 +192,7 @@ def test_two_dpop_headers_or_none(allowed: TestClient, bound: str, dpop_key: DPo
     assert_dpop_refused(call(allowed, bound, []), D_MISSING)
 
 
-# -- no downgrade (§7.2), in every mode, fast path included --------------------------------------
+# -- no downgrade (§7.2), in every mode, fast path included ---------------------------------------
 @pytest.mark.parametrize("mode", ["off", "allowed", "required"])
 def test_a_bound_token_as_bearer_is_refused_in_every_mode(
         mode: str, issuer_server: KeySetServer, bound: str, dpop_key: DPoPKey) -> None:
@@ -261,7 +261,7 @@ def test_malformed_cnf(allowed: TestClient, rs: SigningKey, issuer_server: KeySe
         assert_dpop_refused(response, description, error="invalid_token")
 
 
-# -- server nonces (§9) -----------------------------------------------------------------------------
+# -- server nonces (§9) ---------------------------------------------------------------------------
 def test_server_nonce(issuer_server: KeySetServer, bound: str, dpop_key: DPoPKey) -> None:
     with _client(issuer_server, dpop="required", dpop_nonce=True) as test_client:
         first = call(test_client, bound, [dpop_key.proof("GET", URL, access_token=bound)])
