@@ -14,7 +14,7 @@ refusal reported once (log line and event) and rendered with the configured real
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import GuardError, RenderedError, render_error
@@ -44,6 +44,12 @@ def render_refusal(verifier: TokenVerifier, error: GuardError,
     (a token refused later, for its scopes).
     """
     verifier.report_refusal(error, access)
+    if access is not None and error.challenge != "DPoP":
+        cnf = access.cnf
+        if isinstance(cnf, Mapping) and "jkt" in cnf:
+            # A DPoP-bound token is only ever accepted under the DPoP scheme: a later refusal
+            # (the route's scopes) belongs in the DPoP challenge too.
+            error.challenge = "DPoP"
     return render_error(error, **challenge_options(verifier.settings))
 
 
