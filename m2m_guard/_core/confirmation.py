@@ -28,6 +28,7 @@ import hmac
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -40,9 +41,10 @@ from .request import RequestView
 if TYPE_CHECKING:
     from ..settings import GuardSettings
     from ..token import AccessToken
+    from ..verifier import TokenVerifier
 
 __all__ = ["BEARER", "DPOP", "Confirmation", "DPoPConfirmation", "NonceSource",
-           "confirm_binding", "confirm_binding_async", "default_confirmations",
+           "confirm_binding", "confirm_binding_async", "confirmations_for", "default_confirmations",
            "request_target"]
 
 #: The authorization schemes, as `Gate` reads them (lower case).
@@ -280,3 +282,19 @@ def default_confirmations(settings: GuardSettings) -> dict[str, Confirmation]:
     token bound with `cnf.jkt` is refused when presented as Bearer."""
     dpop = DPoPConfirmation(settings)
     return {dpop.member: dpop}
+
+
+_BY_VERIFIER: weakref.WeakKeyDictionary[TokenVerifier, dict[str, Confirmation]] = \
+    weakref.WeakKeyDictionary()
+_BY_VERIFIER_LOCK = threading.Lock()
+
+
+def confirmations_for(verifier: TokenVerifier) -> dict[str, Confirmation]:
+    """`default_confirmations` of `verifier.settings`, made once per verifier: every gate of one
+    verifier (an adapter may build several) shares one replay store, so a proof accepted
+    through one is a replay through another."""
+    with _BY_VERIFIER_LOCK:
+        found = _BY_VERIFIER.get(verifier)
+        if found is None:
+            found = _BY_VERIFIER[verifier] = default_confirmations(verifier.settings)
+        return found

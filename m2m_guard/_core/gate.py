@@ -39,7 +39,7 @@ from .confirmation import (
     Confirmation,
     confirm_binding,
     confirm_binding_async,
-    default_confirmations,
+    confirmations_for,
 )
 from .endpoints import OperationalEndpoints, render_refusal
 from .request import RequestView
@@ -110,7 +110,7 @@ class Gate:
         #: The `cnf` confirmation methods (sender-constrained tokens: DPoP's ``jkt``, ...), by
         #: member; `confirmation.py`.
         self.confirmations = dict(confirmations) if confirmations is not None else \
-            default_confirmations(settings)
+            confirmations_for(verifier)
         self._dpop_required = settings.dpop == "required"
         self._schemes = frozenset({BEARER} if settings.dpop == "off" else {BEARER, DPOP})
         #: May an adapter answer a cached token without `authenticate`? Only without checks,
