@@ -30,6 +30,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidDPoPProof, InvalidToken
@@ -86,7 +87,7 @@ def _members(scheme: str, access: AccessToken, confirmations: Mapping[str, Confi
                                "Authorization: DPoP <token> with a DPoP proof.",
                                reason="dpop_required")
         return []
-    if not isinstance(cnf, Mapping) or not cnf:
+    if type(cnf) is not MappingProxyType and not isinstance(cnf, Mapping) or not cnf:
         raise InvalidToken("The token's cnf claim is not a non-empty JSON object.",
                            reason="invalid_cnf")
     found = []

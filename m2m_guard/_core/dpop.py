@@ -37,8 +37,7 @@ import hashlib
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from ..errors import InvalidDPoPProof, InvalidToken, UseDPoPNonce
@@ -89,9 +88,9 @@ _FRAMING: dict[str | None, Callable[[], InvalidDPoPProof]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Proof:
-    """A proof that passed every rule of `ProofChecker.check`."""
+class Proof(NamedTuple):
+    """A proof that passed every rule of `ProofChecker.check` (a named tuple: made per
+    request, it must be cheap)."""
 
     #: The RFC 7638 SHA-256 thumbprint of the proof's key (what `cnf.jkt` must equal).
     jkt: str
