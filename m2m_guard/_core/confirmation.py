@@ -87,7 +87,7 @@ def _members(scheme: str, access: AccessToken, confirmations: Mapping[str, Confi
                                "Authorization: DPoP <token> with a DPoP proof.",
                                reason="dpop_required")
         return []
-    if type(cnf) is not MappingProxyType and not isinstance(cnf, Mapping) or not cnf:
+    if (type(cnf) is not MappingProxyType and not isinstance(cnf, Mapping)) or not cnf:
         raise InvalidToken("The token's cnf claim is not a non-empty JSON object.",
                            reason="invalid_cnf")
     found = []
