@@ -306,3 +306,13 @@ def _fixed_bound(rs: SigningKey, server: KeySetServer, key: DPoPKey) -> str:
     if key.thumbprint not in _BOUND_TOKENS:
         _BOUND_TOKENS[key.thumbprint] = rs.sign(claims_of(server, cnf={"jkt": key.thumbprint}))
     return _BOUND_TOKENS[key.thumbprint]
+
+
+def test_lone_surrogates_in_claims_are_never_a_500(allowed: TestClient, bound: str,
+                                                   dpop_key: DPoPKey) -> None:
+    # JSON may escape a lone surrogate ("\ud800"): a jti holding one is an ordinary jti
+    proof = dpop_key.proof("GET", URL, access_token=bound, jti="\ud800-jti")
+    assert_ok(call(allowed, bound, [proof]))
+    assert_dpop_refused(call(allowed, bound, [proof]), D_REPLAYED)
+    odd_htu = dpop_key.proof("GET", URL, access_token=bound, claims={"htu": URL + "\udc80"})
+    assert_dpop_refused(call(allowed, bound, [odd_htu]), D_URL)
