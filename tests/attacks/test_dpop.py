@@ -261,6 +261,10 @@ def test_malformed_cnf(allowed: TestClient, rs: SigningKey, issuer_server: KeySe
         token = rs.sign(claims_of(issuer_server, cnf=cnf))
         response = call(allowed, token, [dpop_key.proof("GET", URL, access_token=token)])
         assert_dpop_refused(response, description, error="invalid_token")
+    # a cnf.jkt that is no thumbprint at all (not ASCII) is another key, not a 500
+    odd = rs.sign(claims_of(issuer_server, cnf={"jkt": "\u00e9" * 43}))
+    assert_dpop_refused(call(allowed, odd, [dpop_key.proof("GET", URL, access_token=odd)]),
+                        D_MISMATCH)
 
 
 # -- server nonces (§9) ---------------------------------------------------------------------------
