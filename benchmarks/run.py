@@ -24,6 +24,7 @@ from . import (
     bench_events,
     cache_bench,
     chart,
+    dpop_bench,
     http_bench,
     inprocess_bench,
     rules_bench,
@@ -78,6 +79,8 @@ def run(config: Config, *, http: bool = True, log: bool = True) -> list[Row]:
             for name in ("1 worker", "2 workers", "2 workers vs 1: throughput")]
         say("rules on a cache hit ...")
         rows += rules_bench.run(rs256, issuer.url, config)
+        say("DPoP over Bearer (memory and Redis replay stores) ...")
+        rows += dpop_bench.run(issuer.url, rs256, config)
         say("cache memory and bound ...")
         rows += cache_bench.run_memory(keys["EdDSA"], issuer.url, config)
     say("events and metrics on and off ...")

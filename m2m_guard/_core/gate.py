@@ -9,32 +9,44 @@ For each request an adapter builds a `RequestView` and asks the gate, in this or
    token checked (adapters may add their own reasons, e.g. Flask's public endpoints);
 3. ``await gate.authenticate(request)`` or ``gate.authenticate_sync(request)``: a token the
    verified-token cache holds, sent as exactly ``Bearer <token>``, is answered at once
-   (`cached`, the fast path, with the full path's outcome); otherwise the credentials
-   (`credentials`: RFC 6750 framing), the token verified (`TokenVerifier`), then every `Check`
-   in `checks`; the `AccessToken`, or None when there is no token and none is required. Every
-   refusal is a `GuardError`, which the adapter answers with ``gate.refuse(error, access)``
-   (reported once, rendered with the configured realm and resource metadata).
+   (`cached`, the fast path, with the full path's outcome; never for a sender-constrained
+   token); otherwise the credentials (`presented`: RFC 6750 framing, the ``Bearer`` scheme and
+   ``DPoP`` when DPoP is on), the token verified (`TokenVerifier`), its `cnf` binding confirmed
+   (`confirmation.confirm_binding`: DPoP's ``jkt``, ...), then every `Check` in `checks`; the
+   `AccessToken`, or None when there is no token and none is required. Every refusal is a
+   `GuardError`, which the adapter answers with ``gate.refuse(error, access)`` (reported once,
+   rendered with the configured realm, resource metadata and DPoP challenge).
 
 `decide(request)` runs steps 1 and 2 in one call for adapters that branch on the outcome.
 
-Checks after verification that need the request (sender-constrained tokens) plug in here and
-only here (rules on the token alone are `_core/requirements.py`'s: route decorators, and the
-app-wide rules the verifier applies before caching): `default_checks(settings)` lists the
-ones the settings turn on, and every adapter runs them. A check reads the `RequestView`
-(method, URL, headers, client certificate), the raw token and the verified `AccessToken`, and
-raises a `GuardError` to refuse. While any check is
-configured, adapters' cache-hit fast paths are off (`fast_path`), so no request skips a check.
-See docs/architecture.md ("How to add a check").
+Sender-constrained tokens plug in through `confirmations` (one `Confirmation` per `cnf`
+member, `confirmation.py`), which keep the Bearer fast path on. Rules on the token alone are
+`_core/requirements.py`'s (route decorators, and the app-wide rules the verifier applies before
+caching). Other checks after verification that need the request plug in here and only here:
+`default_checks(settings)` lists the ones the settings turn on, and every adapter runs them. A
+check reads the `RequestView` (method, URL, headers, client certificate), the raw token and the
+verified `AccessToken`, and raises a `GuardError` to refuse. While any check is configured,
+adapters' cache-hit fast paths are off (`fast_path`), so no request skips a check. See
+docs/architecture.md ("How to add a check").
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from ..errors import GuardError, MissingToken, RenderedError
+from ..errors import GuardError, InvalidToken, MissingToken, RenderedError
+from ..events import logger, token_fingerprint
 from .answers import EndpointResponse
-from .bearer import extract_bearer, query_has_access_token
+from .bearer import extract_credentials, query_has_access_token
+from .confirmation import (
+    BEARER,
+    DPOP,
+    Confirmation,
+    confirm_binding,
+    confirm_binding_async,
+    confirmations_for,
+)
 from .endpoints import OperationalEndpoints, render_refusal
 from .request import RequestView
 from .rules import PathRules, is_cors_preflight
@@ -68,6 +80,17 @@ def default_checks(settings: GuardSettings) -> tuple[Check, ...]:
     return ()
 
 
+def _internal(scheme: str, token: str, exc: Exception) -> InvalidToken:
+    """An unexpected exception while confirming a token's binding, as the refusal it becomes
+    (logged at ERROR with its traceback, as the verifier does for its own)."""
+    logger.error("m2m_guard unexpected error confirming fingerprint=%s",
+                 token_fingerprint(token), exc_info=exc)
+    error = InvalidToken("The token could not be verified.", reason="internal_error")
+    if scheme == DPOP:
+        error.challenge = "DPoP"
+    return error
+
+
 class _Decision:
     __slots__ = ("name",)
 
@@ -90,18 +113,28 @@ class Gate:
     `checks` default to `default_checks(verifier.settings)`.
     """
 
-    __slots__ = ("_cached_token", "checks", "endpoints", "fast_path", "paths", "settings",
-                 "verifier")
+    __slots__ = ("_cached_token", "_dpop_required", "_schemes", "checks", "confirmations",
+                 "endpoints", "fast_path", "paths", "settings", "verifier")
 
-    def __init__(self, verifier: TokenVerifier, *, checks: Iterable[Check] | None = None) -> None:
+    def __init__(self, verifier: TokenVerifier, *, checks: Iterable[Check] | None = None,
+                 confirmations: Mapping[str, Confirmation] | None = None) -> None:
         self.verifier = verifier
         self.settings = settings = verifier.settings
         self.paths = PathRules(tuple(settings.public_paths))
         #: Health and RFC 9728 endpoints (None unless configured).
         self.endpoints = OperationalEndpoints.for_verifier(verifier)
         self.checks = tuple(checks) if checks is not None else default_checks(settings)
-        #: May an adapter answer a cached token without `authenticate`? Only without checks.
-        self.fast_path = settings.token_cache_size > 0 and not self.checks
+        #: The `cnf` confirmation methods (sender-constrained tokens: DPoP's ``jkt``, ...), by
+        #: member; `confirmation.py`.
+        self.confirmations = dict(confirmations) if confirmations is not None else \
+            confirmations_for(verifier)
+        self._dpop_required = settings.dpop == "required"
+        self._schemes = frozenset({BEARER} if settings.dpop == "off" else {BEARER, DPOP})
+        #: May an adapter answer a cached token without `authenticate`? Only without checks,
+        #: and not when every token must be DPoP-bound. (It never answers a bound token: the
+        #: verifier keeps those apart, see `confirmation.py`.)
+        self.fast_path = settings.token_cache_size > 0 and not self.checks \
+            and not self._dpop_required
         self._cached_token = verifier.cached_token
 
     # -- before authentication ---------------------------------------------------------------
@@ -157,8 +190,15 @@ class Gate:
     def credentials(self, request: RequestView) -> str | None:
         """The request's bearer token, or None without credentials; `GuardError` for malformed
         or ambiguous ones (RFC 6750 framing, a token in the query)."""
-        return extract_bearer(request.authorization(), request.query_string,
-                              max_token_bytes=self.settings.max_token_bytes)
+        found = self.presented(request)
+        return None if found is None else found[1]
+
+    def presented(self, request: RequestView) -> tuple[str, str] | None:
+        """``(scheme, token)`` of the request's credentials (``bearer``, or ``dpop`` when DPoP is
+        on), or None without any: the one place credentials are taken from a request."""
+        return extract_credentials(request.authorization(), request.query_string,
+                                   max_token_bytes=self.settings.max_token_bytes,
+                                   schemes=self._schemes)
 
     def _no_token(self, required: bool | None) -> None:
         if self.settings.required if required is None else required:
@@ -173,11 +213,21 @@ class Gate:
             access = self.cached(request)
             if access is not None:
                 return access
-        token = self.credentials(request)
-        if token is None:
+        found = self.presented(request)
+        if found is None:
             self._no_token(required)
             return None
-        access = await self.verifier.verify(token)
+        scheme, token = found
+        try:
+            access = await self.verifier.verify(token)
+            await confirm_binding_async(request, scheme, token, access, self.confirmations,
+                                        required=self._dpop_required)
+        except GuardError as exc:
+            if scheme == DPOP:
+                exc.challenge = "DPoP"
+            raise
+        except Exception as exc:  # noqa: BLE001 - never let a bug become a 500
+            raise _internal(scheme, token, exc) from None
         for check in self.checks:
             await check.check_async(request, token, access)
         return access
@@ -189,11 +239,21 @@ class Gate:
             access = self.cached(request)
             if access is not None:
                 return access
-        token = self.credentials(request)
-        if token is None:
+        found = self.presented(request)
+        if found is None:
             self._no_token(required)
             return None
-        access = self.verifier.verify_sync(token)
+        scheme, token = found
+        try:
+            access = self.verifier.verify_sync(token)
+            confirm_binding(request, scheme, token, access, self.confirmations,
+                            required=self._dpop_required)
+        except GuardError as exc:
+            if scheme == DPOP:
+                exc.challenge = "DPoP"
+            raise
+        except Exception as exc:  # noqa: BLE001 - never let a bug become a 500
+            raise _internal(scheme, token, exc) from None
         for check in self.checks:
             check.check(request, token, access)
         return access
