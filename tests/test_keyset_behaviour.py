@@ -213,12 +213,17 @@ async def test_1000_unknown_kids_refetch_once_and_never_wait_past_the_timeout(
         for token in tokens:
             group.start_soon(unknown, token)
         group.start_soon(known_kid)
-    # Every request started at once: the last one answered bounds every latency.
-    all_answered = held(began, clock.snapshot())
+    # Every request started at once: the last one answered bounds every latency. What the loop
+    # waited (held time less its own CPU: parsing a thousand tokens, which a loaded machine
+    # slows down) is the refetch timeout, never more; the work itself is bounded on its own.
+    ended = clock.snapshot()
+    worked = ended.cpu - began.cpu
+    all_answered = held(began, ended) - worked
     issuer.set_fault(None)
     assert len(latencies) == 1000 and reasons == {"unknown_kid"}
     assert fetches(issuer) == (1, 2)  # one refetch for a thousand unknown kids
-    assert all_answered < timeout + 0.5, (all_answered, max(latencies))
+    assert all_answered < timeout + 0.5, (all_answered, worked, max(latencies))
+    assert worked < 5.0, worked  # ~0.1 s on an idle machine: a runaway, not a busy machine
     # Requests with known keys never queue behind the refetch.
     assert known_latency and known_latency[0] < 0.2
     # Within the cooldown, more unknown kids are refused at once, without a request.
