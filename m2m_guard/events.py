@@ -111,6 +111,9 @@ REASONS: frozenset[str] = frozenset({
     "expired", "not_yet_valid", "issued_in_future", "missing_exp", "missing_aud",
     "wrong_audience", "invalid_aud", "invalid_exp", "invalid_nbf", "invalid_iat", "invalid_sub",
     "invalid_jti", "invalid_client_id", "invalid_azp", "invalid_oid",
+    # certificate-bound tokens (RFC 8705; 401 invalid_token)
+    "invalid_cnf", "client_certificate_missing", "client_certificate_mismatch",
+    "client_certificate_unreadable",
     # scopes (403), availability (503), and the safety net for bugs (401)
     "insufficient_scope", "issuer_unavailable", "internal_error",
 })

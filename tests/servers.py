@@ -61,3 +61,50 @@ def waitress_server(app: Any, *, threads: int = 4) -> Iterator[int]:
         thread.join(10)
         server.task_dispatcher.shutdown()
     assert not thread.is_alive(), "waitress did not stop"
+
+
+def tls_extension_protocol() -> type[Any]:
+    """uvicorn's h11 protocol, giving apps the ASGI TLS extension (``scope["extensions"]
+    ["tls"]``), which uvicorn itself does not provide: the client certificate the handshake
+    verified, as PEM, first in ``client_cert_chain``. It stands for a server that implements
+    the extension, over a real TLS handshake."""
+    import ssl
+
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TlsExtensionProtocol(H11Protocol):
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            ssl_object = transport.get_extra_info("ssl_object")
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            tls = {"server_cert": None, "client_cert_name": None, "client_cert_error": None,
+                   "tls_version": None, "cipher_suite": None,
+                   "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else []}
+            inner = self.app
+
+            async def app(scope: Any, receive: Any, send: Any) -> None:
+                scope.setdefault("extensions", {})["tls"] = tls
+                await inner(scope, receive, send)
+
+            self.app = app
+
+    return TlsExtensionProtocol
+
+
+@contextmanager
+def werkzeug_server(app: Any, **options: Any) -> Iterator[int]:
+    """Serve the WSGI `app` with Werkzeug's server on 127.0.0.1 (threaded; `options` such as
+    ``ssl_context``), in a thread; yield the port; stop on exit."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True, **options)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_port)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert not thread.is_alive(), "werkzeug did not stop"

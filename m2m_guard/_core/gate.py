@@ -20,8 +20,11 @@ For each request an adapter builds a `RequestView` and asks the gate, in this or
 Checks after verification (sender-constrained tokens, claim rules, client rules) plug in here
 and only here: `default_checks(settings)` lists the ones the settings turn on, and every adapter
 runs them. A check reads the `RequestView` (method, URL, headers, client certificate), the raw
-token and the verified `AccessToken`, and raises a `GuardError` to refuse. While any check is
-configured, adapters' cache-hit fast paths are off (`fast_path`), so no request skips a check.
+token and the verified `AccessToken`, and raises a `GuardError` to refuse. While a check that
+judges every token is configured, adapters' cache-hit fast paths are off (`fast_path`); checks
+of sender-constrained tokens only (`Check.only_bound`, e.g. the always-on certificate binding)
+keep them on, and the fast path sends every token with ``cnf`` through the checks. So no request
+skips a check.
 See docs/architecture.md ("How to add a check").
 """
 
@@ -33,7 +36,9 @@ from typing import TYPE_CHECKING
 from ..errors import GuardError, MissingToken, RenderedError
 from .answers import EndpointResponse
 from .bearer import extract_bearer, query_has_access_token
+from .checks import Check
 from .endpoints import OperationalEndpoints, render_refusal
+from .mtls import CertificateBinding
 from .request import RequestView
 from .rules import PathRules, is_cors_preflight
 
@@ -45,25 +50,10 @@ if TYPE_CHECKING:
 __all__ = ["AUTHENTICATE", "PASS", "Check", "Gate", "default_checks"]
 
 
-class Check:
-    """A rule every authenticated request must pass after its token is verified.
-
-    Override `check` (synchronous; it must not block, it runs on the event loop under ASGI) and,
-    for a rule that needs I/O, `check_async` as well. Raise a `GuardError` to refuse: it is
-    answered and reported like every other refusal.
-    """
-
-    def check(self, request: RequestView, token: str, access: AccessToken) -> None:
-        raise NotImplementedError
-
-    async def check_async(self, request: RequestView, token: str, access: AccessToken) -> None:
-        self.check(request, token, access)
-
-
 def default_checks(settings: GuardSettings) -> tuple[Check, ...]:
-    """The checks `settings` turn on, in the order they run (none yet: the bearer token's own
-    verification is the whole decision)."""
-    return ()
+    """The checks `settings` turn on, in the order they run. Always: certificate-bound tokens
+    (RFC 8705, `_core/mtls.py`), which judges only tokens with ``cnf.x5t#S256``."""
+    return (CertificateBinding(settings),)
 
 
 class _Decision:
@@ -88,8 +78,8 @@ class Gate:
     `checks` default to `default_checks(verifier.settings)`.
     """
 
-    __slots__ = ("_cached_token", "checks", "endpoints", "fast_path", "paths", "settings",
-                 "verifier")
+    __slots__ = ("_bound_checks", "_cached_token", "checks", "endpoints", "fast_path", "paths",
+                 "settings", "verifier")
 
     def __init__(self, verifier: TokenVerifier, *, checks: Iterable[Check] | None = None) -> None:
         self.verifier = verifier
@@ -98,8 +88,11 @@ class Gate:
         #: Health and RFC 9728 endpoints (None unless configured).
         self.endpoints = OperationalEndpoints.for_verifier(verifier)
         self.checks = tuple(checks) if checks is not None else default_checks(settings)
-        #: May an adapter answer a cached token without `authenticate`? Only without checks.
-        self.fast_path = settings.token_cache_size > 0 and not self.checks
+        #: May an adapter answer a cached token without `authenticate`? Only while every check
+        #: judges bound tokens alone (`Check.only_bound`): `cached_bearer` declines those.
+        self.fast_path = settings.token_cache_size > 0 and all(
+            check.only_bound for check in self.checks)
+        self._bound_checks = any(check.only_bound for check in self.checks)
         self._cached_token = verifier.cached_token
 
     # -- before authentication ---------------------------------------------------------------
@@ -142,7 +135,8 @@ class Gate:
         `extract_bearer` (a value holding several credentials, joined by a WSGI server, is no
         key); a query naming `access_token` is refused there, so it is declined here; while
         events are subscribed the verifier declines (`TokenVerifier.cached_token`) so that hits
-        are reported. Callers check `fast_path` (no checks configured)."""
+        are reported; a token with a ``cnf`` claim (sender-constrained) is declined while a
+        check judges such tokens, so it takes the checks. Callers check `fast_path`."""
         if type(authorization) is bytes:
             if authorization[:7] != b"Bearer ":
                 return None
@@ -150,7 +144,10 @@ class Gate:
             return None
         if query_string and query_has_access_token(query_string):
             return None
-        return self._cached_token(authorization[7:])
+        access = self._cached_token(authorization[7:])
+        if access is not None and self._bound_checks and "cnf" in access.claims:
+            return None
+        return access
 
     def credentials(self, request: RequestView) -> str | None:
         """The request's bearer token, or None without credentials; `GuardError` for malformed
