@@ -40,8 +40,8 @@ if TYPE_CHECKING:
     from .request import RequestView
 
 __all__ = ["CNF_X5T", "ENVOY_HEADER", "RFC9440_HEADER", "CertificateBinding", "TrustedProxies",
-           "Unreadable", "certificate_thumbprint", "check_binding", "client_thumbprint", "der_from_pem",
-           "forwarded_thumbprint", "parse_xfcc"]
+           "Unreadable", "certificate_thumbprint", "check_binding", "client_thumbprint",
+           "der_from_pem", "forwarded_thumbprint", "parse_xfcc"]
 
 #: The confirmation member of a certificate-bound token (RFC 8705 §3.1).
 CNF_X5T = "x5t#S256"
