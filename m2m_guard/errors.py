@@ -16,11 +16,14 @@ __all__ = [
     "ConfigurationError",
     "GuardError",
     "InsufficientScope",
+    "InvalidDPoPProof",
     "InvalidRequest",
     "InvalidToken",
     "IssuerUnavailable",
     "MissingToken",
     "RenderedError",
+    "ReplayStoreUnavailable",
+    "UseDPoPNonce",
     "render_error",
     "safe_description",
 ]
@@ -89,6 +92,30 @@ class InvalidToken(GuardError):
     default_description = "The access token is invalid."
 
 
+class InvalidDPoPProof(GuardError):
+    """The DPoP proof (RFC 9449 §4.3) is missing, malformed or does not fit the request or the
+    token; the description names the defect without repeating the proof (docs/dpop.md)."""
+
+    status_code = 401
+    error_code = "invalid_dpop_proof"
+    body_error = "invalid_dpop_proof"
+    default_description = "The DPoP proof is invalid."
+
+
+class UseDPoPNonce(GuardError):
+    """The resource server requires a DPoP proof carrying its current nonce (RFC 9449 §9):
+    `nonce` is the value to send back in the `DPoP-Nonce` header."""
+
+    status_code = 401
+    error_code = "use_dpop_nonce"
+    body_error = "use_dpop_nonce"
+    default_description = "Resource server requires nonce in DPoP proof."
+
+    def __init__(self, nonce: str, description: str | None = None) -> None:
+        self.nonce = nonce
+        super().__init__(description, reason="dpop_nonce_required")
+
+
 class InsufficientScope(GuardError):
     """A verified token lacks scopes the route requires.
 
@@ -129,6 +156,20 @@ class IssuerUnavailable(GuardError):
         super().__init__(description, reason="issuer_unavailable")
 
 
+class ReplayStoreUnavailable(GuardError):
+    """The DPoP replay store cannot tell whether a proof was used before (Redis unreachable, or
+    the in-memory store full): the request is refused, never let through (fail closed)."""
+
+    status_code = 503
+    error_code = None
+    body_error = "temporarily_unavailable"
+    default_description = "The DPoP replay store is temporarily unavailable."
+
+    def __init__(self, description: str | None = None, *, retry_after: int = 5) -> None:
+        self.retry_after = max(1, int(retry_after))
+        super().__init__(description, reason="replay_store_unavailable")
+
+
 @dataclass(frozen=True, slots=True)
 class RenderedError:
     """What an adapter sends for a `GuardError`: status, headers (name, value) and JSON body."""
@@ -156,7 +197,7 @@ def render_error(
     """
     body: dict[str, object] = {"error": error.body_error, "error_description": error.description}
     headers: list[tuple[str, str]] = [("content-type", "application/json")]
-    if isinstance(error, IssuerUnavailable):
+    if isinstance(error, (IssuerUnavailable, ReplayStoreUnavailable)):
         headers.append(("retry-after", str(error.retry_after)))
     else:
         params = [f"realm={_quote(realm)}"]

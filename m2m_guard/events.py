@@ -116,6 +116,11 @@ REASONS: frozenset[str] = frozenset({
     "client_certificate_unreadable",
     # scopes (403), availability (503), and the safety net for bugs (401)
     "insufficient_scope", "issuer_unavailable", "internal_error",
+    # DPoP proofs (401 invalid_dpop_proof, or use_dpop_nonce): docs/dpop.md
+    "dpop_proof_missing", "dpop_multiple_proofs", "dpop_proof_too_large", "dpop_malformed",
+    "dpop_type_refused", "dpop_algorithm_refused", "dpop_key_refused", "dpop_private_key",
+    "dpop_bad_signature", "dpop_invalid_claims", "dpop_method_mismatch", "dpop_url_mismatch",
+    "dpop_too_old", "dpop_in_future", "dpop_ath_mismatch", "dpop_nonce_required",
 })
 # A claim named in `required_claims` that is absent gives "missing_<claim>"; metrics fold those
 # into this one value so a configuration cannot create unbounded attribute values.

@@ -168,6 +168,16 @@ class GuardSettings:
     ca_bundle: str | None = None
     trusted_proxies: tuple[str, ...] | Sequence[str] = ()
     client_cert_header: str = "x-forwarded-client-cert"
+    # DPoP (RFC 9449), docs/dpop.md; validated by `_check_dpop`.
+    dpop: str = "off"
+    dpop_algorithms: tuple[str, ...] | Sequence[str] = ASYMMETRIC_ALGORITHMS
+    dpop_iat_window: float = 60.0
+    dpop_replay_store: str | None = None
+    dpop_replay_max_entries: int = 100000
+    dpop_forwarded_headers: tuple[str, ...] | Sequence[str] = ()
+    dpop_nonce: bool = False
+    dpop_nonce_lifetime: float = 300.0
+    dpop_nonce_secret: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -271,6 +281,7 @@ class GuardSettings:
                 f"got {self.realm!r}."
             )
         _check_operations(self)
+        _check_dpop(self)
         if self.ca_bundle is not None:
             _check_ca_bundle(self.ca_bundle)
         _check_client_certificates(self)
@@ -465,6 +476,59 @@ def _check_operations(settings: GuardSettings) -> None:
     set_(settings, "resource_scopes", scopes)
 
 
+DPOP_MODES = ("off", "allowed", "required")
+#: The forwarded headers `dpop_forwarded_headers` may name (RFC 7239 `forwarded` and the
+#: de-facto X-Forwarded-* family), in the order they are read.
+DPOP_FORWARDED_HEADERS = ("forwarded", "x-forwarded-proto", "x-forwarded-host",
+                          "x-forwarded-port", "x-forwarded-prefix")
+_REPLAY_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _check_dpop(settings: GuardSettings) -> None:
+    """Validate the DPoP options (docs/dpop.md)."""
+    set_ = object.__setattr__
+    if settings.dpop not in DPOP_MODES:
+        raise ConfigurationError(f"dpop must be one of off, allowed, required, got "
+                                 f"{settings.dpop!r}.")
+    algorithms = _str_tuple("dpop_algorithms", settings.dpop_algorithms)
+    if not algorithms or any(alg not in ASYMMETRIC_ALGORITHMS for alg in algorithms):
+        raise ConfigurationError(
+            f"dpop_algorithms must name asymmetric algorithms "
+            f"({', '.join(ASYMMETRIC_ALGORITHMS)}), got {settings.dpop_algorithms!r}.")
+    set_(settings, "dpop_algorithms", algorithms)
+    for name in ("dpop_iat_window", "dpop_nonce_lifetime"):
+        value = GuardSettings._duration(name, getattr(settings, name))
+        if value <= 0:
+            raise ConfigurationError(f"{name} must be greater than 0, got {value!r}.")
+        set_(settings, name, value)
+    store = settings.dpop_replay_store
+    if store is not None and store != "memory":
+        scheme = urlsplit(store).scheme if isinstance(store, str) else ""
+        if scheme not in _REPLAY_SCHEMES:
+            raise ConfigurationError(
+                f"dpop_replay_store must be memory or a Redis URL (redis://host:6379/0, "
+                f"rediss://..., unix:///path), got {store!r}.")
+    size = settings.dpop_replay_max_entries
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigurationError(f"dpop_replay_max_entries must be an integer >= 1, got "
+                                 f"{size!r}.")
+    headers = tuple(h.lower() for h in _str_tuple("dpop_forwarded_headers",
+                                                  settings.dpop_forwarded_headers))
+    for header in headers:
+        if header not in DPOP_FORWARDED_HEADERS:
+            raise ConfigurationError(
+                f"dpop_forwarded_headers contains {header!r}: name the headers your proxy sets "
+                f"(and always overwrites) among {', '.join(DPOP_FORWARDED_HEADERS)}.")
+    set_(settings, "dpop_forwarded_headers", headers)
+    if not isinstance(settings.dpop_nonce, bool):
+        raise ConfigurationError(f"dpop_nonce must be True or False, got "
+                                 f"{settings.dpop_nonce!r}.")
+    secret = settings.dpop_nonce_secret
+    if secret is not None and (not isinstance(secret, str) or len(secret) < 16):
+        raise ConfigurationError("dpop_nonce_secret must be a string of at least 16 characters "
+                                 "(the same on every worker), e.g. from secrets.token_urlsafe().")
+
+
 def unknown_names_message(source: str, unknown: Sequence[str], valid: Iterable[str],
                           prefix: str = "") -> str:
     """The error message for `unknown` option names found in `source`, each with the closest
@@ -572,4 +636,13 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "ca_bundle": _parse_str,
     "trusted_proxies": _parse_list,
     "client_cert_header": _parse_str,
+    "dpop": _parse_str,
+    "dpop_algorithms": _parse_list,
+    "dpop_iat_window": _parse_duration_env,
+    "dpop_replay_store": _parse_str,
+    "dpop_replay_max_entries": _parse_int,
+    "dpop_forwarded_headers": _parse_list,
+    "dpop_nonce": _parse_bool,
+    "dpop_nonce_lifetime": _parse_duration_env,
+    "dpop_nonce_secret": _parse_str,
 }

@@ -101,3 +101,13 @@ hypothesis_settings.register_profile(
     "fuzz", max_examples=20_000, deadline=None, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 hypothesis_settings.load_profile("ci")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a real redis-server on 127.0.0.1 (tests/redis_server.py), one per session;
+    the test fails, saying what to install, when no redis-server can be found."""
+    from .redis_server import redis_server
+
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url

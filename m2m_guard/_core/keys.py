@@ -17,6 +17,8 @@ signature allocates nothing that could have been made in advance.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,9 +32,10 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from jwt.exceptions import InvalidKeyError
 
 from ..settings import ASYMMETRIC_ALGORITHMS
-from .encoding import b64url_decode, loads_json
+from .encoding import b64url_decode, b64url_encode, loads_json
 
-__all__ = ["KeyRejected", "KeySet", "VerificationKey", "load_jwk", "parse_jwks"]
+__all__ = ["KeyRejected", "KeySet", "VerificationKey", "jwk_thumbprint", "load_jwk",
+           "parse_jwks", "private_members"]
 
 MIN_RSA_BITS = 2048
 MAX_RSA_BITS = 8192
@@ -238,6 +241,36 @@ def _okp_key(jwk: Mapping[str, Any],
     if not isinstance(built, _OKP_CURVES[crv]):
         raise KeyRejected(f"the key is not a public {crv} key")
     return built, {"EdDSA": _eddsa_verifier(built)}, len(raw) * 8
+
+
+# RFC 7638 §3.2: the required members of each key type, the only ones a thumbprint hashes.
+_THUMBPRINT_MEMBERS = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"),
+                       "OKP": ("crv", "kty", "x")}
+
+
+def private_members(jwk: Mapping[str, Any]) -> list[str]:
+    """The private-key members `jwk` carries (``d``, RSA's ``p``, ``q``...; ``k`` of a symmetric
+    key), in a fixed order: never read from the input, so safe to name in an error."""
+    kty = jwk.get("kty")
+    names = _PRIVATE_MEMBERS.get(kty if isinstance(kty, str) else "", _PRIVATE_MEMBERS["RSA"])
+    return [name for name in (*names, "k") if name in jwk]
+
+
+def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
+    """The RFC 7638 SHA-256 thumbprint of a public JWK, base64url (DPoP's ``jkt``).
+
+    Only the required members of the key type are hashed, in lexicographic order, as compact
+    JSON; `KeyRejected` when the type is unsupported or a member is missing or not a string
+    (call it on a JWK `load_jwk` accepted)."""
+    kty = jwk.get("kty")
+    members = _THUMBPRINT_MEMBERS.get(kty) if isinstance(kty, str) else None
+    if members is None:
+        raise KeyRejected("unsupported key type for a thumbprint")
+    values = {name: jwk.get(name) for name in members}
+    if not all(isinstance(value, str) and value for value in values.values()):
+        raise KeyRejected("a required member of the key is missing")
+    canonical = json.dumps(values, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    return b64url_encode(hashlib.sha256(canonical.encode("utf-8")).digest())
 
 
 def load_jwk(jwk: Mapping[str, Any]) -> VerificationKey:
