@@ -35,7 +35,7 @@ from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
 from ._adapters.django_config import request_view
-from ._core.resource_metadata import challenge_url
+from ._core.endpoints import challenge_options
 from .django import (
     Guard,
     configured_guard,
@@ -169,8 +169,7 @@ class M2MGuardAuthentication(BaseAuthentication):
         """The bare Bearer challenge DRF sends with a 401 (RFC 6750 §3), with
         ``resource_metadata`` when configured."""
         settings = configured_guard().settings
-        rendered = render_error(MissingToken(), realm=settings.realm,
-                                resource_metadata=challenge_url(settings))
+        rendered = render_error(MissingToken(), **challenge_options(settings))
         return dict(rendered.headers)["www-authenticate"]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -57,6 +58,11 @@ class GuardError(Exception):
     error_code: ClassVar[str | None] = None
     body_error: ClassVar[str] = "invalid_token"
     default_description: ClassVar[str] = "The request was refused."
+    #: The authentication scheme whose `WWW-Authenticate` challenge carries the error:
+    #: ``Bearer``, or ``DPoP`` for a DPoP proof's defects and for any refusal of a request
+    #: that used the DPoP scheme (the gate sets it).
+    challenge: str = "Bearer"
+
     def __init__(self, description: str | None = None, *, reason: str | None = None) -> None:
         self.description = safe_description(description or self.default_description)
         self.reason = reason or self.body_error
@@ -100,6 +106,7 @@ class InvalidDPoPProof(GuardError):
     error_code = "invalid_dpop_proof"
     body_error = "invalid_dpop_proof"
     default_description = "The DPoP proof is invalid."
+    challenge = "DPoP"
 
 
 class UseDPoPNonce(GuardError):
@@ -110,6 +117,7 @@ class UseDPoPNonce(GuardError):
     error_code = "use_dpop_nonce"
     body_error = "use_dpop_nonce"
     default_description = "Resource server requires nonce in DPoP proof."
+    challenge = "DPoP"
 
     def __init__(self, nonce: str, description: str | None = None) -> None:
         self.nonce = nonce
@@ -188,19 +196,25 @@ def _quote(value: str) -> str:
 
 
 def render_error(
-    error: GuardError, *, realm: str, resource_metadata: str | None = None
+    error: GuardError, *, realm: str, resource_metadata: str | None = None,
+    dpop_algs: Sequence[str] | None = None, bearer: bool = True,
 ) -> RenderedError:
     """Render `error` per The contract: status, `WWW-Authenticate` / `Retry-After` and JSON body.
 
     `realm` must already be validated (settings do that); scopes in `InsufficientScope` are
     validated scope-tokens, so nothing here can break the header's quoting.
+
+    With `dpop_algs` (DPoP on, RFC 9449 §7.1) a ``DPoP algs="..."`` challenge is sent too, and
+    without `bearer` (DPoP required) only that one; the error's parameters go in the challenge
+    of its scheme (`GuardError.challenge`), which comes first. A `UseDPoPNonce` adds its
+    ``DPoP-Nonce`` header.
     """
     body: dict[str, object] = {"error": error.body_error, "error_description": error.description}
     headers: list[tuple[str, str]] = [("content-type", "application/json")]
     if isinstance(error, (IssuerUnavailable, ReplayStoreUnavailable)):
         headers.append(("retry-after", str(error.retry_after)))
     else:
-        params = [f"realm={_quote(realm)}"]
+        params = []
         if error.error_code is not None:
             params.append(f"error={_quote(error.error_code)}")
             params.append(f"error_description={_quote(error.description)}")
@@ -208,9 +222,23 @@ def render_error(
             scope = " ".join(error.required)
             params.append(f"scope={_quote(scope)}")
             body["scope"] = scope
-        if resource_metadata is not None:
-            params.append(f"resource_metadata={_quote(resource_metadata)}")
-        headers.append(("www-authenticate", "Bearer " + ", ".join(params)))
+        tail = [] if resource_metadata is None else \
+            [f"resource_metadata={_quote(resource_metadata)}"]
+        bearer_head = [f"realm={_quote(realm)}"]
+        if dpop_algs is None:
+            challenge = "Bearer " + ", ".join(bearer_head + params + tail)
+        else:
+            dpop_head = [f"realm={_quote(realm)}", f"algs={_quote(' '.join(dpop_algs))}"]
+            on_dpop = error.challenge == "DPoP" or not bearer
+            dpop = "DPoP " + ", ".join(dpop_head + (params if on_dpop else []) + tail)
+            if not bearer:
+                challenge = dpop
+            else:
+                plain = "Bearer " + ", ".join(bearer_head + ([] if on_dpop else params) + tail)
+                challenge = f"{dpop}, {plain}" if on_dpop else f"{plain}, {dpop}"
+        headers.append(("www-authenticate", challenge))
+        if isinstance(error, UseDPoPNonce):
+            headers.append(("dpop-nonce", error.nonce))
     headers.append(("cache-control", "no-store"))
     payload = json.dumps(body, separators=(",", ":")).encode("ascii")
     return RenderedError(error.status_code, tuple(headers), payload)

@@ -121,6 +121,9 @@ REASONS: frozenset[str] = frozenset({
     "dpop_type_refused", "dpop_algorithm_refused", "dpop_key_refused", "dpop_private_key",
     "dpop_bad_signature", "dpop_invalid_claims", "dpop_method_mismatch", "dpop_url_mismatch",
     "dpop_too_old", "dpop_in_future", "dpop_ath_mismatch", "dpop_nonce_required",
+    "dpop_key_mismatch", "dpop_replayed", "replay_store_unavailable",
+    # sender-constrained tokens (401 invalid_token): the cnf claim and the scheme
+    "bound_token_as_bearer", "dpop_unbound_token", "dpop_required", "unsupported_cnf",
 })
 # A claim named in `required_claims` that is absent gives "missing_<claim>"; metrics fold those
 # into this one value so a configuration cannot create unbounded attribute values.

@@ -83,6 +83,15 @@ class AccessToken:
         return frozen
 
     @property
+    def cnf(self) -> Any:
+        """The `cnf` (confirmation, RFC 7800) claim of a sender-constrained token, read-only
+        (a mapping such as ``{"jkt": ...}`` for DPoP, ``{"x5t#S256": ...}`` for mTLS); None for
+        a plain bearer token. Looked up without copying the other claims."""
+        if "cnf" not in self._raw:
+            return None
+        return self.claims["cnf"]
+
+    @property
     def issuer(self) -> str:
         return str(self._raw["iss"])
 

@@ -48,6 +48,9 @@ _sha256 = hashlib.sha256
 _TYPES = frozenset({"jwt", "at+jwt", "application/at+jwt"})
 _STRICT_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 _CLIENT_CLAIMS = ("client_id", "azp", "sub")
+# The verified-token cache keeps sender-constrained tokens under this prefix (a token is ASCII,
+# so no token's own bytes start with it).
+_BOUND = b"\x00"
 
 
 class _Job(NamedTuple):
@@ -110,6 +113,7 @@ class TokenVerifier:
         self._keys = KeyStore(self.settings, fetcher=fetcher, clock=clock, wall=wall_clock)
         self.policy = self._keys.policy
         self._issuers = self._keys.issuers
+        self._bound_cached = False  # has a sender-constrained token been cached?
         self._cache: VerifiedTokenCache[_CacheEntry] | None = (
             VerifiedTokenCache(self.settings.token_cache_size)
             if self.settings.token_cache_size > 0 else None)
@@ -287,6 +291,8 @@ class TokenVerifier:
         raw = token.encode("utf-8", "surrogatepass")
         if self._cache is not None:
             cached = self._hit(raw)
+            if cached is None and self._bound_cached:
+                cached = self._hit(_BOUND + raw)
             if cached is not None:
                 return None, cached
         # `_flow`'s steps up to key selection, without its generator (~0.5 µs per token); a key
@@ -323,6 +329,8 @@ class TokenVerifier:
                         check_token_size(token, self._max_token_bytes)  # before copying it
                     raw = token.encode("utf-8", "surrogatepass")
                     cached = self._hit(raw) if self._cache is not None else None
+                    if cached is None and self._bound_cached:
+                        cached = self._hit(_BOUND + raw)
                     if cached is not None:
                         if observer is not None:
                             observer.allowed(cached, started, cached=True)
@@ -437,7 +445,15 @@ class TokenVerifier:
             # the set the key came from); a hit then needs only an identity check.
             keys = job.issuer.state.keys
             key_set = keys if keys is not None and keys.contains(key) else None
-            cache.put(job.raw, (access, key, key_set, job.issuer, not_after, not_before))
+            entry = (access, key, key_set, job.issuer, not_after, not_before)
+            if "cnf" in claims:
+                # A sender-constrained token (RFC 7800 cnf: DPoP, mTLS) is kept under a key no
+                # Bearer fast path looks up (`cached_token`), so only the gate, which confirms
+                # the binding, is ever answered from it.
+                self._bound_cached = True
+                cache.put(_BOUND + job.raw, entry)
+            else:
+                cache.put(job.raw, entry)
         return access
 
     def _internal(self, token: object, exc: Exception, job: _Job | None,

@@ -23,7 +23,8 @@ from flask import Flask, jsonify
 
 from m2m_guard import ConfigurationError, GuardSettings, InvalidToken, TokenVerifier
 from m2m_guard._core import mtls
-from m2m_guard._core.gate import Gate, default_checks
+from m2m_guard._core.confirmation import CertificateConfirmation, default_confirmations
+from m2m_guard._core.gate import Gate
 from m2m_guard._core.request import AsgiRequest, WsgiRequest
 from m2m_guard.flask import M2MGuard
 from m2m_guard.local_issuer import KeySetServer
@@ -210,28 +211,19 @@ def test_a_malformed_binding_is_refused(issuer: KeySetServer, settings: GuardSet
     assert refused.value.reason == "invalid_cnf"
 
 
-def test_a_cnf_without_a_certificate_member_is_not_this_checks(
-        issuer: KeySetServer, settings: GuardSettings) -> None:
-    gate = Gate(TokenVerifier(settings), checks=[mtls.CertificateBinding(settings)])
-    token = issuer.mint(cnf={"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"})
-    request = WsgiRequest({"REQUEST_METHOD": "GET", "HTTP_AUTHORIZATION": f"Bearer {token}"})
-    assert gate.authenticate_sync(request) is not None
-
-
-def test_the_fast_path_declines_bound_tokens(issuer: KeySetServer, settings: GuardSettings,
-                                             pki: Pki) -> None:
-    """The certificate binding is always on and keeps the fast path on for bearer tokens; a
-    cached token with ``cnf`` is never answered there."""
+def test_the_certificate_binding_is_always_on_and_keeps_the_fast_path(
+        issuer: KeySetServer, settings: GuardSettings, pki: Pki) -> None:
+    """Whatever the settings, the gate confirms ``x5t#S256``; bearer tokens keep the cache-hit
+    fast path, and a cached bound token is never answered there."""
+    assert isinstance(default_confirmations(settings)["x5t#S256"], CertificateConfirmation)
     verifier = TokenVerifier(settings)
     gate = Gate(verifier)
-    assert [type(check) for check in default_checks(settings)] == [mtls.CertificateBinding]
     assert gate.fast_path is True
     plain, tied = issuer.mint(), bound(issuer, pki.alice)
     environ = {"REQUEST_METHOD": "GET", "SSL_CLIENT_CERT": pki.alice.cert.read_text()}
     for token in (plain, tied):
         assert gate.authenticate_sync(WsgiRequest({**environ,
                                                    "HTTP_AUTHORIZATION": f"Bearer {token}"}))
-        assert verifier.cached_token(token) is not None  # both are in the cache now
     assert gate.cached_bearer(f"Bearer {plain}".encode(), b"") is not None
     assert gate.cached_bearer(f"Bearer {tied}".encode(), b"") is None
     assert gate.cached_bearer(f"Bearer {tied}", "") is None
@@ -239,6 +231,9 @@ def test_the_fast_path_declines_bound_tokens(issuer: KeySetServer, settings: Gua
         gate.authenticate_sync(WsgiRequest({"REQUEST_METHOD": "GET",
                                             "HTTP_AUTHORIZATION": f"Bearer {tied}"}))
     assert refused.value.reason == "client_certificate_missing"
+    again = gate.authenticate_sync(WsgiRequest({**environ,
+                                                "HTTP_AUTHORIZATION": f"Bearer {tied}"}))
+    assert again is not None and again.cnf == {"x5t#S256": pki.alice.thumbprint}
 
 
 # -- end to end: uvicorn over real TLS -------------------------------------------------------

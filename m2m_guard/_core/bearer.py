@@ -28,8 +28,8 @@ from urllib.parse import parse_qsl
 from ..errors import InvalidRequest, InvalidToken
 from .jws import check_token_size
 
-__all__ = ["MALFORMED", "authorization_from_environ", "extract_bearer", "is_b64token",
-           "query_has_access_token", "split_credentials"]
+__all__ = ["MALFORMED", "authorization_from_environ", "extract_bearer", "extract_credentials",
+           "is_b64token", "query_has_access_token", "split_credentials"]
 
 _B64TOKEN_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/"
 _OWS = " \t"
@@ -72,6 +72,24 @@ def extract_bearer(
     `InvalidToken` for a Bearer credential that is not one well-formed b64token (reason
     ``malformed_authorization``) and for a token over `max_token_bytes`.
     """
+    found = extract_credentials(authorization, query_string, max_token_bytes=max_token_bytes)
+    return None if found is None else found[1]
+
+
+_BEARER_ONLY = frozenset({"bearer"})
+_SCHEME_NAMES = {"bearer": "Bearer", "dpop": "DPoP"}
+
+
+def extract_credentials(
+    authorization: Sequence[str],
+    query_string: bytes | str = b"",
+    *,
+    max_token_bytes: int = 16384,
+    schemes: frozenset[str] = _BEARER_ONLY,
+) -> tuple[str, str] | None:
+    """`extract_bearer` for each scheme of `schemes` (lower case: ``bearer``, and ``dpop`` when
+    DPoP is on, RFC 9449 §7.1, whose token has the same b64token framing): ``(scheme, token)``
+    with the scheme in lower case, or None without credentials of those schemes."""
     if len(authorization) > 1:
         raise InvalidRequest("The request has more than one Authorization header.",
                              reason="multiple_authorization_headers")
@@ -85,30 +103,33 @@ def extract_bearer(
         return None
     value = authorization[0].strip(_OWS)
     scheme, _, rest = value.partition(" ")
-    if scheme.lower() != "bearer":
-        if "\t" in scheme and scheme.split("\t", 1)[0].lower() == "bearer":
-            raise _malformed("Bearer and the token must be separated by a space, not a tab.")
+    scheme = scheme.lower()
+    if scheme not in schemes:
+        if "\t" in scheme and scheme.split("\t", 1)[0] in schemes:
+            name = _SCHEME_NAMES.get(scheme.split("\t", 1)[0], "Bearer")
+            raise _malformed(f"{name} and the token must be separated by a space, not a tab.")
         return None
     token = rest.lstrip(" ")
     if not token:
-        raise _malformed("the Authorization header has the Bearer scheme but no token.")
+        name = _SCHEME_NAMES.get(scheme, "Bearer")
+        raise _malformed(f"the Authorization header has the {name} scheme but no token.")
     check_token_size(token, max_token_bytes)
     if not is_b64token(token):
-        raise _malformed(_defect(token))
-    return token
+        raise _malformed(_defect(token, _SCHEME_NAMES.get(scheme, "Bearer")))
+    return scheme, token
 
 
 def _malformed(defect: str) -> InvalidToken:
     return InvalidToken(MALFORMED + defect, reason="malformed_authorization")
 
 
-def _defect(token: str) -> str:
+def _defect(token: str, scheme: str = "Bearer") -> str:
     """What is wrong with a credential that is not a b64token, without quoting any of it."""
     if token.startswith("{"):
         return ("it is JSON (a JSON-serialized JWS?); send the compact form "
                 "header.payload.signature.")
     if " " in token or "\t" in token:
-        return "it contains whitespace; send exactly one token after Bearer."
+        return f"it contains whitespace; send exactly one token after {scheme}."
     if token.startswith('"') or token.endswith('"'):
         return "it is quoted; send the token without quotes."
     if "=" in token.rstrip("="):

@@ -14,8 +14,8 @@ refusal reported once (log line and event) and rendered with the configured real
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..errors import GuardError, RenderedError, render_error
 from ..health import health_response
@@ -23,10 +23,12 @@ from .answers import EndpointResponse, json_response
 from .resource_metadata import challenge_url, metadata_path, resource_metadata_response
 
 if TYPE_CHECKING:
+    from ..settings import GuardSettings
     from ..token import AccessToken
     from ..verifier import TokenVerifier
 
-__all__ = ["OperationalEndpoints", "health_answer", "read_only_answer", "render_refusal"]
+__all__ = ["OperationalEndpoints", "challenge_options", "health_answer", "read_only_answer",
+           "render_refusal"]
 
 _READ_METHODS = frozenset({"GET", "HEAD"})
 
@@ -42,8 +44,22 @@ def render_refusal(verifier: TokenVerifier, error: GuardError,
     (a token refused later, for its scopes).
     """
     verifier.report_refusal(error, access)
-    settings = verifier.settings
-    return render_error(error, realm=settings.realm, resource_metadata=challenge_url(settings))
+    if access is not None and error.challenge != "DPoP":
+        cnf = access.cnf
+        if isinstance(cnf, Mapping) and "jkt" in cnf:
+            # A DPoP-bound token is only ever accepted under the DPoP scheme: a later refusal
+            # (the route's scopes) belongs in the DPoP challenge too.
+            error.challenge = "DPoP"
+    return render_error(error, **challenge_options(verifier.settings))
+
+
+def challenge_options(settings: GuardSettings) -> dict[str, Any]:
+    """`render_error`'s options for `settings`: realm, resource metadata and, with DPoP on, the
+    DPoP challenge (and no Bearer one when DPoP is required)."""
+    dpop = settings.dpop
+    return {"realm": settings.realm, "resource_metadata": challenge_url(settings),
+            "dpop_algs": None if dpop == "off" else tuple(settings.dpop_algorithms),
+            "bearer": dpop != "required"}
 
 
 def read_only_answer(method: str, make: Callable[[], EndpointResponse]) -> EndpointResponse:

@@ -20,25 +20,28 @@ For each request an adapter builds a `RequestView` and asks the gate, in this or
 Checks after verification (sender-constrained tokens, claim rules, client rules) plug in here
 and only here: `default_checks(settings)` lists the ones the settings turn on, and every adapter
 runs them. A check reads the `RequestView` (method, URL, headers, client certificate), the raw
-token and the verified `AccessToken`, and raises a `GuardError` to refuse. While a check that
-judges every token is configured, adapters' cache-hit fast paths are off (`fast_path`); checks
-of sender-constrained tokens only (`Check.only_bound`, e.g. the always-on certificate binding)
-keep them on, and the fast path sends every token with ``cnf`` through the checks. So no request
-skips a check.
+token and the verified `AccessToken`, and raises a `GuardError` to refuse. While any check is
+configured, adapters' cache-hit fast paths are off (`fast_path`), so no request skips a check.
 See docs/architecture.md ("How to add a check").
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from ..errors import GuardError, MissingToken, RenderedError
 from .answers import EndpointResponse
-from .bearer import extract_bearer, query_has_access_token
-from .checks import Check
+from .bearer import extract_credentials, query_has_access_token
+from .confirmation import (
+    BEARER,
+    DPOP,
+    Confirmation,
+    confirm_binding,
+    confirm_binding_async,
+    default_confirmations,
+)
 from .endpoints import OperationalEndpoints, render_refusal
-from .mtls import CertificateBinding
 from .request import RequestView
 from .rules import PathRules, is_cors_preflight
 
@@ -50,10 +53,25 @@ if TYPE_CHECKING:
 __all__ = ["AUTHENTICATE", "PASS", "Check", "Gate", "default_checks"]
 
 
+class Check:
+    """A rule every authenticated request must pass after its token is verified.
+
+    Override `check` (synchronous; it must not block, it runs on the event loop under ASGI) and,
+    for a rule that needs I/O, `check_async` as well. Raise a `GuardError` to refuse: it is
+    answered and reported like every other refusal.
+    """
+
+    def check(self, request: RequestView, token: str, access: AccessToken) -> None:
+        raise NotImplementedError
+
+    async def check_async(self, request: RequestView, token: str, access: AccessToken) -> None:
+        self.check(request, token, access)
+
+
 def default_checks(settings: GuardSettings) -> tuple[Check, ...]:
-    """The checks `settings` turn on, in the order they run. Always: certificate-bound tokens
-    (RFC 8705, `_core/mtls.py`), which judges only tokens with ``cnf.x5t#S256``."""
-    return (CertificateBinding(settings),)
+    """The checks `settings` turn on, in the order they run (none yet: the bearer token's own
+    verification is the whole decision)."""
+    return ()
 
 
 class _Decision:
@@ -78,21 +96,28 @@ class Gate:
     `checks` default to `default_checks(verifier.settings)`.
     """
 
-    __slots__ = ("_bound_checks", "_cached_token", "checks", "endpoints", "fast_path", "paths",
-                 "settings", "verifier")
+    __slots__ = ("_cached_token", "_dpop_required", "_schemes", "checks", "confirmations",
+                 "endpoints", "fast_path", "paths", "settings", "verifier")
 
-    def __init__(self, verifier: TokenVerifier, *, checks: Iterable[Check] | None = None) -> None:
+    def __init__(self, verifier: TokenVerifier, *, checks: Iterable[Check] | None = None,
+                 confirmations: Mapping[str, Confirmation] | None = None) -> None:
         self.verifier = verifier
         self.settings = settings = verifier.settings
         self.paths = PathRules(tuple(settings.public_paths))
         #: Health and RFC 9728 endpoints (None unless configured).
         self.endpoints = OperationalEndpoints.for_verifier(verifier)
         self.checks = tuple(checks) if checks is not None else default_checks(settings)
-        #: May an adapter answer a cached token without `authenticate`? Only while every check
-        #: judges bound tokens alone (`Check.only_bound`): `cached_bearer` declines those.
-        self.fast_path = settings.token_cache_size > 0 and all(
-            check.only_bound for check in self.checks)
-        self._bound_checks = any(check.only_bound for check in self.checks)
+        #: The `cnf` confirmation methods (sender-constrained tokens: DPoP's ``jkt``, ...), by
+        #: member; `confirmation.py`.
+        self.confirmations = dict(confirmations) if confirmations is not None else \
+            default_confirmations(settings)
+        self._dpop_required = settings.dpop == "required"
+        self._schemes = frozenset({BEARER} if settings.dpop == "off" else {BEARER, DPOP})
+        #: May an adapter answer a cached token without `authenticate`? Only without checks,
+        #: and not when every token must be DPoP-bound. (It never answers a bound token: the
+        #: verifier keeps those apart, see `confirmation.py`.)
+        self.fast_path = settings.token_cache_size > 0 and not self.checks \
+            and not self._dpop_required
         self._cached_token = verifier.cached_token
 
     # -- before authentication ---------------------------------------------------------------
@@ -135,8 +160,7 @@ class Gate:
         `extract_bearer` (a value holding several credentials, joined by a WSGI server, is no
         key); a query naming `access_token` is refused there, so it is declined here; while
         events are subscribed the verifier declines (`TokenVerifier.cached_token`) so that hits
-        are reported; a token with a ``cnf`` claim (sender-constrained) is declined while a
-        check judges such tokens, so it takes the checks. Callers check `fast_path`."""
+        are reported. Callers check `fast_path` (no checks configured)."""
         if type(authorization) is bytes:
             if authorization[:7] != b"Bearer ":
                 return None
@@ -144,16 +168,20 @@ class Gate:
             return None
         if query_string and query_has_access_token(query_string):
             return None
-        access = self._cached_token(authorization[7:])
-        if access is not None and self._bound_checks and "cnf" in access.claims:
-            return None
-        return access
+        return self._cached_token(authorization[7:])
 
     def credentials(self, request: RequestView) -> str | None:
         """The request's bearer token, or None without credentials; `GuardError` for malformed
         or ambiguous ones (RFC 6750 framing, a token in the query)."""
-        return extract_bearer(request.authorization(), request.query_string,
-                              max_token_bytes=self.settings.max_token_bytes)
+        found = self.presented(request)
+        return None if found is None else found[1]
+
+    def presented(self, request: RequestView) -> tuple[str, str] | None:
+        """``(scheme, token)`` of the request's credentials (``bearer``, or ``dpop`` when DPoP is
+        on), or None without any: the one place credentials are taken from a request."""
+        return extract_credentials(request.authorization(), request.query_string,
+                                   max_token_bytes=self.settings.max_token_bytes,
+                                   schemes=self._schemes)
 
     def _no_token(self, required: bool | None) -> None:
         if self.settings.required if required is None else required:
@@ -168,11 +196,19 @@ class Gate:
             access = self.cached(request)
             if access is not None:
                 return access
-        token = self.credentials(request)
-        if token is None:
+        found = self.presented(request)
+        if found is None:
             self._no_token(required)
             return None
-        access = await self.verifier.verify(token)
+        scheme, token = found
+        try:
+            access = await self.verifier.verify(token)
+            await confirm_binding_async(request, scheme, token, access, self.confirmations,
+                                        required=self._dpop_required)
+        except GuardError as exc:
+            if scheme == DPOP:
+                exc.challenge = "DPoP"
+            raise
         for check in self.checks:
             await check.check_async(request, token, access)
         return access
@@ -184,11 +220,19 @@ class Gate:
             access = self.cached(request)
             if access is not None:
                 return access
-        token = self.credentials(request)
-        if token is None:
+        found = self.presented(request)
+        if found is None:
             self._no_token(required)
             return None
-        access = self.verifier.verify_sync(token)
+        scheme, token = found
+        try:
+            access = self.verifier.verify_sync(token)
+            confirm_binding(request, scheme, token, access, self.confirmations,
+                            required=self._dpop_required)
+        except GuardError as exc:
+            if scheme == DPOP:
+                exc.challenge = "DPoP"
+            raise
         for check in self.checks:
             check.check(request, token, access)
         return access

@@ -14,9 +14,10 @@ The certificate of a request comes from one of two places, never both:
   ``SSL_CLIENT_CERT``). A proxy header from an untrusted peer is ignored.
 
 Everything here is pure: `client_thumbprint` reads a `RequestView`, `check_binding` compares;
-`CertificateBinding` is the `Check` that puts them in the gate (for every adapter). The
-certificate itself is not validated here: the server or the proxy verified it in the TLS
-handshake; the token's binding is what this module enforces. See docs/mtls.md.
+`confirmation.CertificateConfirmation` puts them in the gate's one hook for ``cnf`` members
+(for every adapter, always on). The certificate itself is not validated here: the server or
+the proxy verified it in the TLS handshake; the token's binding is what this module enforces.
+See docs/mtls.md.
 """
 
 from __future__ import annotations
@@ -26,22 +27,19 @@ import hashlib
 import hmac
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from ..errors import InvalidToken
-from .checks import Check
 from .encoding import b64url_encode, is_b64url
 
 if TYPE_CHECKING:
-    from ..settings import GuardSettings
-    from ..token import AccessToken
     from .request import RequestView
 
-__all__ = ["CNF_X5T", "ENVOY_HEADER", "RFC9440_HEADER", "CertificateBinding", "TrustedProxies",
-           "Unreadable", "certificate_thumbprint", "check_binding", "client_thumbprint",
-           "der_from_pem", "forwarded_thumbprint", "parse_xfcc"]
+__all__ = ["CNF_X5T", "ENVOY_HEADER", "RFC9440_HEADER", "TrustedProxies", "Unreadable",
+           "certificate_thumbprint", "check_binding", "client_thumbprint", "der_from_pem",
+           "forwarded_thumbprint", "parse_xfcc"]
 
 #: The confirmation member of a certificate-bound token (RFC 8705 §3.1).
 CNF_X5T = "x5t#S256"
@@ -238,29 +236,14 @@ def client_thumbprint(request: RequestView, proxies: TrustedProxies,
     return None if pem is None else certificate_thumbprint(der_from_pem(pem))
 
 
-def _bound_thumbprint(access: AccessToken) -> str | None:
-    cnf = access.claims.get("cnf")
-    if cnf is None and "cnf" not in access.claims:
-        return None
-    if not isinstance(cnf, Mapping):
-        raise InvalidToken("The token's cnf claim is not a JSON object.", reason="invalid_cnf")
-    if CNF_X5T not in cnf:
-        return None
-    value: Any = cnf[CNF_X5T]
-    if not isinstance(value, str) or len(value) != 43 or not is_b64url(value):
+def check_binding(request: RequestView, bound: Any, proxies: TrustedProxies,
+                  header: str) -> None:
+    """Refuse (`InvalidToken`, 401) a request without the client certificate whose thumbprint
+    `bound` (the token's ``cnf["x5t#S256"]``) names. The request's certificate is read only
+    here, so only for a token bound to one."""
+    if not isinstance(bound, str) or len(bound) != 43 or not is_b64url(bound):
         raise InvalidToken("The token's cnf x5t#S256 is not a base64url SHA-256 thumbprint.",
                            reason="invalid_cnf")
-    return value
-
-
-def check_binding(request: RequestView, access: AccessToken, proxies: TrustedProxies,
-                  header: str) -> None:
-    """Refuse (`InvalidToken`, 401) a certificate-bound token without the certificate it is
-    bound to; tokens without ``cnf.x5t#S256`` pass. The request's certificate is read only for
-    a bound token."""
-    bound = _bound_thumbprint(access)
-    if bound is None:
-        return
     try:
         presented = client_thumbprint(request, proxies, header)
     except Unreadable as exc:
@@ -273,18 +256,3 @@ def check_binding(request: RequestView, access: AccessToken, proxies: TrustedPro
     if not hmac.compare_digest(presented.encode("ascii"), bound.encode("ascii")):
         raise InvalidToken("The access token is bound to another client certificate than the "
                            "request's.", reason="client_certificate_mismatch")
-
-
-class CertificateBinding(Check):
-    """The `Check` of certificate-bound tokens (always on: a token bound to a certificate is
-    never accepted without it, whatever the configuration)."""
-
-    __slots__ = ("header", "proxies")
-    only_bound: ClassVar[bool] = True
-
-    def __init__(self, settings: GuardSettings) -> None:
-        self.proxies = TrustedProxies(settings.trusted_proxies)
-        self.header = settings.client_cert_header
-
-    def check(self, request: RequestView, token: str, access: AccessToken) -> None:
-        check_binding(request, access, self.proxies, self.header)

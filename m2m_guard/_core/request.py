@@ -87,6 +87,13 @@ class RequestView:
         raise NotImplementedError
 
     @property
+    def target_path(self) -> bytes:
+        """The full path the client requested (mount point included, query excluded),
+        percent-decoded, as bytes: the path of a DPoP proof's `htu`. The same for the same
+        request under ASGI (UTF-8 text) and WSGI (latin-1 text, PEP 3333)."""
+        raise NotImplementedError
+
+    @property
     def url(self) -> str:
         """``scheme://host/root_path/path`` without the query: the URL as the client used it."""
         return f"{self.scheme}://{self.host}{self.root_path}{self.path}"
@@ -146,6 +153,16 @@ class AsgiRequest(RequestView):
                     return None
                 found = value
         return found
+
+    @property
+    def target_path(self) -> bytes:
+        # ASGI: `path` includes `root_path` (servers since the spec said so); older ones and
+        # some test clients give the path below it.
+        scope = self.scope
+        path = str(scope.get("path") or "/")
+        root = str(scope.get("root_path") or "")
+        full = path if not root or path.startswith(root) else root + path
+        return full.encode("utf-8", "surrogateescape")
 
     @property
     def client_cert(self) -> str | None:
@@ -224,6 +241,12 @@ class WsgiRequest(RequestView):
         # A server joins repeated headers with commas: then it is no token (tokens hold none).
         value = self.environ.get("HTTP_AUTHORIZATION")
         return value if type(value) is str else None
+
+    @property
+    def target_path(self) -> bytes:
+        environ = self.environ
+        full = str(environ.get("SCRIPT_NAME") or "") + str(environ.get("PATH_INFO") or "")
+        return (full or "/").encode("latin-1", "replace")
 
     @property
     def client_cert(self) -> str | None:

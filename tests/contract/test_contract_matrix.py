@@ -354,7 +354,7 @@ CASES = [
         **bearer(_bound(w)), "x-forwarded-client-cert": f"Hash={'ab' * 32}"}),
         _invalid_token(MTLS_MISSING)),
     Case("mtls-cnf-not-an-object", lambda w: w.get("/deployments", bearer(w.issuer.mint(
-        cnf="x5t"))), _invalid_token("The token's cnf claim is not a JSON object.")),
+        cnf="x5t"))), _invalid_token("The token's cnf claim is not a non-empty JSON object.")),
     # -- operability: the health endpoint, the RFC 9728 document, resource_metadata ----------
     Case("health-ready", _warm_then("GET", HEALTH),
          Expected(200, body=READY, summary=_health_summary), settings=OPERABLE),
