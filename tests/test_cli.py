@@ -413,6 +413,38 @@ def test_token_with_dpop_binds_the_token_and_prints_a_curl_line(served: Served,
     assert "curl " not in again.stderr
 
 
+def test_token_dpop_curl_line_calls_a_dpop_guarded_api(served: Served, tmp_path: Path) -> None:
+    """The printed curl line, run as it is, against a real API with DPoP on: 200; run again
+    (the same proof): refused."""
+    import shlex
+    import shutil
+
+    from m2m_guard import GuardSettings
+
+    from .conftest import deployment_app
+    from .servers import uvicorn_server
+
+    settings = GuardSettings(issuer=served.url, audience=AUDIENCE, dpop="allowed")
+    with uvicorn_server(deployment_app(settings)) as port:
+        url = f"http://127.0.0.1:{port}/deployments"
+        result = m2m("token", "--dpop", str(tmp_path / "k.pem"), "--url", url,
+                     env=served.client_env())
+        assert result.returncode == 0, result.stderr
+        [line] = [line for line in result.stderr.splitlines() if line.startswith("curl ")]
+        words = shlex.split(line)
+        headers = dict(words[i + 1].split(": ", 1) for i, word in enumerate(words)
+                       if word == "-H")
+        if shutil.which("curl"):
+            ran = subprocess.run([*words, "--noproxy", "*", "-s", "-o", "/dev/null", "-w",
+                                  "%{http_code}"],
+                                 capture_output=True, text=True, timeout=30, check=False)
+            assert ran.stdout == "200", ran.stdout + ran.stderr
+        else:  # the same request without curl
+            assert httpx.get(url, headers=headers, trust_env=False).status_code == 200
+        again = httpx.get(url, headers=headers, trust_env=False)
+        assert (again.status_code, again.json()["error"]) == (401, "invalid_dpop_proof")
+
+
 def test_token_dpop_usage_errors(served: Served, tmp_path: Path) -> None:
     not_a_key = tmp_path / "notes.txt"
     not_a_key.write_text("hello")

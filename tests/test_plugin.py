@@ -221,3 +221,24 @@ def test_a_registered_client_gets_a_bound_token_over_http(m2m_issuer: M2MIssuer,
     token = client.token(dpop=m2m_dpop.key)
     assert decode(token)[1]["cnf"] == {"jkt": m2m_dpop.key.thumbprint}
     assert "cnf" not in decode(client.token())[1]
+
+
+def test_m2m_dpop_against_a_guarded_app(m2m_issuer: M2MIssuer, m2m_dpop: DPoPFactory) -> None:
+    """The fixture's headers are what a DPoP-guarded API accepts; its proofs are used once, and
+    its bound tokens refused as Bearer."""
+    from starlette.testclient import TestClient
+
+    from tests.conftest import deployment_app
+
+    url = "http://testserver/deployments"
+    client = m2m_issuer.register_client(scopes=["read:deployments"])
+    with TestClient(deployment_app(m2m_issuer.settings(dpop="allowed"))) as api:
+        for token in (m2m_dpop.token(["read:deployments"]), client.token(dpop=m2m_dpop.key)):
+            headers = m2m_dpop.headers("GET", url, token)
+            assert api.get("/deployments", headers=headers).status_code == 200
+            replayed = api.get("/deployments", headers=headers)
+            assert (replayed.status_code, replayed.json()["error"]) == (401, "invalid_dpop_proof")
+            stolen = api.get("/deployments", headers={"Authorization": f"Bearer {token}"})
+            assert (stolen.status_code, stolen.json()["error"]) == (401, "invalid_token")
+        other = api.get("/deployments", headers=m2m_dpop.headers("POST", url, token))
+        assert other.status_code == 401  # a proof for another method
