@@ -20,6 +20,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 from flask import Flask, jsonify
+from hypothesis import given
+from hypothesis import strategies as st
 
 from m2m_guard import ConfigurationError, GuardSettings, InvalidToken, TokenVerifier
 from m2m_guard._core import mtls
@@ -382,3 +384,35 @@ def test_client_certificates_are_issued_by_the_local_ca(pki: Pki, tmp_path: Path
         issue_client_certificate(pki.files, "../etc")
     with pytest.raises(ValueError, match="ensure_certificates first"):
         issue_client_certificate(TlsFiles(tmp_path), "alice")
+
+
+@given(header=st.sampled_from(["x-forwarded-client-cert", "client-cert", "ssl-client-cert"]),
+       value=st.one_of(st.text(max_size=300), st.text(alphabet='=;,"\\ %:-BEGINCRTFA09+/',
+                                                      max_size=300)))
+def test_any_forwarded_value_is_read_or_refused_never_an_error(header: str, value: str) -> None:
+    """Whatever a (trusted but broken) proxy sends: a thumbprint, nothing, or `Unreadable`."""
+    try:
+        found = mtls.forwarded_thumbprint(header, [value])
+    except mtls.Unreadable:
+        return
+    assert found is None or (len(found) == 43 and found.isascii())
+
+
+@given(pem=st.text(max_size=400))
+def test_any_server_certificate_text_is_read_or_refused(pem: str) -> None:
+    try:
+        der = mtls.der_from_pem(pem)
+    except mtls.Unreadable:
+        return
+    assert der[0] == 0x30
+
+
+def test_a_garbled_certificate_from_the_server_is_a_401_not_a_500(
+        issuer: KeySetServer, settings: GuardSettings, pki: Pki) -> None:
+    gate = Gate(TokenVerifier(settings))
+    token = bound(issuer, pki.alice)
+    for pem in ("garbage", "-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----"):
+        with pytest.raises(InvalidToken) as refused:
+            gate.authenticate_sync(WsgiRequest({"REQUEST_METHOD": "GET", "SSL_CLIENT_CERT": pem,
+                                                "HTTP_AUTHORIZATION": f"Bearer {token}"}))
+        assert refused.value.reason == "client_certificate_unreadable"
