@@ -24,6 +24,7 @@ from . import (
     bench_events,
     cache_bench,
     chart,
+    dpop_bench,
     http_bench,
     inprocess_bench,
     signature_bench,
@@ -75,6 +76,8 @@ def run(config: Config, *, http: bool = True, log: bool = True) -> list[Row]:
         rows += workers_bench.run(issuer, pools["RS256"][0], config) if http else [
             Row(workers_bench.SECTION, name, None, "req/s", note="not run (--no-http)")
             for name in ("1 worker", "2 workers", "2 workers vs 1: throughput")]
+        say("DPoP over Bearer (memory and Redis replay stores) ...")
+        rows += dpop_bench.run(issuer.url, rs256, config)
         say("cache memory and bound ...")
         rows += cache_bench.run_memory(keys["EdDSA"], issuer.url, config)
     say("events and metrics on and off ...")

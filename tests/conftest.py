@@ -107,7 +107,14 @@ hypothesis_settings.load_profile("ci")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The URL of a real redis-server on 127.0.0.1 (tests/redis_server.py), one per session;
     the test fails, saying what to install, when no redis-server can be found."""
-    from .redis_server import redis_server
+    from .redis_server import RedisUnavailable, redis_server
 
-    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+    try:
+        server = redis_server(tmp_path_factory.mktemp("redis"))
+        url = server.__enter__()
+    except RedisUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
         yield url
+    finally:
+        server.__exit__(None, None, None)

@@ -15,8 +15,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
 from .servers import free_port
 
 MISSING = ("These tests need a real Redis server and none was found: install the Debian "
@@ -40,12 +38,17 @@ def redis_server_binary() -> str | None:
     return None
 
 
+class RedisUnavailable(RuntimeError):
+    """No redis-server could be found or started; the message says what to do."""
+
+
 @contextmanager
 def redis_server(directory: Path) -> Iterator[str]:
-    """Run redis-server on 127.0.0.1 on a free port (no persistence); yield its URL."""
+    """Run redis-server on 127.0.0.1 on a free port (no persistence); yield its URL. Raises
+    `RedisUnavailable` when there is none or it does not start."""
     binary = redis_server_binary()
     if binary is None:
-        pytest.fail(MISSING, pytrace=False)
+        raise RedisUnavailable(MISSING)
     import redis
 
     port = free_port()
@@ -60,16 +63,16 @@ def redis_server(directory: Path) -> Iterator[str]:
         while True:
             if process.poll() is not None:
                 error = process.stderr.read().decode(errors="replace") if process.stderr else ""
-                pytest.fail(f"redis-server ({binary}) exited at start: {error[-500:]}",
-                            pytrace=False)
+                raise RedisUnavailable(f"redis-server ({binary}) exited at start: "
+                                       f"{error[-500:]}")
             try:
                 if client.ping():
                     break
             except redis.RedisError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"redis-server ({binary}) did not answer PING within 30 s",
-                            pytrace=False)
+                raise RedisUnavailable(f"redis-server ({binary}) did not answer PING "
+                                       f"within 30 s")
             time.sleep(0.05)
         client.close()
         yield url

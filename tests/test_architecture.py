@@ -215,7 +215,7 @@ def test_documented_import_paths_still_work() -> None:
     public = ["m2m_guard", "m2m_guard.asgi", "m2m_guard.wsgi", "m2m_guard.starlette",
               "m2m_guard.fastapi", "m2m_guard.flask", "m2m_guard.django", "m2m_guard.drf",
               "m2m_guard.otel", "m2m_guard.health", "m2m_guard.events", "m2m_guard.testing",
-              "m2m_guard.local_issuer", "m2m_guard.cli", "m2m_guard.settings",
+              "m2m_guard.local_issuer", "m2m_guard.dpop", "m2m_guard.cli", "m2m_guard.settings",
               "m2m_guard.errors", "m2m_guard.token", "m2m_guard.verifier"]
     for name in public:
         assert not _is_private(name) and importlib.import_module(name)

@@ -67,6 +67,11 @@ def test_quick_run_prints_and_writes_the_whole_table(tmp_path: Path) -> None:
             assert len(judged) == 1 and VERDICT.search(judged[0]) and " to " in judged[0], name
         assert any(WORKERS in line and "2 workers vs 1: throughput" in line for line in lines)
         assert "memory of 10,000 cached tokens" in text
+        for name in ("DPoP, cache hit, memory store", "DPoP, cache hit, Redis store",
+                     "the proof's signature check alone", "Bearer hit with DPoP allowed vs off"):
+            assert any("DPoP over Bearer" in line and name in line for line in lines), name
+        judged = [line for line in lines if "DPoP adds, beyond the proof's signature" in line]
+        assert len(judged) == 1 and VERDICT.search(judged[0]) and " to " in judged[0], judged
         assert "most entries" in text and "most token bytes held" in text
         assert "key-set fetches" in text and "time to answer all" in text
         assert "not run (--no-http)" in text

@@ -22,7 +22,7 @@ DOCS = ROOT / "docs"
 PUBLIC_MODULES = ["m2m_guard", "m2m_guard.asgi", "m2m_guard.wsgi", "m2m_guard.starlette",
                   "m2m_guard.fastapi", "m2m_guard.flask", "m2m_guard.django", "m2m_guard.drf",
                   "m2m_guard.health", "m2m_guard.events", "m2m_guard.otel", "m2m_guard.testing",
-                  "m2m_guard.local_issuer"]
+                  "m2m_guard.local_issuer", "m2m_guard.dpop"]
 
 
 def _hooks() -> ModuleType:

@@ -29,7 +29,9 @@ import hmac
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidDPoPProof, InvalidToken
@@ -42,10 +44,11 @@ from .request import RequestView
 if TYPE_CHECKING:
     from ..settings import GuardSettings
     from ..token import AccessToken
+    from ..verifier import TokenVerifier
 
 __all__ = ["BEARER", "DPOP", "CertificateConfirmation", "Confirmation", "DPoPConfirmation",
-           "NonceSource",
-           "confirm_binding", "confirm_binding_async", "default_confirmations",
+           "NonceSource", "confirm_binding", "confirm_binding_async", "confirmations_for",
+           "default_confirmations",
            "request_target"]
 
 #: The authorization schemes, as `Gate` reads them (lower case).
@@ -87,7 +90,7 @@ def _members(scheme: str, access: AccessToken, confirmations: Mapping[str, Confi
                                "Authorization: DPoP <token> with a DPoP proof.",
                                reason="dpop_required")
         return []
-    if not isinstance(cnf, Mapping) or not cnf:
+    if (type(cnf) is not MappingProxyType and not isinstance(cnf, Mapping)) or not cnf:
         raise InvalidToken("The token's cnf claim is not a non-empty JSON object.",
                            reason="invalid_cnf")
     found = []
@@ -302,3 +305,19 @@ def default_confirmations(settings: GuardSettings) -> dict[str, Confirmation]:
     dpop = DPoPConfirmation(settings)
     certificate = CertificateConfirmation(settings)
     return {dpop.member: dpop, certificate.member: certificate}
+
+
+_BY_VERIFIER: weakref.WeakKeyDictionary[TokenVerifier, dict[str, Confirmation]] = \
+    weakref.WeakKeyDictionary()
+_BY_VERIFIER_LOCK = threading.Lock()
+
+
+def confirmations_for(verifier: TokenVerifier) -> dict[str, Confirmation]:
+    """`default_confirmations` of `verifier.settings`, made once per verifier: every gate of one
+    verifier (an adapter may build several) shares one replay store, so a proof accepted
+    through one is a replay through another."""
+    with _BY_VERIFIER_LOCK:
+        found = _BY_VERIFIER.get(verifier)
+        if found is None:
+            found = _BY_VERIFIER[verifier] = default_confirmations(verifier.settings)
+        return found

@@ -9,17 +9,20 @@ For each request an adapter builds a `RequestView` and asks the gate, in this or
    token checked (adapters may add their own reasons, e.g. Flask's public endpoints);
 3. ``await gate.authenticate(request)`` or ``gate.authenticate_sync(request)``: a token the
    verified-token cache holds, sent as exactly ``Bearer <token>``, is answered at once
-   (`cached`, the fast path, with the full path's outcome); otherwise the credentials
-   (`credentials`: RFC 6750 framing), the token verified (`TokenVerifier`), then every `Check`
-   in `checks`; the `AccessToken`, or None when there is no token and none is required. Every
-   refusal is a `GuardError`, which the adapter answers with ``gate.refuse(error, access)``
-   (reported once, rendered with the configured realm and resource metadata).
+   (`cached`, the fast path, with the full path's outcome; never for a sender-constrained
+   token); otherwise the credentials (`presented`: RFC 6750 framing, the ``Bearer`` scheme and
+   ``DPoP`` when DPoP is on), the token verified (`TokenVerifier`), its `cnf` binding confirmed
+   (`confirmation.confirm_binding`: DPoP's ``jkt``, ...), then every `Check` in `checks`; the
+   `AccessToken`, or None when there is no token and none is required. Every refusal is a
+   `GuardError`, which the adapter answers with ``gate.refuse(error, access)`` (reported once,
+   rendered with the configured realm, resource metadata and DPoP challenge).
 
 `decide(request)` runs steps 1 and 2 in one call for adapters that branch on the outcome.
 
-Checks after verification (sender-constrained tokens, claim rules, client rules) plug in here
-and only here: `default_checks(settings)` lists the ones the settings turn on, and every adapter
-runs them. A check reads the `RequestView` (method, URL, headers, client certificate), the raw
+Sender-constrained tokens plug in through `confirmations` (one `Confirmation` per `cnf`
+member, `confirmation.py`), which keep the Bearer fast path on. Other checks after verification
+(claim rules, client rules) plug in here and only here: `default_checks(settings)` lists the
+ones the settings turn on, and every adapter runs them. A check reads the `RequestView` (method, URL, headers, client certificate), the raw
 token and the verified `AccessToken`, and raises a `GuardError` to refuse. While any check is
 configured, adapters' cache-hit fast paths are off (`fast_path`), so no request skips a check.
 See docs/architecture.md ("How to add a check").
@@ -39,7 +42,7 @@ from .confirmation import (
     Confirmation,
     confirm_binding,
     confirm_binding_async,
-    default_confirmations,
+    confirmations_for,
 )
 from .endpoints import OperationalEndpoints, render_refusal
 from .request import RequestView
@@ -110,7 +113,7 @@ class Gate:
         #: The `cnf` confirmation methods (sender-constrained tokens: DPoP's ``jkt``, ...), by
         #: member; `confirmation.py`.
         self.confirmations = dict(confirmations) if confirmations is not None else \
-            default_confirmations(settings)
+            confirmations_for(verifier)
         self._dpop_required = settings.dpop == "required"
         self._schemes = frozenset({BEARER} if settings.dpop == "off" else {BEARER, DPOP})
         #: May an adapter answer a cached token without `authenticate`? Only without checks,
