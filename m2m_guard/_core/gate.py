@@ -22,10 +22,11 @@ For each request an adapter builds a `RequestView` and asks the gate, in this or
 Sender-constrained tokens plug in through `confirmations` (one `Confirmation` per `cnf`
 member, `confirmation.py`), which keep the Bearer fast path on. Other checks after verification
 (claim rules, client rules) plug in here and only here: `default_checks(settings)` lists the
-ones the settings turn on, and every adapter runs them. A check reads the `RequestView` (method, URL, headers, client certificate), the raw
-token and the verified `AccessToken`, and raises a `GuardError` to refuse. While any check is
-configured, adapters' cache-hit fast paths are off (`fast_path`), so no request skips a check.
-See docs/architecture.md ("How to add a check").
+ones the settings turn on, and every adapter runs them. A check reads the `RequestView`
+(method, URL, headers, client certificate), the raw token and the verified `AccessToken`, and
+raises a `GuardError` to refuse. While any check is configured, adapters' cache-hit fast paths
+are off (`fast_path`), so no request skips a check. See docs/architecture.md ("How to add a
+check").
 """
 
 from __future__ import annotations
