@@ -38,7 +38,7 @@ from m2m_guard.local_issuer.tls import (
 )
 
 from .conftest import deployment_app
-from .servers import tls_extension_protocol, uvicorn_server, werkzeug_server
+from .servers import tls_extension_protocol, tls_terminating_proxy, uvicorn_server, werkzeug_server
 
 MISSING = "The access token is bound to a client certificate (RFC 8705) and the request " \
           "presented none."
@@ -329,6 +329,30 @@ def test_a_trusted_proxys_header_is_believed_and_an_untrusted_peers_is_not(
         url = f"http://127.0.0.1:{port}/deployments"
         refused = client.get(url, headers={**token, header: value(pki.alice)})
         assert _error(refused) == (401, "invalid_token", MISSING)
+
+
+def test_behind_a_real_tls_terminating_proxy(pki: Pki, issuer: KeySetServer,
+                                            settings: GuardSettings) -> None:
+    """Client -> TLS with a client certificate -> proxy (verifies it, sanitizes and sets
+    x-forwarded-client-cert) -> plain HTTP -> uvicorn: the whole chain, real TLS."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.files.ca_cert))
+    context.load_cert_chain(str(pki.files.cert_chain), str(pki.files.key))
+    context.verify_mode = ssl.CERT_OPTIONAL
+    trusted = settings.replace(trusted_proxies=["127.0.0.1"])
+    token = {"Authorization": f"Bearer {bound(issuer, pki.alice)}"}
+    forged = {**token, "x-forwarded-client-cert":
+              f"Hash={hashlib.sha256(pki.der(pki.alice)).hexdigest()}"}
+    with uvicorn_server(deployment_app(trusted), proxy_headers=False) as app_port, \
+            tls_terminating_proxy(context, app_port) as port, \
+            pki.client(pki.alice) as alice, pki.client(pki.bob) as bob, pki.client() as nobody:
+        url = f"https://127.0.0.1:{port}/deployments"
+        assert alice.get(url, headers=token).status_code == 200
+        assert _error(bob.get(url, headers=token))[2] == MISMATCH
+        # Bob forges Alice's header: the proxy replaces it with his own certificate's.
+        assert _error(bob.get(url, headers=forged))[2] == MISMATCH
+        assert _error(nobody.get(url, headers=forged))[2] == MISSING
+        plain = {"Authorization": f"Bearer {issuer.mint(scopes=['read:deployments'])}"}
+        assert nobody.get(url, headers=plain).status_code == 200
 
 
 # -- end to end: WSGI ------------------------------------------------------------------------
