@@ -123,7 +123,8 @@ def parse_xfcc(value: str) -> list[dict[str, str]]:
                 quoted = False
             else:
                 buffer.append(char)
-        elif char == '"' and key is not None and not "".join(buffer).strip():
+        elif char == '"' and key is not None and not was_quoted and \
+                (not buffer or not any(not c.isspace() for c in buffer)):
             buffer.clear()
             quoted = was_quoted = True
         elif char == "=" and key is None:
