@@ -4,15 +4,20 @@ clock, the challenges, and one replay store per verifier whatever the number of 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import pytest
 
 from m2m_guard import GuardSettings, TokenVerifier
-from m2m_guard._core.confirmation import NonceSource, request_target
+from m2m_guard._core.confirmation import Confirmation, NonceSource, request_target
 from m2m_guard._core.gate import Gate
 from m2m_guard._core.request import AsgiRequest, WsgiRequest
 from m2m_guard.errors import InvalidDPoPProof, InvalidToken, UseDPoPNonce, render_error
+from m2m_guard.local_issuer import KeySetServer, SigningKey, scalekit_claims
+
+from .conftest import AUDIENCE
 
 BASE = {"issuer": "https://issuer.example", "audience": "api"}
 
@@ -176,3 +181,31 @@ def test_every_gate_of_a_verifier_shares_one_replay_store() -> None:
 def test_the_fast_path_stays_on_unless_dpop_is_required() -> None:
     for mode, fast in (("off", True), ("allowed", True), ("required", False)):
         assert Gate(TokenVerifier(GuardSettings(**BASE, dpop=mode))).fast_path is fast, mode
+
+
+class _Broken(Confirmation):
+    member = "jkt"
+
+    def confirm(self, request: Any, scheme: str, token: str, access: Any, value: Any) -> None:
+        raise RuntimeError("a bug in a confirmation")
+
+
+def test_a_bug_in_a_confirmation_is_a_401_never_a_500(
+        issuer: KeySetServer, signing_keys: dict[str, SigningKey],
+        caplog: pytest.LogCaptureFixture) -> None:
+    verifier = TokenVerifier(GuardSettings(issuer=issuer.url, audience=AUDIENCE,
+                                           http_timeout=2.0, dpop="allowed"))
+    gate = Gate(verifier, confirmations={"jkt": _Broken()})
+    token = signing_keys["RS256"].sign(scalekit_claims(issuer.url, audience=[AUDIENCE],
+                                                       cnf={"jkt": "x" * 43}))
+    request = wsgi("/d", headers={"authorization": f"DPoP {token}", "dpop": "p"})
+    with caplog.at_level(logging.ERROR, logger="m2m_guard"):
+        with pytest.raises(InvalidToken) as sync:
+            gate.authenticate_sync(request)
+        with pytest.raises(InvalidToken) as async_:
+            asyncio.run(gate.authenticate(request))
+    for refused in (sync.value, async_.value):
+        assert (refused.reason, refused.challenge) == ("internal_error", "DPoP")
+    assert any("unexpected error confirming" in r.getMessage() for r in caplog.records)
+    assert token not in caplog.text
+    verifier.close()

@@ -255,7 +255,7 @@ class DPoPConfirmation(Confirmation):
             request.headers("dpop"), method=request.method,
             url=request_target(request, self.forwarded), now=now, access_token=token,
             nonces=self.nonces.valid() if self.nonces is not None else None)
-        if not hmac.compare_digest(proof.jkt, value):
+        if not (value.isascii() and hmac.compare_digest(proof.jkt, value)):
             raise InvalidDPoPProof("The DPoP proof is signed by another key than the one the "
                                    "token is bound to (cnf.jkt).", reason="dpop_key_mismatch")
         return proof, now

@@ -157,7 +157,7 @@ def request_htu(scheme: str, host: str, path: str | bytes) -> str:
     the application: `path` decoded (ASGI's ``root_path + path`` as text, WSGI's ``SCRIPT_NAME +
     PATH_INFO`` as bytes) is percent-encoded back where a URI needs it, so that
     ``normalize_htu`` of both sides compares equal."""
-    raw = path if isinstance(path, bytes) else path.encode("utf-8", "surrogateescape")
+    raw = path if isinstance(path, bytes) else path.encode("utf-8", "surrogatepass")
     if not raw.translate(None, _PATH_SAFE_BYTES):  # one C pass: nothing to encode
         encoded = raw.decode("ascii")
     else:

@@ -34,7 +34,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from ..errors import GuardError, MissingToken, RenderedError
+from ..errors import GuardError, InvalidToken, MissingToken, RenderedError
+from ..events import logger, token_fingerprint
 from .answers import EndpointResponse
 from .bearer import extract_credentials, query_has_access_token
 from .confirmation import (
@@ -76,6 +77,17 @@ def default_checks(settings: GuardSettings) -> tuple[Check, ...]:
     """The checks `settings` turn on, in the order they run (none yet: the bearer token's own
     verification is the whole decision)."""
     return ()
+
+
+def _internal(scheme: str, token: str, exc: Exception) -> InvalidToken:
+    """An unexpected exception while confirming a token's binding, as the refusal it becomes
+    (logged at ERROR with its traceback, as the verifier does for its own)."""
+    logger.error("m2m_guard unexpected error confirming fingerprint=%s",
+                 token_fingerprint(token), exc_info=exc)
+    error = InvalidToken("The token could not be verified.", reason="internal_error")
+    if scheme == DPOP:
+        error.challenge = "DPoP"
+    return error
 
 
 class _Decision:
@@ -213,6 +225,8 @@ class Gate:
             if scheme == DPOP:
                 exc.challenge = "DPoP"
             raise
+        except Exception as exc:  # noqa: BLE001 - never let a bug become a 500
+            raise _internal(scheme, token, exc) from None
         for check in self.checks:
             await check.check_async(request, token, access)
         return access
@@ -237,6 +251,8 @@ class Gate:
             if scheme == DPOP:
                 exc.challenge = "DPoP"
             raise
+        except Exception as exc:  # noqa: BLE001 - never let a bug become a 500
+            raise _internal(scheme, token, exc) from None
         for check in self.checks:
             check.check(request, token, access)
         return access

@@ -270,7 +270,7 @@ def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
     if not all(isinstance(value, str) and value for value in values.values()):
         raise KeyRejected("a required member of the key is missing")
     canonical = json.dumps(values, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
-    return b64url_encode(hashlib.sha256(canonical.encode("utf-8")).digest())
+    return b64url_encode(hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).digest())
 
 
 def load_jwk(jwk: Mapping[str, Any]) -> VerificationKey:

@@ -44,7 +44,7 @@ RETRY_AFTER = 5
 
 def replay_key(jkt: str, jti: str) -> str:
     """The store key of a proof: its key's thumbprint and its `jti`, hashed (bounded size)."""
-    return hashlib.sha256(f"{len(jkt)}:{jkt}{jti}".encode("utf-8", "surrogateescape")).hexdigest()
+    return hashlib.sha256(f"{len(jkt)}:{jkt}{jti}".encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def replay_ttl(iat: float, now: float, window: float) -> float:

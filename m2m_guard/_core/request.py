@@ -162,7 +162,7 @@ class AsgiRequest(RequestView):
         path = str(scope.get("path") or "/")
         root = str(scope.get("root_path") or "")
         full = path if not root or path.startswith(root) else root + path
-        return full.encode("utf-8", "surrogateescape")
+        return full.encode("utf-8", "surrogatepass")
 
     @property
     def client_cert(self) -> str | None:

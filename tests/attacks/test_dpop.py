@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from m2m_guard import GuardSettings
@@ -259,6 +261,10 @@ def test_malformed_cnf(allowed: TestClient, rs: SigningKey, issuer_server: KeySe
         token = rs.sign(claims_of(issuer_server, cnf=cnf))
         response = call(allowed, token, [dpop_key.proof("GET", URL, access_token=token)])
         assert_dpop_refused(response, description, error="invalid_token")
+    # a cnf.jkt that is no thumbprint at all (not ASCII) is another key, not a 500
+    odd = rs.sign(claims_of(issuer_server, cnf={"jkt": "\u00e9" * 43}))
+    assert_dpop_refused(call(allowed, odd, [dpop_key.proof("GET", URL, access_token=odd)]),
+                        D_MISMATCH)
 
 
 # -- server nonces (§9) ---------------------------------------------------------------------------
@@ -275,3 +281,42 @@ def test_server_nonce(issuer_server: KeySetServer, bound: str, dpop_key: DPoPKey
         wrong = call(test_client, bound, [dpop_key.proof("GET", URL, access_token=bound,
                                                          nonce="made-up-nonce")])
         assert wrong.json()["error"] == "use_dpop_nonce"
+
+
+# -- whatever the DPoP header holds: a 401 naming the proof, never a 500 ---------------------------
+@settings(max_examples=60, deadline=None)
+@given(value=st.one_of(
+    st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=300),
+    st.lists(st.sampled_from(["e30", "eyJ0eXAiOiJkcG9wK2p3dCJ9", "", "AAAA", "!!", "e30e30"]),
+             min_size=1, max_size=5).map(".".join)))
+def test_garbage_proofs_are_refused_never_a_500(value: str, allowed: TestClient,
+                                                keys: dict[str, SigningKey],
+                                                issuer_server: KeySetServer,
+                                                dpop_key: DPoPKey) -> None:
+    token = _fixed_bound(keys["RS256"], issuer_server, dpop_key)
+    value = value.strip(" \t")
+    response = allowed.get("/deployments", headers=[
+        ("Authorization", f"DPoP {token}"), ("DPoP", value.encode("latin-1"))])
+    assert response.status_code == 401, response.text
+    assert response.json()["error"] == "invalid_dpop_proof"
+    assert value[:40] not in response.json()["error_description"] or len(value) < 8
+
+
+_BOUND_TOKENS: dict[str, str] = {}
+
+
+def _fixed_bound(rs: SigningKey, server: KeySetServer, key: DPoPKey) -> str:
+    """One bound token for every example (so the verified-token cache answers)."""
+    if key.thumbprint not in _BOUND_TOKENS:
+        _BOUND_TOKENS[key.thumbprint] = rs.sign(claims_of(server, cnf={"jkt": key.thumbprint}))
+    return _BOUND_TOKENS[key.thumbprint]
+
+
+def test_lone_surrogates_in_claims_are_never_a_500(allowed: TestClient, bound: str,
+                                                   dpop_key: DPoPKey) -> None:
+    # JSON may escape a lone surrogate ("\ud800"): a jti holding one is an ordinary jti
+    proof = dpop_key.proof("GET", URL, access_token=bound, jti="\ud800-jti")
+    assert_ok(call(allowed, bound, [proof]))
+    assert_dpop_refused(call(allowed, bound, [proof]), D_REPLAYED)
+    odd_htu = dpop_key.proof("GET", URL, access_token=bound, claims={"htu": URL + "\udc80"})
+    assert_dpop_refused(call(allowed, bound, [odd_htu]), D_URL)

@@ -20,6 +20,7 @@ from m2m_guard import GuardSettings
 from m2m_guard.dpop import DPoPKey
 from m2m_guard.local_issuer import KeySetServer, SigningKey
 
+from ..servers import free_port
 from .harness import Reply
 from .test_contract_matrix import DRIVERS, Case, Expected, World, _guard_view, _mismatches
 
@@ -145,6 +146,13 @@ CASES = [
                   {"error": "missing_token", "error_description": "A bearer token is required."}),
          settings=ALLOWED),
     Case("dpop-plain-bearer-allowed", _plain_bearer, Expected(200), settings=ALLOWED),
+    # Fail closed: the Redis replay store cannot be reached (nothing listens on its port), with
+    # the asyncio client (ASGI, Django async) and the blocking one (WSGI, Flask, Django, DRF).
+    Case("dpop-replay-store-down", _call("GET", "/deployments"),
+         Expected(503, None, {"error": "temporarily_unavailable", "error_description":
+                              "The DPoP replay store cannot be reached; retry shortly."},
+                  retry_after=True),
+         settings={**ALLOWED, "dpop_replay_store": f"redis://127.0.0.1:{free_port()}/0"}),
     Case("dpop-plain-bearer-required", _plain_bearer, _dpop_refusal(
         "This API accepts DPoP-bound tokens only: send Authorization: DPoP <token> with a DPoP "
         "proof.", error="invalid_token", bearer=False), settings=REQUIRED),
@@ -176,3 +184,22 @@ def test_every_framework_answers_dpop_per_contract(
     assert not problems, "frameworks breaking the contract: " + "; ".join(
         f"{name}: {', '.join(found)}" for name, found in problems.items())
     assert not disagreeing, f"frameworks disagree: {views}"
+
+
+def test_every_framework_refuses_a_replay_with_the_redis_store(
+        issuer: KeySetServer, signing_keys: dict[str, SigningKey], redis_url: str,
+        make_settings: Callable[..., GuardSettings]) -> None:
+    """The shared store through each framework's client (asyncio under ASGI and Django async,
+    blocking under WSGI, Flask, Django and DRF), against a real redis-server."""
+    settings = make_settings(public_paths=("/health",), dpop="allowed",
+                             dpop_replay_store=redis_url)
+    expected = _dpop_refusal(
+        "The DPoP proof was already used: make a fresh proof (a new jti) for every request.")
+    problems = {}
+    for name, factory in sorted(DRIVERS.items()):
+        with factory(settings) as driver:
+            found = _mismatches(_replayed(World(driver, issuer, signing_keys)), expected,
+                                settings)
+        if found:
+            problems[name] = found
+    assert not problems, problems
