@@ -113,6 +113,9 @@ REASONS: frozenset[str] = frozenset({
     "expired", "not_yet_valid", "issued_in_future", "missing_exp", "missing_aud",
     "wrong_audience", "invalid_aud", "invalid_exp", "invalid_nbf", "invalid_iat", "invalid_sub",
     "invalid_jti", "invalid_client_id", "invalid_azp", "invalid_oid",
+    # certificate-bound tokens (RFC 8705; 401 invalid_token)
+    "invalid_cnf", "client_certificate_missing", "client_certificate_mismatch",
+    "client_certificate_unreadable",
     # scopes (403), availability (503), and the safety net for bugs (401)
     "insufficient_scope", "issuer_unavailable", "internal_error",
     # rules other than scopes (403 access_denied): a claim value, the client allow-list, a
@@ -125,8 +128,7 @@ REASONS: frozenset[str] = frozenset({
     "dpop_too_old", "dpop_in_future", "dpop_ath_mismatch", "dpop_nonce_required",
     "dpop_key_mismatch", "dpop_replayed", "replay_store_unavailable",
     # sender-constrained tokens (401 invalid_token): the cnf claim and the scheme
-    "bound_token_as_bearer", "dpop_unbound_token", "dpop_required", "invalid_cnf",
-    "unsupported_cnf",
+    "bound_token_as_bearer", "dpop_unbound_token", "dpop_required", "unsupported_cnf",
 })
 # A claim named in `required_claims` that is absent gives "missing_<claim>"; metrics fold those
 # into this one value so a configuration cannot create unbounded attribute values.

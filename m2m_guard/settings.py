@@ -178,6 +178,8 @@ class GuardSettings:
     provider: str = "scalekit"
     client_id_claims: tuple[str, ...] | Sequence[str] = _DEFAULT_CLIENT_ID_CLAIMS
     machine_tokens_only: bool = False
+    trusted_proxies: tuple[str, ...] | Sequence[str] = ()
+    client_cert_header: str = "x-forwarded-client-cert"
     # DPoP (RFC 9449), docs/dpop.md; validated by `_check_dpop`.
     dpop: str = "off"
     dpop_algorithms: tuple[str, ...] | Sequence[str] = ASYMMETRIC_ALGORITHMS
@@ -296,6 +298,7 @@ class GuardSettings:
         _check_dpop(self)
         if self.ca_bundle is not None:
             _check_ca_bundle(self.ca_bundle)
+        _check_client_certificates(self)
 
     @staticmethod
     def _duration(name: str, value: Any) -> float:
@@ -511,6 +514,40 @@ def _check_ca_bundle(path: Any) -> None:
                                  f"certificate alone cannot be trusted as a root).")
 
 
+# RFC 9110 §5.1 field-name (token characters).
+_FIELD_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
+
+
+def _check_client_certificates(settings: GuardSettings) -> None:
+    """Validate the options of certificate-bound tokens (RFC 8705): the trusted proxies (each
+    an address or a network in CIDR notation, kept in canonical form) and the header they
+    forward the client certificate in (a field name, kept in lower case)."""
+    set_ = object.__setattr__
+    networks: list[str] = []
+    for entry in _str_tuple("trusted_proxies", settings.trusted_proxies):
+        try:
+            network = ipaddress.ip_network(entry.strip())
+        except ValueError:
+            hint = ""
+            try:
+                hint = (f" (did you mean {ipaddress.ip_network(entry.strip(), strict=False)}? "
+                        f"the address has bits set beyond the prefix)")
+            except ValueError:
+                pass
+            raise ConfigurationError(
+                f"trusted_proxies contains {entry!r}: each entry is the address of a proxy "
+                f"that terminates clients' TLS (10.0.0.5, ::1) or a network in CIDR notation "
+                f"(10.0.0.0/8){hint}.") from None
+        networks.append(str(network))
+    set_(settings, "trusted_proxies", tuple(dict.fromkeys(networks)))
+    header = settings.client_cert_header
+    if not isinstance(header, str) or not _FIELD_NAME.match(header):
+        raise ConfigurationError(
+            f"client_cert_header must be an HTTP header name such as x-forwarded-client-cert "
+            f"(Envoy), client-cert (RFC 9440) or ssl-client-cert (nginx), got {header!r}.")
+    set_(settings, "client_cert_header", header.lower())
+
+
 def _check_operations(settings: GuardSettings) -> None:
     """Validate the operational options: health endpoint and RFC 9728 resource metadata."""
     set_ = object.__setattr__
@@ -709,6 +746,8 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "resource_scopes": _parse_list,
     "events_client_id": _parse_bool,
     "ca_bundle": _parse_str,
+    "trusted_proxies": _parse_list,
+    "client_cert_header": _parse_str,
     "dpop": _parse_str,
     "dpop_algorithms": _parse_list,
     "dpop_iat_window": _parse_duration_env,

@@ -12,6 +12,12 @@ configure. Fixtures:
   signing a token shaped like Scalekit's with the issuer's current key; a claim given as a keyword
   replaces the default one (``exp=0``: expired), None removes it; ``m2m_token.headers(...)``
   gives the ``Authorization`` header for such a token.
+- `m2m_dpop` (function): DPoP (RFC 9449) for one test: a fresh client key (`DPoPFactory.key`,
+  an `m2m_guard.dpop.DPoPKey`), ``m2m_dpop.token(scopes, **claims)`` (a token bound to it,
+  ``cnf.jkt``), ``m2m_dpop.proof(method, url, token)`` (a fresh proof for one request) and
+  ``m2m_dpop.headers(method, url, token=None, scopes=...)`` (the ``Authorization: DPoP`` and
+  ``DPoP`` headers of one request); a `RegisteredClient`'s ``token(dpop=m2m_dpop.key)`` gets a
+  bound token from the issuer's token endpoint over HTTP.
 - `m2m_settings` (function): ``m2m_issuer.settings()``.
 - `m2m_audience` (session): the audience tokens carry and settings require, ``"api.example.com"``
   by default; override this fixture in your conftest.py to use your API's own.
@@ -32,11 +38,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from .dpop import DPoPKey
     from .local_issuer import LocalIssuer
     from .settings import GuardSettings
 
-__all__ = ["DEFAULT_AUDIENCE", "DEFAULT_ORGANIZATION_ID", "M2MIssuer", "RegisteredClient",
-           "TokenFactory"]
+__all__ = ["DEFAULT_AUDIENCE", "DEFAULT_ORGANIZATION_ID", "DPoPFactory", "M2MIssuer",
+           "RegisteredClient", "TokenFactory"]
 
 DEFAULT_AUDIENCE = "api.example.com"
 DEFAULT_ORGANIZATION_ID = "org_59615193906282635"
@@ -60,16 +67,20 @@ class RegisteredClient:
     token_url: str
     client: Mapping[str, Any] = field(repr=False)
 
-    def token(self, scopes: Iterable[str] | None = None) -> str:
+    def token(self, scopes: Iterable[str] | None = None, *, dpop: DPoPKey | None = None) -> str:
         """An access token from ``POST /oauth/token`` (client-credentials grant, over HTTP);
-        `scopes` narrows the request to a subset of the client's scopes."""
+        `scopes` narrows the request to a subset of the client's scopes; with `dpop` (a
+        `DPoPKey`, e.g. ``m2m_dpop.key``) the request carries a proof and the token is bound
+        to that key (``cnf.jkt``)."""
         import httpx
 
         form = {"grant_type": "client_credentials", "client_id": self.client_id,
                 "client_secret": self.client_secret}
         if scopes is not None:
             form["scope"] = " ".join(_scope_list(scopes))
-        response = httpx.post(self.token_url, data=form, timeout=10, trust_env=False)
+        headers = {} if dpop is None else {"DPoP": dpop.proof("POST", self.token_url)}
+        response = httpx.post(self.token_url, data=form, headers=headers, timeout=10,
+                              trust_env=False)
         if response.status_code != 200:
             raise AssertionError(f"the token endpoint answered {response.status_code}: "
                                  f"{response.text[:300]}")
@@ -183,6 +194,34 @@ class TokenFactory:
         return {"Authorization": f"Bearer {self(scopes, **claims)}"}
 
 
+class DPoPFactory:
+    """The `m2m_dpop` fixture: a client's DPoP key, tokens bound to it and proofs."""
+
+    def __init__(self, issuer: M2MIssuer, key: DPoPKey) -> None:
+        self.issuer = issuer
+        #: The client's key pair (`m2m_guard.dpop.DPoPKey`): ``key.thumbprint`` is the jkt.
+        self.key = key
+
+    def token(self, scopes: Iterable[str] = (), **claims: Any) -> str:
+        """A token like `m2m_token`'s, bound to `key` (``cnf: {"jkt": key.thumbprint}``)."""
+        claims.setdefault("cnf", {"jkt": self.key.thumbprint})
+        return self.issuer.mint(scopes, **claims)
+
+    def proof(self, method: str, url: str, token: str | None = None, *,
+              nonce: str | None = None, **options: Any) -> str:
+        """A fresh proof for one `method` `url` request (with `token`, its ``ath``); `options`
+        go to `DPoPKey.proof` (``iat``, ``jti``, ``claims``, ``headers``: for attack tests)."""
+        return self.key.proof(method, url, access_token=token, nonce=nonce, **options)
+
+    def headers(self, method: str, url: str, token: str | None = None, *,
+                scopes: Iterable[str] = (), **claims: Any) -> dict[str, str]:
+        """The headers of one request: ``Authorization: DPoP <token>`` (`token`, else a new
+        bound token with `scopes` and `claims`) and a fresh ``DPoP`` proof for it."""
+        if token is None:
+            token = self.token(scopes, **claims)
+        return {"Authorization": f"DPoP {token}", "DPoP": self.proof(method, url, token)}
+
+
 @pytest.fixture(scope="session")
 def m2m_audience() -> str:
     """The audience of `m2m_token` tokens and `m2m_issuer.settings()`; override it in your
@@ -212,6 +251,15 @@ def m2m_issuer(m2m_audience: str) -> Iterator[M2MIssuer]:
 def m2m_token(m2m_issuer: M2MIssuer) -> TokenFactory:
     """Mint Scalekit-shaped tokens: ``m2m_token(scopes=["read:deployments"], exp=0)``."""
     return TokenFactory(m2m_issuer)
+
+
+@pytest.fixture
+def m2m_dpop(m2m_issuer: M2MIssuer) -> DPoPFactory:
+    """DPoP-bound tokens and proofs with a fresh client key: ``m2m_dpop.headers("GET", url,
+    scopes=["read:deployments"])``."""
+    from .dpop import DPoPKey  # loaded on first use, like the issuer
+
+    return DPoPFactory(m2m_issuer, DPoPKey.generate())
 
 
 @pytest.fixture

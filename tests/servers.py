@@ -62,3 +62,119 @@ def waitress_server(app: Any, *, threads: int = 4) -> Iterator[int]:
         thread.join(10)
         server.task_dispatcher.shutdown()
     assert not thread.is_alive(), "waitress did not stop"
+
+
+def tls_extension_protocol() -> type[Any]:
+    """uvicorn's h11 protocol, giving apps the ASGI TLS extension (``scope["extensions"]
+    ["tls"]``), which uvicorn itself does not provide: the client certificate the handshake
+    verified, as PEM, first in ``client_cert_chain``. It stands for a server that implements
+    the extension, over a real TLS handshake."""
+    import ssl
+
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TlsExtensionProtocol(H11Protocol):
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            ssl_object = transport.get_extra_info("ssl_object")
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            tls = {"server_cert": None, "client_cert_name": None, "client_cert_error": None,
+                   "tls_version": None, "cipher_suite": None,
+                   "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else []}
+            inner = self.app
+
+            async def app(scope: Any, receive: Any, send: Any) -> None:
+                scope.setdefault("extensions", {})["tls"] = tls
+                await inner(scope, receive, send)
+
+            self.app = app
+
+    return TlsExtensionProtocol
+
+
+@contextmanager
+def werkzeug_server(app: Any, **options: Any) -> Iterator[int]:
+    """Serve the WSGI `app` with Werkzeug's server on 127.0.0.1 (threaded; `options` such as
+    ``ssl_context``), in a thread; yield the port; stop on exit."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True, **options)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_port)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert not thread.is_alive(), "werkzeug did not stop"
+
+
+@contextmanager
+def tls_terminating_proxy(context: Any, upstream_port: int) -> Iterator[int]:
+    """A minimal TLS-terminating reverse proxy on 127.0.0.1, as Envoy is configured for
+    certificate-bound tokens (``SANITIZE_SET``): it ends the client's TLS with `context`
+    (which verifies client certificates), drops any ``x-forwarded-client-cert`` the client sent,
+    sets its own with the verified certificate (``Hash=`` and ``Cert=``), and forwards one
+    request per connection to plain HTTP on `upstream_port`. Yields its port."""
+    import hashlib
+    import socketserver
+    import ssl
+    from urllib.parse import quote
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            try:
+                conn = context.wrap_socket(self.request, server_side=True)
+            except (OSError, ssl.SSLError):
+                return  # a failed handshake: nothing to forward
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head and len(head) < 65536:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    head += chunk
+                head, _, body = head.partition(b"\r\n\r\n")
+                request_line, *lines = head.split(b"\r\n")
+                kept = [line for line in lines if line.split(b":", 1)[0].strip().lower()
+                        not in (b"x-forwarded-client-cert", b"connection")]
+                length = next((int(line.split(b":", 1)[1]) for line in kept
+                               if line.split(b":", 1)[0].strip().lower() == b"content-length"),
+                              0)
+                while len(body) < length:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    body += chunk
+                der = conn.getpeercert(binary_form=True)
+                if der:
+                    pem = ssl.DER_cert_to_PEM_cert(der)
+                    kept.append(b'x-forwarded-client-cert: By=spiffe://proxy;Hash='
+                                + hashlib.sha256(der).hexdigest().encode() + b';Cert="'
+                                + quote(pem).encode() + b'"')
+                kept.append(b"connection: close")
+                with socket.create_connection(("127.0.0.1", upstream_port), timeout=10) as up:
+                    up.sendall(b"\r\n".join([request_line, *kept]) + b"\r\n\r\n" + body)
+                    while True:
+                        chunk = up.recv(65536)
+                        if not chunk:
+                            break
+                        conn.sendall(chunk)
+
+    class Server(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    server = Server(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert not thread.is_alive(), "the proxy did not stop"

@@ -376,6 +376,126 @@ def test_token_refuses_an_access_token_that_is_not_printable() -> None:
     assert refused.value.exit_code == 1
 
 
+def test_token_with_dpop_binds_the_token_and_prints_a_curl_line(served: Served,
+                                                                tmp_path: Path) -> None:
+    import shlex
+
+    from m2m_guard._core.encoding import b64url_decode
+    from m2m_guard.dpop import DPoPKey, ProofChecker
+
+    keyfile = tmp_path / "client.dpop.pem"
+    api = "http://127.0.0.1:8000/deployments?page=2"
+    result = m2m("token", "--dpop", str(keyfile), "--url", api, "--method", "post",
+                 env=served.client_env())
+    assert result.returncode == 0, result.stderr
+    assert oct(keyfile.stat().st_mode & 0o777) == "0o600"
+    key = DPoPKey.load(keyfile)
+    token = result.stdout.strip()
+    claims = json.loads(b64url_decode(token.split(".")[1]))
+    assert claims["cnf"] == {"jkt": key.thumbprint}
+    assert f"created a DPoP key in {keyfile}" in result.stderr
+    assert f"bound to the DPoP key {key.thumbprint}" in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("curl ")]
+    words = shlex.split(line)
+    assert words[:3] == ["curl", "-X", "POST"] and words[-1] == api
+    assert words[words.index("-H") + 1] == f"Authorization: DPoP {token}"
+    proof = words[words.index("-H", words.index("-H") + 1) + 1].removeprefix("DPoP: ")
+    checked = ProofChecker().check([proof], method="POST", access_token=token,
+                                   url="http://127.0.0.1:8000/deployments", now=time.time())
+    assert checked.jkt == key.thumbprint
+    # The same file again: the same key, no curl line without --url, --json shows DPoP.
+    again = m2m("token", "--dpop", str(keyfile), "--json", env=served.client_env())
+    assert again.returncode == 0, again.stderr
+    answer = json.loads(again.stdout)
+    assert answer["token_type"] == "DPoP" and "created" not in again.stderr
+    assert json.loads(b64url_decode(answer["access_token"].split(".")[1]))["cnf"] == {
+        "jkt": key.thumbprint}
+    assert "curl " not in again.stderr
+
+
+def test_token_dpop_curl_line_calls_a_dpop_guarded_api(served: Served, tmp_path: Path) -> None:
+    """The printed curl line, run as it is, against a real API with DPoP on: 200; run again
+    (the same proof): refused."""
+    import shlex
+    import shutil
+
+    from m2m_guard import GuardSettings
+
+    from .conftest import deployment_app
+    from .servers import uvicorn_server
+
+    settings = GuardSettings(issuer=served.url, audience=AUDIENCE, dpop="allowed")
+    with uvicorn_server(deployment_app(settings)) as port:
+        url = f"http://127.0.0.1:{port}/deployments"
+        result = m2m("token", "--dpop", str(tmp_path / "k.pem"), "--url", url,
+                     env=served.client_env())
+        assert result.returncode == 0, result.stderr
+        [line] = [line for line in result.stderr.splitlines() if line.startswith("curl ")]
+        words = shlex.split(line)
+        headers = dict(words[i + 1].split(": ", 1) for i, word in enumerate(words)
+                       if word == "-H")
+        if shutil.which("curl"):
+            ran = subprocess.run([*words, "--noproxy", "*", "-s", "-o", "/dev/null", "-w",
+                                  "%{http_code}"],
+                                 capture_output=True, text=True, timeout=30, check=False)
+            assert ran.stdout == "200", ran.stdout + ran.stderr
+        else:  # the same request without curl
+            assert httpx.get(url, headers=headers, trust_env=False).status_code == 200
+        again = httpx.get(url, headers=headers, trust_env=False)
+        assert (again.status_code, again.json()["error"]) == (401, "invalid_dpop_proof")
+
+
+def test_token_dpop_usage_errors(served: Served, tmp_path: Path) -> None:
+    not_a_key = tmp_path / "notes.txt"
+    not_a_key.write_text("hello")
+    bad = m2m("token", "--dpop", str(not_a_key), env=served.client_env())
+    assert bad.returncode == 2 and "is not a DPoP private key" in bad.stderr
+    alone = m2m("token", "--url", "http://127.0.0.1:8000/x", env=served.client_env())
+    assert alone.returncode == 2 and "pass --dpop KEYFILE" in alone.stderr
+    method = m2m("token", "--dpop", str(tmp_path / "k.pem"), "--url", "http://127.0.0.1:8/x",
+                 "--method", "G T", env=served.client_env())
+    assert method.returncode == 2 and "--method must be an HTTP method" in method.stderr
+
+
+@pytest.mark.parametrize("answers", ["bearer", "nonce"])
+def test_token_dpop_with_endpoints_the_local_issuer_is_not(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answers: str) -> None:
+    """What other authorization servers do (hence a mock transport): one without DPoP answers
+    with a Bearer token (RFC 9449 §5), which the command refuses to pass off as bound; one
+    requiring nonces answers use_dpop_nonce (§8), and the command asks once more with it."""
+    import argparse
+
+    from m2m_guard._core.encoding import b64url_decode
+    from m2m_guard.cli import token as token_command
+
+    seen: list[dict[str, Any]] = []
+
+    def endpoint(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(b64url_decode(request.headers["dpop"].split(".")[1])))
+        if answers == "bearer":
+            return httpx.Response(200, json={"access_token": "a.b.c", "token_type": "Bearer"})
+        if len(seen) == 1:
+            return httpx.Response(400, headers={"DPoP-Nonce": "n-1"}, json={
+                "error": "use_dpop_nonce", "error_description": "nonce required"})
+        return httpx.Response(200, json={"access_token": "a.b.c", "token_type": "DPoP"})
+
+    original = httpx.Client
+    monkeypatch.setattr(token_command.httpx, "Client", lambda **options: original(
+        transport=httpx.MockTransport(endpoint), **options))
+    args = argparse.Namespace(client_id="a", client_secret="b", scope=[], issuer=None,
+                              token_url="https://issuer.example/oauth/token", timeout=5.0,
+                              basic=False, json=False, dpop=str(tmp_path / "k.pem"), url=None,
+                              method="GET")
+    if answers == "bearer":
+        with pytest.raises(token_command.CommandError, match="not a DPoP-bound one"):
+            token_command.run(args)
+        return
+    assert token_command.run(args) == 0
+    assert [claims.get("nonce") for claims in seen] == [None, "n-1"]
+    assert {claims["htu"] for claims in seen} == {"https://issuer.example/oauth/token"}
+    assert seen[0]["jti"] != seen[1]["jti"]
+
+
 # -- verify ------------------------------------------------------------------------------------
 
 def test_verify_prints_the_claims(served: Served) -> None:

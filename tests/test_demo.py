@@ -12,7 +12,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # client credentials for the management API, registration, the client's token, then the API
-EXPECTED = ["200", "201", "200", "200", "200", "202", "403", "401", "401"]
+EXPECTED = ["200", "201", "200", "200", "200", "202", "403", "401", "401",
+            # DPoP: a bound token, a call with its proof, the proof replayed, the token as Bearer
+            "200", "200", "401", "401"]
 # with the emulator extra: Scalekit's Python quickstart with the official SDK (gRPC
 # registration, the token, the API, validation)
 QUICKSTART = ["OK", "200", "200", "OK"]
@@ -51,6 +53,9 @@ def test_demo_runs_end_to_end(command: list[str]) -> None:
     assert '"custom_claims": {"environment": "production", "service": "deployment"}' in out
     assert 'error="insufficient_scope"' in out and 'scope="admin:platform"' in out
     assert 'error_description="The token signature is invalid."' in out
+    assert re.search(r'token_type DPoP, cnf \{"jkt": "[\w-]{43}"\}', out)
+    assert 'error="invalid_dpop_proof", error_description="The DPoP proof was already used' in out
+    assert "bound to a DPoP key (cnf.jkt): send it with Authorization: DPoP" in out
     assert "all calls answered as expected" in out
     # the plain secret is shown as its last characters only
     assert not re.search(r"plain_secret [^…]", out)

@@ -16,7 +16,7 @@ import pytest
 
 from m2m_guard import GuardSettings, InvalidToken, IssuerUnavailable, TokenVerifier
 from m2m_guard._core.encoding import b64url_decode
-from m2m_guard.testing import DEFAULT_AUDIENCE, M2MIssuer, TokenFactory
+from m2m_guard.testing import DEFAULT_AUDIENCE, DPoPFactory, M2MIssuer, TokenFactory
 
 pytest_plugins = ["pytester"]
 
@@ -188,3 +188,60 @@ def test_outage_with_a_cold_cache_is_503(m2m_issuer: M2MIssuer, m2m_token: Token
         assert unavailable.value.retry_after >= 1
         assert cold.health()["issuers"][m2m_issuer.url]["fetches"] == 1
     assert httpx.get(m2m_issuer.jwks_url).status_code == 200  # back to normal
+
+
+def test_m2m_dpop_makes_bound_tokens_and_proofs(m2m_issuer: M2MIssuer, m2m_dpop: DPoPFactory,
+                                                m2m_settings: GuardSettings) -> None:
+    from m2m_guard.dpop import ProofChecker
+    from m2m_guard.errors import InvalidDPoPProof
+
+    token = m2m_dpop.token(["read:deployments"])
+    assert decode(token)[1]["cnf"] == {"jkt": m2m_dpop.key.thumbprint}
+    with TokenVerifier(m2m_settings) as verifier:
+        access = verifier.verify_sync(token)
+    assert access.scopes == {"read:deployments"}
+    url = "https://api.example.com/deployments"
+    headers = m2m_dpop.headers("GET", url, token)
+    assert headers["Authorization"] == f"DPoP {token}"
+    checker = ProofChecker()
+    proof = checker.check([headers["DPoP"]], method="GET", url=url, now=time.time(),
+                          access_token=token)
+    assert proof.jkt == m2m_dpop.key.thumbprint
+    again = m2m_dpop.headers("GET", url, token)["DPoP"]
+    assert again != headers["DPoP"]  # a fresh proof (new jti) for every request
+    made = m2m_dpop.headers("POST", url, scopes=["deploy:applications"])
+    bound = made["Authorization"].removeprefix("DPoP ")
+    assert decode(bound)[1]["scopes"] == ["deploy:applications"]
+    checker.check([made["DPoP"]], method="POST", url=url, now=time.time(), access_token=bound)
+    old = m2m_dpop.proof("GET", url, token, iat=time.time() - 3600)
+    with pytest.raises(InvalidDPoPProof, match="in the past"):
+        checker.check([old], method="GET", url=url, now=time.time(), access_token=token)
+
+
+def test_a_registered_client_gets_a_bound_token_over_http(m2m_issuer: M2MIssuer,
+                                                          m2m_dpop: DPoPFactory) -> None:
+    client = m2m_issuer.register_client(scopes=["read:deployments"])
+    token = client.token(dpop=m2m_dpop.key)
+    assert decode(token)[1]["cnf"] == {"jkt": m2m_dpop.key.thumbprint}
+    assert "cnf" not in decode(client.token())[1]
+
+
+def test_m2m_dpop_against_a_guarded_app(m2m_issuer: M2MIssuer, m2m_dpop: DPoPFactory) -> None:
+    """The fixture's headers are what a DPoP-guarded API accepts; its proofs are used once, and
+    its bound tokens refused as Bearer."""
+    from starlette.testclient import TestClient
+
+    from tests.conftest import deployment_app
+
+    url = "http://testserver/deployments"
+    client = m2m_issuer.register_client(scopes=["read:deployments"])
+    with TestClient(deployment_app(m2m_issuer.settings(dpop="allowed"))) as api:
+        for token in (m2m_dpop.token(["read:deployments"]), client.token(dpop=m2m_dpop.key)):
+            headers = m2m_dpop.headers("GET", url, token)
+            assert api.get("/deployments", headers=headers).status_code == 200
+            replayed = api.get("/deployments", headers=headers)
+            assert (replayed.status_code, replayed.json()["error"]) == (401, "invalid_dpop_proof")
+            stolen = api.get("/deployments", headers={"Authorization": f"Bearer {token}"})
+            assert (stolen.status_code, stolen.json()["error"]) == (401, "invalid_token")
+        other = api.get("/deployments", headers=m2m_dpop.headers("POST", url, token))
+        assert other.status_code == 401  # a proof for another method

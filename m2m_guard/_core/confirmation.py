@@ -1,9 +1,10 @@
 """Sender-constrained tokens: confirming a verified token's `cnf` claim (RFC 7800) against the
 request that presents it. The gate's one hook for proof of possession (docs/architecture.md).
 
-A `Confirmation` handles one `cnf` member: DPoP's ``jkt`` (RFC 9449, `DPoPConfirmation`) here,
-mTLS's ``x5t#S256`` (RFC 8705) beside it. For every verified token the gate calls
-`confirm(request, scheme, token, access)` (`Gate.authenticate`):
+A `Confirmation` handles one `cnf` member: DPoP's ``jkt`` (RFC 9449, `DPoPConfirmation`) and
+mTLS's ``x5t#S256`` (RFC 8705, `CertificateConfirmation`, over the pure rules of `mtls.py`).
+For every verified token the gate calls `confirm(request, scheme, token, access)`
+(`Gate.authenticate`):
 
 - a token without `cnf` presented with the ``Bearer`` scheme needs nothing (and is refused with
   ``dpop_required`` when `dpop` is ``required``); presented with the ``DPoP`` scheme it is
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InvalidDPoPProof, InvalidToken
 from .dpop import Proof, ProofChecker, request_htu
 from .encoding import b64url_encode
+from .mtls import CNF_X5T, TrustedProxies, check_binding
 from .replay import ReplayStore, make_replay_store, replay_key, replay_ttl
 from .request import RequestView
 
@@ -44,8 +46,9 @@ if TYPE_CHECKING:
     from ..token import AccessToken
     from ..verifier import TokenVerifier
 
-__all__ = ["BEARER", "DPOP", "Confirmation", "DPoPConfirmation", "NonceSource",
-           "confirm_binding", "confirm_binding_async", "confirmations_for", "default_confirmations",
+__all__ = ["BEARER", "DPOP", "CertificateConfirmation", "Confirmation", "DPoPConfirmation",
+           "NonceSource", "confirm_binding", "confirm_binding_async", "confirmations_for",
+           "default_confirmations",
            "request_target"]
 
 #: The authorization schemes, as `Gate` reads them (lower case).
@@ -278,11 +281,30 @@ class DPoPConfirmation(Confirmation):
             raise self._replayed()
 
 
+# -- mTLS ---------------------------------------------------------------------------------------
+class CertificateConfirmation(Confirmation):
+    """`cnf["x5t#S256"]`: the token is bound to the client's TLS certificate (RFC 8705 §3),
+    under any scheme. The certificate comes from the server or, from a peer in
+    `trusted_proxies`, from its `client_cert_header` (`mtls.client_thumbprint`)."""
+
+    member = CNF_X5T
+
+    def __init__(self, settings: GuardSettings) -> None:
+        self.proxies = TrustedProxies(settings.trusted_proxies)
+        self.header = settings.client_cert_header
+
+    def confirm(self, request: RequestView, scheme: str, token: str, access: AccessToken,
+                value: Any) -> None:
+        check_binding(request, value, self.proxies, self.header)
+
+
 def default_confirmations(settings: GuardSettings) -> dict[str, Confirmation]:
-    """The confirmation methods, by `cnf` member. DPoP's is always there: in every mode, a
-    token bound with `cnf.jkt` is refused when presented as Bearer."""
+    """The confirmation methods, by `cnf` member. Both are always there: in every mode, a
+    token bound with `cnf.jkt` is refused when presented as Bearer, and a token bound with
+    `cnf["x5t#S256"]` without its client certificate."""
     dpop = DPoPConfirmation(settings)
-    return {dpop.member: dpop}
+    certificate = CertificateConfirmation(settings)
+    return {dpop.member: dpop, certificate.member: certificate}
 
 
 _BY_VERIFIER: weakref.WeakKeyDictionary[TokenVerifier, dict[str, Confirmation]] = \

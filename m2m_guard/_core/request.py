@@ -1,7 +1,7 @@
 """`RequestView`: what the gate (and every check plugged into it) may read of a request,
 whatever the framework: the method, the scheme, host and path as the application sees them,
-the query string, header values (all of them, for a header sent more than once) and the
-client's TLS certificate when the server passes one on.
+the query string, header values (all of them, for a header sent more than once), the peer's
+address and the client's TLS certificate when the server passes one on.
 
 Two views cover every adapter: `AsgiRequest` over an ASGI scope (Starlette, FastAPI, Django
 under ASGI) and `WsgiRequest` over a WSGI environ (any WSGI app, Flask, Django under WSGI).
@@ -74,7 +74,16 @@ class RequestView:
 
     @property
     def client_cert(self) -> str | None:
-        """The client's TLS certificate (PEM) when the server passes it on, else None."""
+        """The client's TLS certificate (PEM) when the server passes it on and verified it, else
+        None: the ASGI TLS extension's first ``client_cert_chain`` entry (None when it reports
+        a ``client_cert_error``), or a WSGI server's ``SSL_CLIENT_CERT`` (None when
+        ``SSL_CLIENT_VERIFY`` is present and not ``SUCCESS``, as mod_ssl sets it)."""
+        raise NotImplementedError
+
+    @property
+    def peer(self) -> str | None:
+        """The address of the connection's other end as the server reports it (ASGI
+        ``client``, WSGI ``REMOTE_ADDR``): a proxy's, behind one. None when unknown."""
         raise NotImplementedError
 
     @property
@@ -157,9 +166,22 @@ class AsgiRequest(RequestView):
 
     @property
     def client_cert(self) -> str | None:
-        tls = self.scope.get("extensions", {}).get("tls") or {}
-        chain = tls.get("client_cert_chain") or ()
-        return str(chain[0]) if chain else None
+        extensions = self.scope.get("extensions")
+        tls = extensions.get("tls") if isinstance(extensions, Mapping) else None
+        if not isinstance(tls, Mapping) or tls.get("client_cert_error"):
+            return None
+        chain = tls.get("client_cert_chain")
+        if not isinstance(chain, (list, tuple)) or not chain:
+            return None
+        first = chain[0]
+        return first if isinstance(first, str) and first else None
+
+    @property
+    def peer(self) -> str | None:
+        client = self.scope.get("client")
+        if isinstance(client, (list, tuple)) and client and isinstance(client[0], str):
+            return client[0] or None
+        return None
 
 
 class AsgiSplitRequest(AsgiRequest):
@@ -229,4 +251,12 @@ class WsgiRequest(RequestView):
     @property
     def client_cert(self) -> str | None:
         cert = self.environ.get("SSL_CLIENT_CERT")
-        return str(cert) if cert else None
+        if not isinstance(cert, str) or not cert:
+            return None
+        verify = self.environ.get("SSL_CLIENT_VERIFY")
+        return cert if verify is None or verify == "SUCCESS" else None
+
+    @property
+    def peer(self) -> str | None:
+        address = self.environ.get("REMOTE_ADDR")
+        return address if isinstance(address, str) and address else None

@@ -122,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print the whole token response as JSON")
     token.add_argument("--timeout", type=float, default=10.0,
                        help="seconds for each HTTP request (default: %(default)s)")
+    token.add_argument("--dpop", metavar="KEYFILE",
+                       help="get a DPoP-bound token (RFC 9449) for the key in KEYFILE (a PEM "
+                            "private key, created with mode 0600 when the file does not exist)")
+    token.add_argument("--url", metavar="URL",
+                       help="with --dpop: the API URL to call; a ready curl line with a fresh "
+                            "proof for it goes to stderr")
+    token.add_argument("--method", default="GET",
+                       help="with --dpop and --url: the HTTP method of that call "
+                            "(default: %(default)s)")
 
     verify = commands.add_parser(
         "verify", formatter_class=_Formatter, epilog=_EPILOG,

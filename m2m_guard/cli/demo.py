@@ -8,10 +8,13 @@
 3. That client gets its access token with the client-credentials grant.
 4. It calls the API: allowed calls, a route needing a scope it lacks (403 with ``scope=``), no
    token (401), a tampered token (401).
-5. With the ``emulator`` extra: Scalekit's Python quickstart, run with the official SDK
+5. DPoP (RFC 9449): the client gets a token bound to its key (a proof at ``/oauth/token``), calls
+   the API with a fresh proof (allowed); the same proof replayed is refused, and so is the bound
+   token sent as a plain Bearer token, as a thief holding only the token would.
+6. With the ``emulator`` extra: Scalekit's Python quickstart, run with the official SDK
    (`scalekit_quickstart`): gRPC registration, token, the API, validation. The issuer is then
    served over HTTPS with the gRPC service (a temporary local CA, which the guard trusts by its
-   ``ca_bundle`` setting); without the extra, over plain HTTP as before, and step 5 says so.
+   ``ca_bundle`` setting); without the extra, over plain HTTP as before, and step 6 says so.
 
 Every step is real HTTP; the transcript shows each call's status, and the exit code is 1 if any
 status differs from the expected one. `run_demo` takes the API's app factory, so the source
@@ -200,7 +203,7 @@ def run_demo(app_factory: AppFactory = deployment_api, *, serve: bool = False,
         with serve_issuer(issuer, host=host, port=0, tls=emulate, grpc=emulate) as running:
             ca = str(running.tls.ca_cert) if running.tls is not None else None
             settings = GuardSettings(issuer=running.url, audience=AUDIENCE,
-                                     public_paths=("/health",), ca_bundle=ca)
+                                     public_paths=("/health",), ca_bundle=ca, dpop="allowed")
             verify: Any = ssl.create_default_context(cafile=ca) if ca else True
             # trust_env=False: every call goes to loopback, never through a configured proxy
             with serve_app(app_factory(settings), host) as api, \
@@ -224,7 +227,10 @@ def run_demo(app_factory: AppFactory = deployment_api, *, serve: bool = False,
                 t.say("4. The client calls the deployment API")
                 _call_api(t, http, api, token)
                 t.say()
-                t.say("5. Scalekit's Python quickstart with the official SDK, unchanged but for "
+                t.say("5. DPoP: a token bound to the client's key, useless without it")
+                _dpop_calls(t, http, running.url, api, client_id, client_secret)
+                t.say()
+                t.say("6. Scalekit's Python quickstart with the official SDK, unchanged but for "
                       "the environment URL and credentials")
                 if ca:
                     from .scalekit_quickstart import run_quickstart
@@ -291,6 +297,30 @@ def _call_api(t: _Transcript, http: httpx.Client, api: str, token: str) -> None:
            headers={"Authorization": f"Bearer {tamper(token)}"})
 
 
+def _dpop_calls(t: _Transcript, http: httpx.Client, issuer_url: str, api: str,
+                client_id: str, client_secret: str) -> None:
+    """Step 5: a DPoP-bound token, a call with its proof, the proof replayed, the token
+    stolen and sent as Bearer."""
+    from ..dpop import DPoPKey
+
+    key = DPoPKey.generate()
+    token_url = f"{issuer_url}/oauth/token"
+    answer = t.call(http, "POST", token_url, "credentials and a DPoP proof", 200,
+                    data={"grant_type": "client_credentials", "client_id": client_id,
+                          "client_secret": client_secret},
+                    headers={"DPoP": key.proof("POST", token_url)})
+    token = t.expect_json(answer, "access_token")
+    cnf = json.loads(b64url_decode(token.split(".")[1])).get("cnf")
+    t.say(f"        token_type {answer.json().get('token_type')}, cnf {json.dumps(cnf)}")
+    url = f"{api}/deployments"
+    proof = key.proof("GET", url, access_token=token)
+    dpop = {"Authorization": f"DPoP {token}", "DPoP": proof}
+    t.call(http, "GET", url, "DPoP token with a fresh proof", 200, headers=dpop)
+    t.call(http, "GET", url, "the same proof replayed", 401, headers=dpop)
+    t.call(http, "GET", url, "the bound token stolen, sent as Bearer", 401,
+           headers={"Authorization": f"Bearer {token}"})
+
+
 def _print_curl(t: _Transcript, issuer_url: str, api: str, client_id: str,
                 client_secret: str, ca: str | None = None) -> None:
     t.say()
@@ -316,6 +346,10 @@ def _print_curl(t: _Transcript, issuer_url: str, api: str, client_id: str,
     t.say(f"  SCALEKIT_ENVIRONMENT_URL={issuer_url} SCALEKIT_CLIENT_ID={client_id} "
           f"SCALEKIT_CLIENT_SECRET={client_secret} \\")
     t.say("    m2m-guard token | m2m-guard verify - --scope deploy:applications")
+    t.say("  a DPoP-bound token, with a ready curl line (the proof is fresh for a minute):")
+    t.say(f"  SCALEKIT_ENVIRONMENT_URL={issuer_url} SCALEKIT_CLIENT_ID={client_id} "
+          f"SCALEKIT_CLIENT_SECRET={client_secret} \\")
+    t.say(f"    m2m-guard token --dpop client.dpop.pem --url {api}/deployments")
     t.say("  m2m-guard doctor")
 
 

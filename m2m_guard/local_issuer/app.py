@@ -3,6 +3,12 @@
 Public: ``GET /.well-known/openid-configuration`` (and RFC 8414's
 ``/.well-known/oauth-authorization-server``), ``GET /keys``, ``POST /oauth/token``, and
 ``GET /openapi.json`` (the OpenAPI 3.1 document of all of them, `openapi`).
+
+DPoP (RFC 9449 §5): a token request with a ``DPoP`` proof header gets a token bound to the
+proof's key (``cnf.jkt``, ``token_type: DPoP``). The proof is judged by the guard's own checker
+(`_core/dpop.ProofChecker`: ``htm`` POST, ``htu`` the token endpoint's URL, no ``ath``) and its
+``jti`` kept for the proof's window (`_core/replay.MemoryReplayStore`), so a proof is used once;
+a bad or replayed proof is refused with 400 ``invalid_dpop_proof``.
 Management (Bearer token of the environment API client): ``/api/v1/organizations/{org}/clients``
 and below, ``GET /api/v1/keys``, ``POST /api/v1/keys:rotate``.
 
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
@@ -29,8 +36,17 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._core.bearer import extract_bearer
+from .._core.dpop import ProofChecker
 from .._core.encoding import loads_json
-from ..errors import GuardError, MissingToken, render_error
+from .._core.replay import MemoryReplayStore, replay_key, replay_ttl
+from ..errors import (
+    GuardError,
+    InvalidDPoPProof,
+    MissingToken,
+    ReplayStoreUnavailable,
+    render_error,
+)
+from ..settings import ASYMMETRIC_ALGORITHMS
 from .clients import ApiError, bad_request, check_text, rfc3339
 from .keyring import RotationRefused
 from .openapi import openapi_document
@@ -47,6 +63,10 @@ MAX_JSON_BYTES = 64 * 1024
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _CLIENT_CREDENTIALS = "client_credentials"
 _PARAMETERS = frozenset({"grant_type", "client_id", "client_secret", "scope"})
+#: The algorithms accepted for DPoP proofs at the token endpoint (advertised in discovery).
+DPOP_ALGORITHMS = ASYMMETRIC_ALGORITHMS
+# Proofs of the window are remembered; beyond this many live ones, requests get 503.
+_DPOP_REPLAY_ENTRIES = 100_000
 
 
 # -- OAuth token endpoint ---------------------------------------------------------------------
@@ -174,6 +194,36 @@ def _requested_scopes(form: dict[str, str], registered: list[str]) -> list[str]:
     return [name for name in registered if name in requested]
 
 
+class DPoPBinding:
+    """The token endpoint's side of DPoP (RFC 9449 §5): one checker and one replay store per
+    issuer app."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.checker = ProofChecker(algorithms=DPOP_ALGORITHMS)
+        self.replays = MemoryReplayStore(_DPOP_REPLAY_ENTRIES, clock=clock)
+        self.clock = clock
+
+    def thumbprint(self, request: Request, token_url: str) -> str | None:
+        """The `jkt` to bind the token to: None without a ``DPoP`` header; `OAuthError`
+        ``invalid_dpop_proof`` for a bad or used proof."""
+        values = request.headers.getlist("dpop")
+        if not values:
+            return None
+        now = self.clock()
+        try:
+            proof = self.checker.check(values, method=request.method, url=token_url, now=now)
+            fresh = self.replays.claim(replay_key(proof.jkt, proof.jti),
+                                       replay_ttl(proof.iat, now, self.checker.iat_window))
+        except InvalidDPoPProof as exc:
+            raise OAuthError("invalid_dpop_proof", exc.description) from None
+        except ReplayStoreUnavailable as exc:
+            raise OAuthError("temporarily_unavailable", exc.description, 503) from None
+        if not fresh:
+            raise OAuthError("invalid_dpop_proof", "The DPoP proof was used before: make a "
+                                                   "fresh proof for every request.")
+        return proof.jkt
+
+
 def _printable(text: str) -> str:
     cleaned = "".join(ch if 0x20 < ord(ch) < 0x7F and ch not in '"\\' else "?" for ch in text)
     return cleaned[:64]
@@ -189,6 +239,8 @@ def build_app(issuer: LocalIssuer) -> Starlette:
     def base(request: Request) -> str:
         return issuer.base_url(str(request.base_url))
 
+    dpop = DPoPBinding(issuer.clock)
+
     async def discovery(request: Request) -> Response:
         url = base(request)
         return JSONResponse({
@@ -201,6 +253,7 @@ def build_app(issuer: LocalIssuer) -> Starlette:
             "response_types_supported": [],  # no authorization endpoint: client credentials only
             "id_token_signing_alg_values_supported": ["RS256"],
             "token_signing_alg_values_supported": ["RS256"],
+            "dpop_signing_alg_values_supported": list(DPOP_ALGORITHMS),
         }, headers={"Cache-Control": f"public, max-age={issuer.jwks_max_age}"})
 
     async def keys(request: Request) -> Response:
@@ -226,11 +279,14 @@ def build_app(issuer: LocalIssuer) -> Starlette:
             if client is None:
                 raise _invalid_client("Unknown client or wrong client secret.")
             scopes = _requested_scopes(form, client.scopes)
-            access_token, lifetime = await blocking(issuer.issue_token, client, scopes,
-                                                    base(request))
+            url = base(request)
+            jkt = dpop.thumbprint(request, url + "/oauth/token")
+            access_token, lifetime = await blocking(
+                functools.partial(issuer.issue_token, client, scopes, url, jkt=jkt))
         except OAuthError as exc:
             return exc.response()
-        return JSONResponse({"access_token": access_token, "token_type": "Bearer",
+        return JSONResponse({"access_token": access_token,
+                             "token_type": "Bearer" if jkt is None else "DPoP",
                              "expires_in": lifetime, "scope": " ".join(scopes)},
                             headers=_NO_STORE)
 

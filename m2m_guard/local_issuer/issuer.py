@@ -158,8 +158,11 @@ class LocalIssuer:
     def base_url(self, request_base: str) -> str:
         return self.issuer_url or request_base.rstrip("/")
 
-    def issue_token(self, client: ClientRecord, scopes: list[str], issuer: str) -> tuple[str, int]:
-        """A signed access token for `client` with `scopes`; (token, lifetime)."""
+    def issue_token(self, client: ClientRecord, scopes: list[str], issuer: str, *,
+                    jkt: str | None = None) -> tuple[str, int]:
+        """A signed access token for `client` with `scopes`; (token, lifetime). With `jkt` (the
+        RFC 7638 thumbprint of a DPoP proof's key) the token is bound to that key:
+        ``cnf: {"jkt": ...}`` (RFC 9449 §6)."""
         now = int(self.clock())
         claims: dict[str, Any] = {"iss": issuer, "sub": client.client_id,
                                   "client_id": client.client_id}
@@ -173,6 +176,8 @@ class LocalIssuer:
             claims["custom_claims"] = dict(client.custom_claims)
         claims.update({"jti": new_id("tkn"), "iat": now, "nbf": now,
                        "exp": now + client.expiry})
+        if jkt is not None:
+            claims["cnf"] = {"jkt": jkt}
         return self.keys.sign(claims), client.expiry
 
     def check_admin_token(self, token: str, issuer: str) -> None:

@@ -92,7 +92,8 @@ def _schemas() -> dict[str, Any]:
         "OAuthError": {"type": "object", "required": ["error", "error_description"],
                        "properties": {"error": {"type": "string", "enum": [
                            "invalid_request", "invalid_client", "invalid_scope",
-                           "unsupported_grant_type", "temporarily_unavailable"]},
+                           "unsupported_grant_type", "temporarily_unavailable",
+                           "invalid_dpop_proof"]},
                            "error_description": {"type": "string"}}},
         "ClientCreate": {"type": "object", "additionalProperties": False,
                          "required": ["name"], "properties": fields},
@@ -130,7 +131,9 @@ def _schemas() -> dict[str, Any]:
         "Discovery": {"type": "object", "required": ["issuer", "jwks_uri", "token_endpoint"],
                       "properties": {"issuer": {"type": "string"},
                                      "jwks_uri": {"type": "string"},
-                                     "token_endpoint": {"type": "string"}}},
+                                     "token_endpoint": {"type": "string"},
+                                     "dpop_signing_alg_values_supported": {
+                                         "type": "array", "items": {"type": "string"}}}},
     }
 
 
@@ -164,9 +167,11 @@ def openapi_document() -> dict[str, Any]:
         "client_secret": {"type": "string"}, "scope": {"type": "string"}}}
     token_answer = {"type": "object", "required": ["access_token", "token_type", "expires_in",
                                                     "scope"], "properties": {
-        "access_token": {"type": "string"}, "token_type": {"type": "string", "enum": ["Bearer"]},
+        "access_token": {"type": "string"},
+        "token_type": {"type": "string", "enum": ["Bearer", "DPoP"]},
         "expires_in": {"type": "integer"}, "scope": {"type": "string"}}}
-    oauth_refusal = {"400": _json(_ref("OAuthError"), "A malformed token request."),
+    oauth_refusal = {"400": _json(_ref("OAuthError"), "A malformed token request, or a bad or "
+                                                      "used DPoP proof (invalid_dpop_proof)."),
                      "401": _json(_ref("OAuthError"), "Unknown client or wrong secret.",
                                   headers={"WWW-Authenticate": {"schema": {"type": "string"}}})}
     cache = {"Cache-Control": {"schema": {"type": "string"}}}
@@ -199,7 +204,12 @@ def openapi_document() -> dict[str, Any]:
                 "description": "Client credentials (RFC 6749 §4.4): HTTP Basic "
                                "(form-urlencoded id and secret, §2.3.1) or client_id and "
                                "client_secret in the form, not both. Another Authorization "
-                               "scheme (an SDK's Bearer token) is ignored.",
+                               "scheme (an SDK's Bearer token) is ignored. With a DPoP proof "
+                               "(RFC 9449 §5: htm POST, htu this endpoint's URL) the token is "
+                               "bound to the proof's key (cnf.jkt) and token_type is DPoP.",
+                "parameters": [{"name": "DPoP", "in": "header", "required": False,
+                                "description": "A DPoP proof JWT (typ dpop+jwt), used once.",
+                                "schema": {"type": "string"}}],
                 "requestBody": {"required": True, "content": {
                     "application/x-www-form-urlencoded": {"schema": token_form}}},
                 "responses": {"200": _json(token_answer, "An access token."),

@@ -4,6 +4,8 @@
 files = ensure_certificates("issuer.db.tls")   # created once, reused while valid
 files.ca_cert      # trust this file: SSL_CERT_FILE, GRPC_DEFAULT_SSL_ROOTS_FILE_PATH, ...
 files.cert_chain, files.key   # what the server presents (server certificate, then the CA)
+client = issue_client_certificate(files, "billing-worker")   # for mutual TLS (RFC 8705)
+client.cert, client.key, client.thumbprint   # thumbprint: the token's cnf x5t#S256
 ```
 
 The CA is made for this one purpose: its name constraints allow the host name ``localhost``
@@ -29,8 +31,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["CA_DAYS", "RENEW_BEFORE", "SERVER_DAYS", "TlsFiles", "ensure_certificates",
-           "export_lines", "tls_directory"]
+from .._core.mtls import certificate_thumbprint
+
+__all__ = ["CA_DAYS", "RENEW_BEFORE", "SERVER_DAYS", "ClientCertificate", "TlsFiles",
+           "ensure_certificates", "export_lines", "issue_client_certificate", "tls_directory"]
 
 CA_DAYS = 3650
 SERVER_DAYS = 397  # below the 398-day limit some TLS clients put on server certificates
@@ -93,6 +97,57 @@ def ensure_certificates(directory: str | os.PathLike[str], *,
     elif not _server_usable(files, ca[0], names, moment):
         _new_server(files, ca, names, moment)
     return files
+
+
+@dataclass(frozen=True)
+class ClientCertificate:
+    """A client certificate issued by the local CA (`issue_client_certificate`): PEM files and
+    the RFC 8705 thumbprint a token bound to it carries as ``cnf["x5t#S256"]``."""
+
+    cert: Path
+    key: Path
+    thumbprint: str
+
+
+def issue_client_certificate(files: TlsFiles, name: str, *, days: int = 30,
+                             now: datetime.datetime | None = None) -> ClientCertificate:
+    """A new client certificate for `name` (its common name, and a
+    ``spiffe://m2m-guard.local/<name>`` URI), signed by the CA of `files` (made first with
+    `ensure_certificates`), for mutual TLS; written as ``client-<name>.pem`` and
+    ``client-<name>-key.pem`` (0600) beside the CA. A new key and certificate at every call."""
+    if not name or not all(char.isalnum() or char in "-_." for char in name):
+        raise ValueError(f"a client name of letters, digits, '-', '_' and '.', got {name!r}")
+    moment = now or datetime.datetime.now(datetime.timezone.utc)
+    ca = _load_ca(files, moment)
+    if ca is None:
+        raise ValueError(f"no usable CA in {files.directory}: call ensure_certificates first")
+    ca_cert, ca_key = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(moment - datetime.timedelta(minutes=5))
+        .not_valid_after(min(moment + datetime.timedelta(days=days), ca_cert.not_valid_after_utc))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.UniformResourceIdentifier(f"spiffe://m2m-guard.local/{name}")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False,
+                                     key_agreement=False, key_cert_sign=False, crl_sign=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256()))
+    issued = ClientCertificate(files.directory / f"client-{name}.pem",
+                               files.directory / f"client-{name}-key.pem",
+                               certificate_thumbprint(
+                                   certificate.public_bytes(serialization.Encoding.DER)))
+    _write(issued.key, _key_pem(key), private=True)
+    _write(issued.cert, _pem(certificate))
+    return issued
 
 
 def export_lines(files: TlsFiles) -> list[str]:

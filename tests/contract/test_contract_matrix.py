@@ -248,6 +248,25 @@ def _metadata_summary(document: Any) -> Any:
     return {key: value for key, value in document.items() if key != "authorization_servers"}
 
 
+MTLS_MISSING = ("The access token is bound to a client certificate (RFC 8705) and the "
+                "request presented none.")
+
+
+def _bound(world: World) -> str:
+    # The SHA-256 thumbprint of a certificate no test client presents.
+    return world.issuer.mint(cnf={"x5t#S256": "q" * 42 + "A"})
+
+
+def _twice_bound(world: World) -> Reply:
+    """The same bound token twice: the second is a cache hit, and must still be refused (no
+    fast path lets a token with cnf skip its check)."""
+    token = _bound(world)
+    first = world.get("/deployments", bearer(token))
+    second = world.get("/deployments", bearer(token))
+    assert (first.status, first.body) == (second.status, second.body), (first, second)
+    return second
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -327,6 +346,15 @@ CASES = [
                               "The token issuer cannot be reached and no keys are cached."},
                   retry_after=True),
          issuer_down_from_start=True, settings={"http_timeout": 0.5}),
+    # -- certificate-bound tokens (RFC 8705): no test client brings a client certificate -----
+    Case("mtls-bound-without-certificate", lambda w: w.get("/deployments", bearer(_bound(w))),
+         _invalid_token(MTLS_MISSING)),
+    Case("mtls-bound-cached-without-certificate", _twice_bound, _invalid_token(MTLS_MISSING)),
+    Case("mtls-untrusted-certificate-header", lambda w: w.get("/deployments", {
+        **bearer(_bound(w)), "x-forwarded-client-cert": f"Hash={'ab' * 32}"}),
+        _invalid_token(MTLS_MISSING)),
+    Case("mtls-cnf-not-an-object", lambda w: w.get("/deployments", bearer(w.issuer.mint(
+        cnf="x5t"))), _invalid_token("The token's cnf claim is not a non-empty JSON object.")),
     # -- operability: the health endpoint, the RFC 9728 document, resource_metadata ----------
     Case("health-ready", _warm_then("GET", HEALTH),
          Expected(200, body=READY, summary=_health_summary), settings=OPERABLE),
