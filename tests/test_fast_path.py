@@ -85,7 +85,9 @@ def test_lookup_rechecks_expiry_and_drops_the_entry(
         issuer: KeySetServer, make_settings: Callable[..., GuardSettings]) -> None:
     now = [time.time()]
     verifier = TokenVerifier(make_settings(leeway=0), wall_clock=lambda: now[0])
-    token = issuer.mint(exp=int(now[0]) + 60)
+    # iat and nbf on the fake clock: minted a second later (a busy machine), nbf would be in
+    # its future with no leeway
+    token = issuer.mint(iat=int(now[0]), nbf=int(now[0]), exp=int(now[0]) + 60)
     verifier.verify_sync(token)
     assert verifier.cached_token(token) is not None
     now[0] += 61

@@ -54,7 +54,9 @@ def test_hit_still_checks_expiry() -> None:
     with KeySetServer([key]) as issuer:
         verifier = TokenVerifier(GuardSettings(issuer=issuer.url, audience="deployment-api",
                                                leeway=0), wall_clock=lambda: now[0])
-        token = issuer.mint(exp=int(now[0]) + 60)
+        # iat and nbf on the fake clock: minted a second later (a busy machine), nbf would be
+        # in its future with no leeway
+        token = issuer.mint(iat=int(now[0]), nbf=int(now[0]), exp=int(now[0]) + 60)
         first = verifier.verify_sync(token)
         assert verifier.verify_sync(token) is first  # served from the cache
         now[0] += 61
