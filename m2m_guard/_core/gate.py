@@ -113,8 +113,8 @@ class Gate:
     `checks` default to `default_checks(verifier.settings)`.
     """
 
-    __slots__ = ("_cached_token", "_dpop_required", "_schemes", "checks", "confirmations",
-                 "endpoints", "fast_path", "paths", "settings", "verifier")
+    __slots__ = ("_cached_token", "_dpop_cached", "_dpop_required", "_schemes", "checks",
+                 "confirmations", "endpoints", "fast_path", "paths", "settings", "verifier")
 
     def __init__(self, verifier: TokenVerifier, *, checks: Iterable[Check] | None = None,
                  confirmations: Mapping[str, Confirmation] | None = None) -> None:
@@ -136,6 +136,8 @@ class Gate:
         self.fast_path = settings.token_cache_size > 0 and not self.checks \
             and not self._dpop_required
         self._cached_token = verifier.cached_token
+        #: Look bound tokens sent as exactly ``DPoP <token>`` up in the cache (`_dpop_hit`)?
+        self._dpop_cached = settings.token_cache_size > 0 and settings.dpop != "off"
 
     # -- before authentication ---------------------------------------------------------------
     def answer(self, request: RequestView) -> EndpointResponse | None:
@@ -187,6 +189,31 @@ class Gate:
             return None
         return self._cached_token(authorization[7:])
 
+    def _dpop_hit(self, request: RequestView) -> tuple[str, AccessToken] | None:
+        """``(token, access)`` when `request`'s one `Authorization` header reads exactly
+        ``DPoP <token>`` and the verified-token cache holds `token` as a bound token: what
+        `presented` and `verify` would give (a cache key is a canonical compact JWS, so
+        ``DPoP <key>`` passes every rule of `extract_credentials`; a query naming
+        `access_token` is refused there, so it is declined here; while events are subscribed
+        the verifier declines). The binding is still confirmed, and the checks run, after it:
+        only the credentials and the token's verification are skipped. None: the full path."""
+        value = request.single_authorization()
+        if value is None:
+            return None
+        if type(value) is bytes:
+            if value[:5] != b"DPoP ":
+                return None
+        elif value[:5] != "DPoP ":
+            return None
+        query_string = request.query_string
+        if query_string and query_has_access_token(query_string):
+            return None
+        access = self._cached_token(value[5:], bound=True)
+        if access is None:
+            return None
+        token = value[5:]
+        return (token.decode("ascii") if isinstance(token, bytes) else token), access
+
     def credentials(self, request: RequestView) -> str | None:
         """The request's bearer token, or None without credentials; `GuardError` for malformed
         or ambiguous ones (RFC 6750 framing, a token in the query)."""
@@ -213,13 +240,17 @@ class Gate:
             access = self.cached(request)
             if access is not None:
                 return access
-        found = self.presented(request)
-        if found is None:
-            self._no_token(required)
-            return None
-        scheme, token = found
+        hit = self._dpop_hit(request) if self._dpop_cached else None
+        if hit is None:
+            found = self.presented(request)
+            if found is None:
+                self._no_token(required)
+                return None
+            scheme, token = found
+        else:
+            scheme, token = DPOP, hit[0]
         try:
-            access = await self.verifier.verify(token)
+            access = await self.verifier.verify(token) if hit is None else hit[1]
             await confirm_binding_async(request, scheme, token, access, self.confirmations,
                                         required=self._dpop_required)
         except GuardError as exc:
@@ -239,13 +270,17 @@ class Gate:
             access = self.cached(request)
             if access is not None:
                 return access
-        found = self.presented(request)
-        if found is None:
-            self._no_token(required)
-            return None
-        scheme, token = found
+        hit = self._dpop_hit(request) if self._dpop_cached else None
+        if hit is None:
+            found = self.presented(request)
+            if found is None:
+                self._no_token(required)
+                return None
+            scheme, token = found
+        else:
+            scheme, token = DPOP, hit[0]
         try:
-            access = self.verifier.verify_sync(token)
+            access = self.verifier.verify_sync(token) if hit is None else hit[1]
             confirm_binding(request, scheme, token, access, self.confirmations,
                             required=self._dpop_required)
         except GuardError as exc:
