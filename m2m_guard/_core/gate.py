@@ -208,10 +208,10 @@ class Gate:
         query_string = request.query_string
         if query_string and query_has_access_token(query_string):
             return None
-        access = self._cached_token(value[5:], bound=True)
+        token = value[5:]
+        access = self._cached_token(token, bound=True)
         if access is None:
             return None
-        token = value[5:]
         return (token.decode("ascii") if isinstance(token, bytes) else token), access
 
     def credentials(self, request: RequestView) -> str | None:
