@@ -10,7 +10,9 @@ For each request an adapter builds a `RequestView` and asks the gate, in this or
 3. ``await gate.authenticate(request)`` or ``gate.authenticate_sync(request)``: a token the
    verified-token cache holds, sent as exactly ``Bearer <token>``, is answered at once
    (`cached`, the fast path, with the full path's outcome; never for a sender-constrained
-   token); otherwise the credentials (`presented`: RFC 6750 framing, the ``Bearer`` scheme and
+   token); a bound token the cache holds, sent as exactly ``DPoP <token>``, skips only the
+   credentials and the verification (`_dpop_hit`: its binding is confirmed and the checks run
+   as below); otherwise the credentials (`presented`: RFC 6750 framing, the ``Bearer`` scheme and
    ``DPoP`` when DPoP is on), the token verified (`TokenVerifier`), its `cnf` binding confirmed
    (`confirmation.confirm_binding`: DPoP's ``jkt``, ...), then every `Check` in `checks`; the
    `AccessToken`, or None when there is no token and none is required. Every refusal is a
