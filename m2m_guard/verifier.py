@@ -383,7 +383,7 @@ class TokenVerifier:
         cache.discard(raw)
         return None
 
-    def cached_token(self, token: str | bytes) -> AccessToken | None:
+    def cached_token(self, token: str | bytes, *, bound: bool = False) -> AccessToken | None:
         """The `AccessToken` of `token` when the verified-token cache holds it and a hit may be
         used now (the same checks as in `verify`: `exp`/`nbf`, fresh key set, key still in it);
         otherwise None, meaning "call `verify`". Never raises, never fetches, never logs.
@@ -391,7 +391,10 @@ class TokenVerifier:
         For adapters' fast paths, `token` may be the raw header bytes after the scheme (the cache
         is keyed by the token's bytes; other bytes never match a verified token).
         None as well while events are subscribed (`verify` reports them), when the cache is off
-        or the token is over `max_token_bytes`.
+        or the token is over `max_token_bytes`. `bound` looks up sender-constrained tokens
+        (`cnf`) instead, which only the gate may answer, after confirming their binding
+        (`Gate.authenticate`'s DPoP path); plain tokens are never found then, nor bound ones
+        without it.
         """
         if type(token) is not bytes:
             if not isinstance(token, str) or not token.isascii():
@@ -400,6 +403,8 @@ class TokenVerifier:
         if self._cache is None or self._observer is not None \
                 or len(token) > self._max_token_bytes:
             return None
+        if bound:
+            return self._hit(_BOUND + token) if self._bound_cached else None
         return self._hit(token)
 
     def _parse(self, token: str) -> tuple[CompactJWS, dict[str, Any], IssuerKeys]:

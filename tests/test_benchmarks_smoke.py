@@ -71,7 +71,9 @@ def test_quick_run_prints_and_writes_the_whole_table(tmp_path: Path) -> None:
         assert any(WORKERS in line and "2 workers vs 1: throughput" in line for line in lines)
         assert "memory of 10,000 cached tokens" in text
         for name in ("DPoP, cache hit, memory store", "DPoP, cache hit, Redis store",
-                     "the proof's signature check alone", "Bearer hit with DPoP allowed vs off"):
+                     "the proof's signature check alone", "Bearer hit with DPoP allowed vs off",
+                     "DPoP's Python cost over a Bearer hit (signature skipped)",
+                     "the signature check inside a DPoP request"):
             assert any("DPoP over Bearer" in line and name in line for line in lines), name
         judged = [line for line in lines if "DPoP adds, beyond the proof's signature" in line]
         assert len(judged) == 1 and VERDICT.search(judged[0]) and " to " in judged[0], judged

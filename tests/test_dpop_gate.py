@@ -12,9 +12,10 @@ import pytest
 
 from m2m_guard import GuardSettings, TokenVerifier
 from m2m_guard._core.confirmation import Confirmation, NonceSource, request_target
-from m2m_guard._core.gate import Gate
+from m2m_guard._core.gate import Check, Gate
 from m2m_guard._core.request import AsgiRequest, WsgiRequest
-from m2m_guard.errors import InvalidDPoPProof, InvalidToken, UseDPoPNonce, render_error
+from m2m_guard.dpop import DPoPKey
+from m2m_guard.errors import GuardError, InvalidDPoPProof, InvalidToken, UseDPoPNonce, render_error
 from m2m_guard.local_issuer import KeySetServer, SigningKey, scalekit_claims
 
 from .conftest import AUDIENCE
@@ -209,3 +210,78 @@ def test_a_bug_in_a_confirmation_is_a_401_never_a_500(
     assert any("unexpected error confirming" in r.getMessage() for r in caplog.records)
     assert token not in caplog.text
     verifier.close()
+
+
+class _Seen(Check):
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+
+    def check(self, request: Any, token: str, access: Any) -> None:
+        self.tokens.append(token)
+
+
+@pytest.mark.parametrize("view", ["asgi", "wsgi"])
+def test_a_cached_bound_token_gets_the_full_paths_answers(
+        view: str, issuer: KeySetServer, signing_keys: dict[str, SigningKey]) -> None:
+    """The gate's lean DPoP path (a bound token the cache holds, sent as exactly ``DPoP
+    <token>``) skips only credential parsing and verification: the proof, the binding, the
+    replay store and the checks decide as on the first, uncached request."""
+    key = DPoPKey.generate()
+    verifier = TokenVerifier(GuardSettings(issuer=issuer.url, audience=AUDIENCE,
+                                           http_timeout=2.0, dpop="allowed"))
+    seen = _Seen()
+    gate = Gate(verifier, checks=[seen])
+    sign = signing_keys["RS256"].sign
+    bound = sign(scalekit_claims(issuer.url, audience=[AUDIENCE], cnf={"jkt": key.thumbprint}))
+    plain = sign(scalekit_claims(issuer.url, audience=[AUDIENCE]))
+    url = "https://api.example.com/d"
+    make = asgi if view == "asgi" else wsgi
+
+    def request(authorization: str, proof: str | None = None, query: str = "a=1") -> Any:
+        headers = {"authorization": authorization, **({"dpop": proof} if proof else {})}
+        built = make("/d", headers=list(headers.items()) if view == "asgi" else headers)
+        if view == "asgi":
+            built.scope["query_string"] = query.encode()
+        else:
+            built.environ["QUERY_STRING"] = query  # type: ignore[index]
+        return built
+
+    def reason(req: Any) -> tuple[str, str | None]:
+        with pytest.raises(GuardError) as caught:
+            gate.authenticate_sync(req)
+        return caught.value.reason, caught.value.challenge
+
+    try:
+        fresh = key.proof("GET", url, access_token=bound)
+        cases = [
+            (request(f"DPoP {bound}", key.proof("GET", url + "x", access_token=bound)),
+             ("dpop_url_mismatch", "DPoP")),
+            (request(f"DPoP {bound}"), ("dpop_proof_missing", "DPoP")),
+            (request(f"DPoP {bound}", key.proof("GET", url, access_token=plain)),
+             ("dpop_ath_mismatch", "DPoP")),
+            (request(f"DPoP {bound}",
+                     DPoPKey.generate().proof("GET", url, access_token=bound)),
+             ("dpop_key_mismatch", "DPoP")),
+            (request(f"Bearer {bound}"), ("bound_token_as_bearer", "Bearer")),
+            (request(f"DPoP {plain}", key.proof("GET", url, access_token=plain)),
+             ("dpop_unbound_token", "DPoP")),
+            (request(f"DPoP {bound}", key.proof("GET", url, access_token=bound),
+                     query="access_token=x"), ("token_in_header_and_query", "Bearer")),
+        ]
+        first = [reason(req) for req, _ in cases]  # the tokens are not cached yet: full path
+        assert gate.authenticate_sync(request(f"DPoP {bound}", fresh)) is not None
+        assert gate.authenticate_sync(request(f"Bearer {plain}")) is not None
+        assert verifier.cached_token(bound, bound=True) is not None  # the lean path applies
+        assert verifier.cached_token(bound) is None  # never the Bearer fast path
+        assert verifier.cached_token(plain, bound=True) is None
+        assert [reason(req) for req, _ in cases] == first == [want for _, want in cases]
+        assert reason(request(f"DPoP {bound}", fresh)) == ("dpop_replayed", "DPoP")
+        again = key.proof("GET", url, access_token=bound)
+        assert asyncio.run(gate.authenticate(request(f"DPoP {bound}", again))) is not None
+        assert reason(request(f"DPoP {bound}", again)) == ("dpop_replayed", "DPoP")
+        # another spelling of the scheme takes the full path, with the same outcome
+        assert gate.authenticate_sync(request(f"dpop {bound}", key.proof(
+            "GET", url, access_token=bound))) is not None
+        assert seen.tokens.count(bound) == 3  # the checks ran on every accepted request
+    finally:
+        verifier.close()

@@ -256,3 +256,43 @@ def test_checker_configuration_errors() -> None:
         ProofChecker(algorithms=["HS256"])
     with pytest.raises(ValueError):
         ProofChecker(iat_window=0)
+
+
+def test_the_key_cache_never_shares_an_entry_between_jwks(checker: ProofChecker) -> None:
+    """Loaded keys are remembered by the proof's header segment (which holds the whole `jwk`):
+    a key seen before never vouches for a proof signed by another key of the same shape and
+    kid, and a second key never gets the first one's thumbprint."""
+    first, second = DPoPKey.generate(), DPoPKey.generate()
+    assert first.public_jwk.keys() == second.public_jwk.keys()
+    for key in (first, second):
+        result = checker.check([key.proof("GET", URL, access_token=TOKEN)], method="GET",
+                               url=URL, now=time.time(), access_token=TOKEN)
+        assert result.jkt == key.thumbprint
+    forged = second.proof("GET", URL, access_token=TOKEN, headers={"jwk": first.public_jwk})
+    assert refused(checker, [forged]).reason == "dpop_bad_signature"
+    # the same jwk with its members in another order, or with a kid, is another header
+    # segment: loaded on its own, with the same thumbprint (RFC 7638 hashes the key alone)
+    reordered = dict(reversed(list(first.public_jwk.items())), kid="k-1")
+    result = checker.check([first.proof("GET", URL, access_token=TOKEN,
+                                        headers={"jwk": reordered})],
+                           method="GET", url=URL, now=time.time(), access_token=TOKEN)
+    assert result.jkt == first.thumbprint
+    forged = second.proof("GET", URL, access_token=TOKEN, headers={"jwk": reordered})
+    assert refused(checker, [forged]).reason == "dpop_bad_signature"
+
+
+def test_the_caches_are_bounded_and_a_refused_key_is_not_kept() -> None:
+    checker = ProofChecker(key_cache_size=2)
+    keys = [DPoPKey.generate() for _ in range(5)]
+    for round_ in range(2):
+        for key in keys:
+            token = f"{TOKEN}{round_}{key.thumbprint}"
+            result = checker.check([key.proof("GET", URL, access_token=token)], method="GET",
+                                   url=URL, now=time.time(), access_token=token)
+            assert result.jkt == key.thumbprint
+            assert len(checker._keys) <= 2 and len(checker._headers.entries) <= 2
+            assert len(checker._ath) <= 2
+    bad_curve = dict(keys[0].public_jwk, crv="P-384")
+    for _ in range(2):  # refused again: a key that failed is not remembered
+        proof = keys[0].proof("GET", URL, access_token=TOKEN, headers={"jwk": bad_curve})
+        assert refused(checker, [proof]).reason == "dpop_key_refused"

@@ -143,48 +143,52 @@ def _safe_host(host: str) -> bool:
         not any(c in host for c in "/\\@?# \t\"")
 
 
+_HTTP_SCHEMES = {"ws": "http", "wss": "https"}
+
+
 def request_target(request: RequestView, forwarded: tuple[str, ...] = ()) -> str:
     """The URI a proof's `htu` must match: the request's scheme, host and full path (mount
     point included) as the application sees them; with `forwarded` (the trusted headers of
     `dpop_forwarded_headers`), the scheme, host, port and path prefix the proxy reports
     instead. WSGI and ASGI give the same answer for the same request (`target_path`)."""
     scheme = request.scheme
-    scheme = {"ws": "http", "wss": "https"}.get(scheme, scheme)
+    scheme = _HTTP_SCHEMES.get(scheme, scheme)
     host = request.host
+    if not forwarded:
+        return request_htu(scheme, host, request.target_path)
     prefix = ""
-    if forwarded:
-        port = None
-        for name in forwarded:
-            values = request.headers(name)
-            if not values:
-                continue
-            value = ",".join(values)
-            if name == "forwarded":
-                pairs = _forwarded_pairs(value)
-                proto, fhost = pairs.get("proto", "").lower(), pairs.get("host", "")
-                if proto in ("http", "https"):
-                    scheme = proto
-                if _safe_host(fhost):
-                    host = fhost
-            elif name == "x-forwarded-proto":
-                proto = _last(value).lower()
-                if proto in ("http", "https"):
-                    scheme = proto
-            elif name == "x-forwarded-host":
-                fhost = _last(value)
-                if _safe_host(fhost):
-                    host = fhost
-            elif name == "x-forwarded-port":
-                fport = _last(value)
-                if fport.isdigit() and len(fport) <= 5:
-                    port = fport
-            elif name == "x-forwarded-prefix":
-                fprefix = _last(value).rstrip("/")
-                if fprefix.startswith("/") and _safe_host(fprefix.replace("/", "x")):
-                    prefix = fprefix
-        if port is not None:
-            base = host[:host.find("]") + 1] if host.startswith("[") else host.split(":", 1)[0]
-            host = f"{base}:{port}"
+    port = None
+    for name in forwarded:
+        values = request.headers(name)
+        if not values:
+            continue
+        value = ",".join(values)
+        if name == "forwarded":
+            pairs = _forwarded_pairs(value)
+            proto, fhost = pairs.get("proto", "").lower(), pairs.get("host", "")
+            if proto in ("http", "https"):
+                scheme = proto
+            if _safe_host(fhost):
+                host = fhost
+        elif name == "x-forwarded-proto":
+            proto = _last(value).lower()
+            if proto in ("http", "https"):
+                scheme = proto
+        elif name == "x-forwarded-host":
+            fhost = _last(value)
+            if _safe_host(fhost):
+                host = fhost
+        elif name == "x-forwarded-port":
+            fport = _last(value)
+            if fport.isdigit() and len(fport) <= 5:
+                port = fport
+        elif name == "x-forwarded-prefix":
+            fprefix = _last(value).rstrip("/")
+            if fprefix.startswith("/") and _safe_host(fprefix.replace("/", "x")):
+                prefix = fprefix
+    if port is not None:
+        base = host[:host.find("]") + 1] if host.startswith("[") else host.split(":", 1)[0]
+        host = f"{base}:{port}"
     return request_htu(scheme, host, prefix.encode("latin-1") + request.target_path)
 
 

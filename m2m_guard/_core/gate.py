@@ -10,7 +10,9 @@ For each request an adapter builds a `RequestView` and asks the gate, in this or
 3. ``await gate.authenticate(request)`` or ``gate.authenticate_sync(request)``: a token the
    verified-token cache holds, sent as exactly ``Bearer <token>``, is answered at once
    (`cached`, the fast path, with the full path's outcome; never for a sender-constrained
-   token); otherwise the credentials (`presented`: RFC 6750 framing, the ``Bearer`` scheme and
+   token); a bound token the cache holds, sent as exactly ``DPoP <token>``, skips only the
+   credentials and the verification (`_dpop_hit`: its binding is confirmed and the checks run
+   as below); otherwise the credentials (`presented`: RFC 6750 framing, the ``Bearer`` scheme and
    ``DPoP`` when DPoP is on), the token verified (`TokenVerifier`), its `cnf` binding confirmed
    (`confirmation.confirm_binding`: DPoP's ``jkt``, ...), then every `Check` in `checks`; the
    `AccessToken`, or None when there is no token and none is required. Every refusal is a
@@ -113,8 +115,8 @@ class Gate:
     `checks` default to `default_checks(verifier.settings)`.
     """
 
-    __slots__ = ("_cached_token", "_dpop_required", "_schemes", "checks", "confirmations",
-                 "endpoints", "fast_path", "paths", "settings", "verifier")
+    __slots__ = ("_cached_token", "_dpop_cached", "_dpop_required", "_schemes", "checks",
+                 "confirmations", "endpoints", "fast_path", "paths", "settings", "verifier")
 
     def __init__(self, verifier: TokenVerifier, *, checks: Iterable[Check] | None = None,
                  confirmations: Mapping[str, Confirmation] | None = None) -> None:
@@ -136,6 +138,8 @@ class Gate:
         self.fast_path = settings.token_cache_size > 0 and not self.checks \
             and not self._dpop_required
         self._cached_token = verifier.cached_token
+        #: Look bound tokens sent as exactly ``DPoP <token>`` up in the cache (`_dpop_hit`)?
+        self._dpop_cached = settings.token_cache_size > 0 and settings.dpop != "off"
 
     # -- before authentication ---------------------------------------------------------------
     def answer(self, request: RequestView) -> EndpointResponse | None:
@@ -187,6 +191,31 @@ class Gate:
             return None
         return self._cached_token(authorization[7:])
 
+    def _dpop_hit(self, request: RequestView) -> tuple[str, AccessToken] | None:
+        """``(token, access)`` when `request`'s one `Authorization` header reads exactly
+        ``DPoP <token>`` and the verified-token cache holds `token` as a bound token: what
+        `presented` and `verify` would give (a cache key is a canonical compact JWS, so
+        ``DPoP <key>`` passes every rule of `extract_credentials`; a query naming
+        `access_token` is refused there, so it is declined here; while events are subscribed
+        the verifier declines). The binding is still confirmed, and the checks run, after it:
+        only the credentials and the token's verification are skipped. None: the full path."""
+        value = request.single_authorization()
+        if value is None:
+            return None
+        if type(value) is bytes:
+            if value[:5] != b"DPoP ":
+                return None
+        elif value[:5] != "DPoP ":
+            return None
+        query_string = request.query_string
+        if query_string and query_has_access_token(query_string):
+            return None
+        token = value[5:]
+        access = self._cached_token(token, bound=True)
+        if access is None:
+            return None
+        return (token.decode("ascii") if isinstance(token, bytes) else token), access
+
     def credentials(self, request: RequestView) -> str | None:
         """The request's bearer token, or None without credentials; `GuardError` for malformed
         or ambiguous ones (RFC 6750 framing, a token in the query)."""
@@ -213,13 +242,17 @@ class Gate:
             access = self.cached(request)
             if access is not None:
                 return access
-        found = self.presented(request)
-        if found is None:
-            self._no_token(required)
-            return None
-        scheme, token = found
+        hit = self._dpop_hit(request) if self._dpop_cached else None
+        if hit is None:
+            found = self.presented(request)
+            if found is None:
+                self._no_token(required)
+                return None
+            scheme, token = found
+        else:
+            scheme, token = DPOP, hit[0]
         try:
-            access = await self.verifier.verify(token)
+            access = await self.verifier.verify(token) if hit is None else hit[1]
             await confirm_binding_async(request, scheme, token, access, self.confirmations,
                                         required=self._dpop_required)
         except GuardError as exc:
@@ -239,13 +272,17 @@ class Gate:
             access = self.cached(request)
             if access is not None:
                 return access
-        found = self.presented(request)
-        if found is None:
-            self._no_token(required)
-            return None
-        scheme, token = found
+        hit = self._dpop_hit(request) if self._dpop_cached else None
+        if hit is None:
+            found = self.presented(request)
+            if found is None:
+                self._no_token(required)
+                return None
+            scheme, token = found
+        else:
+            scheme, token = DPOP, hit[0]
         try:
-            access = self.verifier.verify_sync(token)
+            access = self.verifier.verify_sync(token) if hit is None else hit[1]
             confirm_binding(request, scheme, token, access, self.confirmations,
                             required=self._dpop_required)
         except GuardError as exc:
