@@ -299,6 +299,12 @@ class GuardSettings:
         if self.ca_bundle is not None:
             _check_ca_bundle(self.ca_bundle)
         _check_client_certificates(self)
+        if self.dpop_forwarded_headers and not self.trusted_proxies:
+            raise ConfigurationError(
+                "dpop_forwarded_headers needs trusted_proxies: forwarded headers decide the URL a "
+                "DPoP proof must name, so they are believed only from your proxies; set "
+                "M2M_GUARD_TRUSTED_PROXIES to the proxies' addresses or networks (e.g. "
+                "10.0.0.0/8).")
 
     @staticmethod
     def _duration(name: str, value: Any) -> float:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from m2m_guard import GuardSettings, TokenVerifier
-from m2m_guard._core.confirmation import Confirmation, NonceSource, request_target
+from m2m_guard._core.confirmation import Confirmation, DPoPConfirmation, NonceSource, request_target
 from m2m_guard._core.gate import Check, Gate
 from m2m_guard._core.request import AsgiRequest, WsgiRequest
 from m2m_guard.dpop import DPoPKey
@@ -103,7 +103,10 @@ def test_malformed_forwarded_values_are_ignored(header: tuple[str, str]) -> None
 
 
 def test_settings_validate_forwarded_headers() -> None:
-    GuardSettings(**BASE, dpop_forwarded_headers=["X-Forwarded-Proto"])
+    GuardSettings(**BASE, dpop_forwarded_headers=["X-Forwarded-Proto"],
+                  trusted_proxies=["10.0.0.0/8"])
+    with pytest.raises(Exception, match="dpop_forwarded_headers needs trusted_proxies"):
+        GuardSettings(**BASE, dpop_forwarded_headers=["x-forwarded-proto"])
     with pytest.raises(Exception, match="dpop_forwarded_headers contains 'x-real-ip'"):
         GuardSettings(**BASE, dpop_forwarded_headers=["x-real-ip"])
     with pytest.raises(Exception, match="dpop must be one of off, allowed, required"):
@@ -285,3 +288,25 @@ def test_a_cached_bound_token_gets_the_full_paths_answers(
         assert seen.tokens.count(bound) == 3  # the checks ran on every accepted request
     finally:
         verifier.close()
+
+
+@pytest.mark.parametrize(("peer", "expected"), [
+    ("10.0.0.7", "https://public.example:8443/v1/d"),   # the proxy: its headers decide
+    ("203.0.113.9", "http://10.0.0.5:8000/d"),          # anyone else: the URL as served
+    (None, "http://10.0.0.5:8000/d"),                   # no peer known: not a proxy
+])
+def test_forwarded_headers_are_read_only_from_trusted_proxies(
+        peer: str | None, expected: str) -> None:
+    settings = GuardSettings(**BASE, dpop="allowed", trusted_proxies=["10.0.0.0/24"],
+                             dpop_forwarded_headers=["x-forwarded-proto", "x-forwarded-host",
+                                                     "x-forwarded-port", "x-forwarded-prefix"])
+    confirmation = DPoPConfirmation(settings)
+    request = asgi("/d", host="10.0.0.5:8000", scheme="http", headers=FORWARDED)
+    if peer is not None:
+        request.scope["client"] = (peer, 50000)
+    assert request_target(request, confirmation._forwarded_from(request)) == expected
+    environ_request = wsgi("/d", host="10.0.0.5:8000", scheme="http", headers=dict(FORWARDED))
+    if peer is not None:
+        environ_request.environ["REMOTE_ADDR"] = peer
+    assert request_target(environ_request,
+                          confirmation._forwarded_from(environ_request)) == expected

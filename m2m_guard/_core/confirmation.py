@@ -237,6 +237,8 @@ class DPoPConfirmation(Confirmation):
         self.checker = ProofChecker(algorithms=self.algorithms,
                                     iat_window=settings.dpop_iat_window)
         self.forwarded = tuple(settings.dpop_forwarded_headers)
+        # Forwarded headers are the proxies' word: from any other peer they are not read.
+        self.proxies = TrustedProxies(settings.trusted_proxies)
         self.window = settings.dpop_iat_window
         self._clock = clock
         self.store: ReplayStore | None = None
@@ -257,12 +259,19 @@ class DPoPConfirmation(Confirmation):
         now = self._clock()
         proof = self.checker.check(
             request.headers("dpop"), method=request.method,
-            url=request_target(request, self.forwarded), now=now, access_token=token,
+            url=request_target(request, self._forwarded_from(request)), now=now, access_token=token,
             nonces=self.nonces.valid() if self.nonces is not None else None)
         if not (value.isascii() and hmac.compare_digest(proof.jkt, value)):
             raise InvalidDPoPProof("The DPoP proof is signed by another key than the one the "
                                    "token is bound to (cnf.jkt).", reason="dpop_key_mismatch")
         return proof, now
+
+    def _forwarded_from(self, request: RequestView) -> tuple[str, ...]:
+        """The forwarded headers to read for `request`: the configured ones when its peer is a
+        trusted proxy, else none (the URL as the server saw it)."""
+        if self.forwarded and self.proxies.trusts(request.peer):
+            return self.forwarded
+        return ()
 
     def _replayed(self) -> InvalidDPoPProof:
         return InvalidDPoPProof("The DPoP proof was already used: make a fresh proof (a new jti) "
