@@ -106,6 +106,8 @@ def minimum_versions(session: nox.Session) -> None:
     for name, reason in left_out.items():
         session.log(f"left out: {name}: {reason}")
     session.install("--constraint", str(constraints), "-e", ".[server]", *requirements)
+    # a reused virtualenv (nox -r) may still hold one from an earlier run
+    session.run("python", "-m", "pip", "uninstall", "--yes", *left_out, silent=True)
     session.run("python", "-m", "pip", "list", "--format=freeze", silent=False)
     session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *session.posargs,
                 env={"M2M_TEST_MINIMUM_VERSIONS": "1"})

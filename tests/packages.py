@@ -92,7 +92,10 @@ def require_package(module: str, distribution: str | None = None) -> ModuleType:
     except ModuleNotFoundError as error:
         if error.name != module.split(".")[0]:
             raise  # the package is there but something it imports is not: a real failure
-    caller = Path(sys._getframe(1).f_code.co_filename).resolve()
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_code.co_filename == __file__:
+        frame = frame.f_back  # the test module that asked, not import_public_module
+    caller = Path(frame.f_code.co_filename).resolve()
     where = caller.relative_to(ROOT).as_posix() if caller.is_relative_to(ROOT) else str(caller)
     reason = absence_reason(distribution, minimum_versions=bool(os.environ.get(MINIMUM_VERSIONS)))
     if reason is None:
