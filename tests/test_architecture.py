@@ -7,6 +7,10 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from tests.packages import MODULE_PACKAGES, import_public_module
+
 PACKAGE = Path(__file__).resolve().parents[1] / "m2m_guard"
 FRAMEWORKS = ("starlette", "fastapi", "flask", "werkzeug", "django", "rest_framework", "uvicorn")
 
@@ -207,6 +211,12 @@ def test_the_asgi_middleware_runs_without_starlette() -> None:
     assert result.stdout.split() == ["[200,", "401]", "False"]
 
 
+@pytest.mark.parametrize("name", sorted(MODULE_PACKAGES))
+def test_the_import_paths_of_the_mcp_modules_work(name: str) -> None:
+    """Their own packages (the mcp and fastmcp extras) are needed to import them."""
+    assert not _is_private(name) and import_public_module(name)
+
+
 def test_documented_import_paths_still_work() -> None:
     """Every module path users import today, and the names the docs show from the re-exporting
     ones (the implementation moved into the private core)."""
@@ -216,8 +226,7 @@ def test_documented_import_paths_still_work() -> None:
               "m2m_guard.fastapi", "m2m_guard.flask", "m2m_guard.django", "m2m_guard.drf",
               "m2m_guard.otel", "m2m_guard.health", "m2m_guard.events", "m2m_guard.testing",
               "m2m_guard.local_issuer", "m2m_guard.dpop", "m2m_guard.cli", "m2m_guard.settings",
-              "m2m_guard.errors", "m2m_guard.token", "m2m_guard.verifier", "m2m_guard.mcp",
-              "m2m_guard.fastmcp"]
+              "m2m_guard.errors", "m2m_guard.token", "m2m_guard.verifier"]
     for name in public:
         assert not _is_private(name) and importlib.import_module(name)
     shown = {"jws": ["verify_compact"],

@@ -41,15 +41,11 @@ from m2m_guard.local_issuer import KeySetServer
 from m2m_guard.starlette import ClientUser, exception_handlers
 
 from .conftest import deployment_app
+from .packages import require_package
 from .servers import uvicorn_server
 
 CLIENT_ID = "m2morg_68315758685323697"
 MISSING_BODY = {"error": "missing_token", "error_description": "A bearer token is required."}
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -683,7 +679,7 @@ def test_middleware_falls_back_to_environment(issuer: KeySetServer,
 # -- FastAPI ----------------------------------------------------------------------------------
 
 def fastapi_app(settings: GuardSettings) -> Any:
-    fastapi = pytest.importorskip("fastapi")
+    fastapi = require_package("fastapi")
     app = fastapi.FastAPI()
     app.add_middleware(M2MGuardMiddleware,
                        settings=settings.replace(public_paths=("/openapi.json", "/docs")))

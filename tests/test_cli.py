@@ -24,6 +24,7 @@ import pytest
 from m2m_guard.cli import main
 from m2m_guard.cli.demo import run_demo
 from m2m_guard.local_issuer import KeySetServer, SigningKey, scalekit_claims
+from tests.packages import require_package
 
 ORG = "org_59615193906282635"
 AUDIENCE = "deployment-api.acmecorp.com"
@@ -244,7 +245,7 @@ def test_issuer_prints_the_secret_once_stops_cleanly_and_keeps_its_clients(
 
 
 def test_issuer_with_tls_prints_the_trust_lines_and_keeps_its_ca(tmp_path: Path) -> None:
-    pytest.importorskip("hypercorn", reason="--tls needs the emulator extra")
+    require_package("hypercorn")  # --tls
     db = tmp_path / "issuer.db"
     first = start_issuer(db, "--tls")
     try:

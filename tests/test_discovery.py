@@ -24,11 +24,6 @@ KEYS = "/keys"
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(params=["async", "sync"])
 def kind(request: pytest.FixtureRequest) -> str:
     """Which fetch driver runs: the async front, or the sync front on a worker thread."""

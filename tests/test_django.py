@@ -72,11 +72,6 @@ def guarded(settings: GuardSettings | dict[str, Any], patterns: list[Any],
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def public_settings(make_settings: Callable[..., GuardSettings]) -> GuardSettings:
     return make_settings(public_paths=("/health", "/docs/*"))
 

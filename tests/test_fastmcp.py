@@ -8,18 +8,23 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from fastmcp import FastMCP
-from fastmcp.server.auth import AccessToken as FastMCPAccessToken
-from fastmcp.server.auth import require_scopes
-from fastmcp.server.dependencies import get_access_token
 from starlette.middleware import Middleware
 
-from m2m_guard.errors import ConfigurationError
-from m2m_guard.fastmcp import M2MGuardAuth, M2MGuardVerifier
-from m2m_guard.mcp import ToolScopes
-from m2m_guard.testing import M2MIssuer
-from tests.mcp_client import call_tool
-from tests.servers import free_port, uvicorn_server
+from tests.packages import require_package
+
+require_package("fastmcp")
+
+from fastmcp import FastMCP  # noqa: E402
+from fastmcp.server.auth import AccessToken as FastMCPAccessToken  # noqa: E402
+from fastmcp.server.auth import require_scopes  # noqa: E402
+from fastmcp.server.dependencies import get_access_token  # noqa: E402
+
+from m2m_guard.errors import ConfigurationError  # noqa: E402
+from m2m_guard.fastmcp import M2MGuardAuth, M2MGuardVerifier  # noqa: E402
+from m2m_guard.mcp import ToolScopes  # noqa: E402
+from m2m_guard.testing import M2MIssuer  # noqa: E402
+from tests.mcp_client import call_tool  # noqa: E402
+from tests.servers import free_port, uvicorn_server  # noqa: E402
 
 READ = "read:deployments"
 DEPLOY = "deploy:applications"

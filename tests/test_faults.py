@@ -69,11 +69,6 @@ REQUESTS = 3
 CASES = ("known", "unknown", "cold")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class FakeClock:
     """The cache's monotonic clock: moves only when told to."""
 

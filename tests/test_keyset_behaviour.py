@@ -32,11 +32,6 @@ KEYS = "/keys"
 Verify = Callable[[str], Awaitable[Any]]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class FakeClock:
     """A monotonic clock that only moves when told to."""
 

@@ -14,13 +14,22 @@ from typing import Any
 import httpx
 import pytest
 
-from examples.mcp_server import create_app
-from m2m_guard import GuardSettings
-from m2m_guard.errors import ConfigurationError
-from m2m_guard.mcp import McpTokenVerifier, ToolScopes, metadata_url, protected_resource_metadata
-from m2m_guard.testing import M2MIssuer
-from tests.mcp_client import call_tool
-from tests.servers import free_port, uvicorn_server
+from tests.packages import require_package
+
+require_package("mcp")
+
+from examples.mcp_server import create_app  # noqa: E402
+from m2m_guard import GuardSettings  # noqa: E402
+from m2m_guard.errors import ConfigurationError  # noqa: E402
+from m2m_guard.mcp import (  # noqa: E402
+    McpTokenVerifier,
+    ToolScopes,
+    metadata_url,
+    protected_resource_metadata,
+)
+from m2m_guard.testing import M2MIssuer  # noqa: E402
+from tests.mcp_client import call_tool  # noqa: E402
+from tests.servers import free_port, uvicorn_server  # noqa: E402
 
 READ = "read:deployments"
 DEPLOY = "deploy:applications"

@@ -12,11 +12,6 @@ from m2m_guard import GuardSettings, IssuerUnavailable, TokenVerifier
 from m2m_guard.local_issuer import KeySetServer, SigningKey
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def es_key() -> SigningKey:
     return SigningKey.generate("ES256")

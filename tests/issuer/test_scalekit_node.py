@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 
 from m2m_guard.local_issuer import LocalIssuer, serve_issuer
+from tests.packages import require_package
 
 from .conftest import ADMIN_ID, ADMIN_SECRET, ORG
 
-pytest.importorskip("connectrpc", reason="the gRPC service needs the emulator extra "
-                                         "(Python 3.11+)")
+require_package("connectrpc")  # the issuer's gRPC service
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 SDK = NODE_DIR / "node_modules" / "@scalekit-sdk" / "node" / "package.json"

@@ -17,14 +17,14 @@ import pytest
 from m2m_guard import GuardSettings, TokenVerifier
 from m2m_guard.local_issuer import LocalIssuer, RunningIssuer, serve_issuer
 from m2m_guard.local_issuer.tls import ensure_certificates
+from tests.packages import require_package
 
 from .conftest import ADMIN_ID, ADMIN_SECRET, ORG
 
-pytest.importorskip("connectrpc", reason="the gRPC service needs the emulator extra "
-                                         "(Python 3.11+)")
-scalekit = pytest.importorskip("scalekit", reason="the test extra pins scalekit-sdk-python")
-grpc = pytest.importorskip("grpc")
+require_package("connectrpc")  # the issuer's gRPC service
+scalekit = require_package("scalekit", "scalekit-sdk-python")
 
+import grpc  # noqa: E402  (installed with scalekit-sdk-python)
 from scalekit import ScalekitClient  # noqa: E402
 from scalekit.common.exceptions import (  # noqa: E402
     ScalekitBadRequestException,

@@ -25,8 +25,11 @@ from hypothesis import settings
 
 from m2m_guard.local_issuer import LocalIssuer, serve_issuer
 from tests.fuzz.conftest import EXAMPLES
+from tests.packages import require_package
 
 from .conftest import ADMIN_ID, ADMIN_SECRET, admin_token
+
+require_package("schemathesis")  # run as a command, from its own package
 
 HERE = Path(__file__).resolve().parent
 LONG = settings.default.max_examples > 1000  # the "fuzz" profile of `make fuzz`

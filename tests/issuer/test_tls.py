@@ -26,10 +26,11 @@ from m2m_guard.local_issuer.tls import (
     export_lines,
     tls_directory,
 )
+from tests.packages import require_package
 
 from .conftest import ADMIN_ID, ADMIN_SECRET, ORG
 
-pytest.importorskip("hypercorn", reason="TLS serving needs the emulator extra")
+require_package("hypercorn")  # TLS serving
 
 
 def _names(path: Path) -> tuple[set[str], set[str]]:
