@@ -233,6 +233,20 @@ class Gate:
         if self.settings.required if required is None else required:
             raise MissingToken()
 
+    def _credentials(self, request: RequestView, required: bool | None
+                     ) -> tuple[str, str, AccessToken | None] | None:
+        """The scheme and token `request` presents, with the verified token when the DPoP
+        cache lookup (`_dpop_hit`) already has it, else None for the verifier to decide; None
+        when there is no token and none is required (`MissingToken` when one is)."""
+        hit = self._dpop_hit(request) if self._dpop_cached else None
+        if hit is not None:
+            return DPOP, hit[0], hit[1]
+        found = self.presented(request)
+        if found is None:
+            self._no_token(required)
+            return None
+        return found[0], found[1], None
+
     async def authenticate(self, request: RequestView, *, required: bool | None = None,
                            fast: bool = True) -> AccessToken | None:
         """Credentials, verification and checks (see the module doc); raises `GuardError`.
@@ -242,17 +256,12 @@ class Gate:
             access = self.cached(request)
             if access is not None:
                 return access
-        hit = self._dpop_hit(request) if self._dpop_cached else None
-        if hit is None:
-            found = self.presented(request)
-            if found is None:
-                self._no_token(required)
-                return None
-            scheme, token = found
-        else:
-            scheme, token = DPOP, hit[0]
+        found = self._credentials(request, required)
+        if found is None:
+            return None
+        scheme, token, cached = found
         try:
-            access = await self.verifier.verify(token) if hit is None else hit[1]
+            access = await self.verifier.verify(token) if cached is None else cached
             await confirm_binding_async(request, scheme, token, access, self.confirmations,
                                         required=self._dpop_required)
         except GuardError as exc:
@@ -272,17 +281,12 @@ class Gate:
             access = self.cached(request)
             if access is not None:
                 return access
-        hit = self._dpop_hit(request) if self._dpop_cached else None
-        if hit is None:
-            found = self.presented(request)
-            if found is None:
-                self._no_token(required)
-                return None
-            scheme, token = found
-        else:
-            scheme, token = DPOP, hit[0]
+        found = self._credentials(request, required)
+        if found is None:
+            return None
+        scheme, token, cached = found
         try:
-            access = self.verifier.verify_sync(token) if hit is None else hit[1]
+            access = self.verifier.verify_sync(token) if cached is None else cached
             confirm_binding(request, scheme, token, access, self.confirmations,
                             required=self._dpop_required)
         except GuardError as exc:
